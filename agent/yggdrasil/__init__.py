@@ -1,0 +1,1 @@
+"""Talking to a Yggdrasil daemon: admin-socket client, version detection, normalized models."""

@@ -1,0 +1,50 @@
+"""Shared test plumbing: skips for missing root/binaries, said once and clearly."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+
+def yggdrasil_binary() -> str | None:
+    return shutil.which("yggdrasil") or (
+        "/usr/sbin/yggdrasil" if os.access("/usr/sbin/yggdrasil", os.X_OK) else None
+    )
+
+
+def _nft_binary() -> str | None:
+    return shutil.which("nft") or ("/usr/sbin/nft" if os.access("/usr/sbin/nft", os.X_OK) else None)
+
+
+@pytest.fixture
+def require_yggdrasil() -> str:
+    path = yggdrasil_binary()
+    if path is None:
+        pytest.skip("yggdrasil binary not found (apt-get install yggdrasil)")
+    return path
+
+
+@pytest.fixture
+def require_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root for network namespaces / nftables")
+    if shutil.which("ip") is None and not os.access("/usr/sbin/ip", os.X_OK):
+        pytest.skip("iproute2 `ip` not found")
+
+
+@pytest.fixture
+def require_nft(require_root: None) -> str:
+    path = _nft_binary()
+    if path is None:
+        pytest.skip("nft not found (apt-get install nftables)")
+    return path
+
+
+@pytest.fixture
+def require_prometheus() -> tuple[str, str]:
+    prom, promtool = shutil.which("prometheus"), shutil.which("promtool")
+    if prom is None or promtool is None:
+        pytest.skip("prometheus/promtool not found (apt-get install prometheus)")
+    return prom, promtool
