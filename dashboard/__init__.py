@@ -1,0 +1,1 @@
+"""x0dash: the terminal dashboard for an x0tta6bl4 mesh."""

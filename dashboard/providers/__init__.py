@@ -1,0 +1,1 @@
+"""Where x0dash learns which mesh nodes exist: local mesh, inventory file, or Nomad."""

@@ -1,0 +1,86 @@
+"""The one interface every node source implements (local mesh, inventory file, Nomad).
+
+A provider answers "which nodes are there and how do I reach their agents"; polling the agents themselves is
+the poller's job (dashboard/poller.py), the same for every provider. Providers are synchronous-friendly: the
+Nomad one runs python-nomad in thread workers, so every method here may block and is called off the UI thread.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Literal
+
+import msgspec
+
+DrillKind = Literal["blackhole", "partition", "node-loss"]
+
+
+class NomadPlacement(msgspec.Struct, kw_only=True):
+    """Nomad's view of one mesh node (only for the Nomad provider)."""
+
+    alloc_id: str
+    alloc_name: str
+    client_status: str  # pending|running|complete|failed|lost|unknown
+    desired_status: str  # run|stop|evict
+    node_id: str
+    node_name: str | None = None
+    datacenter: str | None = None
+    node_status: str | None = None  # initializing|ready|down|disconnected
+    eligibility: str | None = None  # eligible|ineligible
+    drain: bool | None = None
+
+
+class NodeTarget(msgspec.Struct, kw_only=True):
+    id: str  # mesh node id (agent NODE_ID)
+    agent_url: str | None  # None when the source knows the node but not how to reach its agent
+    metrics_url: str | None = None
+    overlay_url: str | None = None
+    yggdrasil_address: str | None = None
+    nomad: NomadPlacement | None = None
+
+
+class SourceSnapshot(msgspec.Struct, kw_only=True):
+    """One refresh of a provider."""
+
+    source: str  # human label, e.g. "local mesh (netns, 3 nodes)", "inventory run/inv.json", "nomad http://…"
+    ok: bool
+    detail: str  # why not ok, or a short status line
+    nodes: list[NodeTarget]
+    planned_links: list[tuple[str, str]] = []
+    # Nomad's view that disagrees with reality: allocation running but agent unhealthy, nodes without an alloc…
+    warnings: list[str] = []
+    taken_at: float = 0.0
+
+
+class ProviderError(Exception):
+    """A provider could not start or refresh; the message is shown to the operator as is."""
+
+
+class Provider(abc.ABC):
+    """Lifecycle: start() once, refresh() repeatedly (never concurrently), stop() once (also after a failed
+    start). Methods may block; callers run them in thread workers."""
+
+    name: str = "provider"
+
+    @property
+    def api_token(self) -> str | None:
+        """Bearer token for the agents' mutating endpoints (drills), when the source knows it."""
+        return None
+
+    def start(self) -> None:  # noqa: B027 - optional hook
+        """Prepare (e.g. start a local mesh). Raise ProviderError with an operator-facing message."""
+
+    @abc.abstractmethod
+    def refresh(self) -> SourceSnapshot:
+        """Current node list. Must not raise for an unreachable backend: return ok=False with detail."""
+
+    def stop(self) -> None:  # noqa: B027 - optional hook
+        """Release everything start() took (stop the local mesh, close sessions)."""
+
+    def node_loss(self, node_id: str, duration_s: float) -> str:
+        """Make `node_id` disappear for `duration_s` (or until restore_node). Returns a description of what was
+        done. Default: not supported by this source."""
+        raise ProviderError(f"{self.name}: node loss is not supported by this source")
+
+    def restore_node(self, node_id: str) -> None:  # noqa: B027 - optional hook
+        """Undo node_loss early (abort). Default: nothing to undo."""
