@@ -53,6 +53,7 @@ python_env() {
 need_py
 system_packages
 python_env
-PATH="$(pwd)/$VENV/bin:$PATH"
+case "$VENV" in /*) ;; *) VENV="$(pwd)/$VENV" ;; esac
+PATH="$VENV/bin:$PATH"
 export PATH
 exec just "$@"
