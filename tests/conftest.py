@@ -18,7 +18,7 @@ def _nft_binary() -> str | None:
     return shutil.which("nft") or ("/usr/sbin/nft" if os.access("/usr/sbin/nft", os.X_OK) else None)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")  # session scope: module-scoped daemon fixtures depend on it
 def require_yggdrasil() -> str:
     path = yggdrasil_binary()
     if path is None:

@@ -306,11 +306,9 @@ class AdminSession:
         response = await self._request("getSessions", None, self._deadline())
         return _convert(self.endpoint, "getSessions", normalize.sessions, response)
 
-    async def get_routes(self) -> list[RouteEntry]:
-        """The routing view: DHT (0.4) or tree (0.5) entries, then paths, then sessions."""
-        return await self._routes(self._deadline())
-
-    async def _routes(self, deadline: float) -> list[RouteEntry]:
+    async def _routes(self, deadline: float, self_key: str) -> list[RouteEntry]:
+        """DHT (0.4) or tree (0.5) entries, then paths, then sessions, without this node itself (a 0.4 DHT
+        lists the node on port 0; the 0.5 tree lists it too): a route is to somewhere else."""
         version = await self._version(deadline)
         table = "getDHT" if version == "0.4" else "getTree"
         routes: list[RouteEntry] = _convert(
@@ -325,7 +323,7 @@ class AdminSession:
         routes += _convert(
             self.endpoint, "getSessions", normalize.sessions, await self._request("getSessions", None, deadline)
         )
-        return routes
+        return [r for r in routes if r.key != self_key]
 
     async def add_peer(self, uri: str, interface: str | None = None) -> None:
         await self._request("addPeer", _peer_args(uri, interface), self._deadline())
@@ -339,7 +337,7 @@ class AdminSession:
         version = await self._version(deadline)
         self_info = await self._self(deadline)
         peers = await self._peers(deadline)
-        routes = await self._routes(deadline)
+        routes = await self._routes(deadline, self_info.key)
         return DaemonSnapshot(
             api_version=version, self_info=self_info, peers=peers, routes=routes, taken_at=time.time()
         )
@@ -444,10 +442,6 @@ class AdminClient:
     async def get_sessions(self) -> list[RouteEntry]:
         async with self.session() as s:
             return await s.get_sessions()
-
-    async def get_routes(self) -> list[RouteEntry]:
-        async with self.session() as s:
-            return await s.get_routes()
 
     async def add_peer(self, uri: str, interface: str | None = None) -> None:
         async with self.session() as s:

@@ -69,5 +69,5 @@ class DaemonSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     api_version: ApiVersion
     self_info: SelfInfo
     peers: list[PeerLink]
-    routes: list[RouteEntry]
+    routes: list[RouteEntry]  # DHT or tree entries, then paths, then sessions; never this node itself
     taken_at: float  # unix seconds
