@@ -1,0 +1,172 @@
+"""`x0-agent`: run the agent (default, or `x0-agent serve`), or `x0-agent local-mesh ...`.
+
+Exit codes: 0 clean stop, 1 runtime failure at start (port in use, start-up failure), 2 invalid configuration
+(the message names the variable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import logging
+import socket
+import sys
+from collections.abc import Sequence
+
+from agent import __version__
+from agent.settings import Settings, SettingsError
+
+EXIT_CONFIG = 2
+EXIT_RUNTIME = 1
+
+_ENV_HELP = """\
+configuration (environment; full table in docs/contracts.md §1):
+  NODE_ID                  this member's id (required), e.g. node-a
+  LISTEN_HOST, LISTEN_PORT HTTP bind address and port (default :: and 8080)
+  LOG_LEVEL                debug | info | warning | error (default info)
+  YGGDRASIL_ADMIN          daemon admin endpoint (default unix:///var/run/yggdrasil/yggdrasil.sock)
+  YGGDRASIL_PEERS          comma-separated peer URIs to add at start
+  YGGDRASIL_CONFIG         run and supervise `yggdrasil -useconffile` with this config
+  YGGDRASIL_BIN            daemon binary when supervising (default: yggdrasil on PATH, /usr/sbin/yggdrasil)
+  X0_DAEMON_RESTART_DELAY  seconds before a supervised daemon is restarted (default 3)
+  MESH_MEMBERS             members file (JSON, docs/contracts.md §2), re-read when it changes
+  X0_MONITOR_INTERVAL      seconds between daemon snapshots (default 1.0)
+  X0_ADMIN_TIMEOUT         seconds per admin-socket call (default 2.0)
+  X0_API_TOKEN             bearer token for mutating endpoints (unset: they are refused)
+  X0_MAPEK_ENABLED, X0_MAPEK_INTERVAL, X0_MAPEK_DEGREE   self-healing loop
+
+example:
+  NODE_ID=node-a LISTEN_PORT=8080 YGGDRASIL_CONFIG=/etc/yggdrasil/yggdrasil.conf \\
+    YGGDRASIL_ADMIN=unix:///var/run/yggdrasil/yggdrasil.sock x0-agent
+
+exit codes: 0 stopped, 1 could not start (e.g. port in use), 2 invalid configuration
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="x0-agent",
+        description="x0tta6bl4 mesh agent: serves /health, /mesh/*, /metrics beside a Yggdrasil daemon.\n\n"
+        "commands:\n  serve        run the agent (the default)\n"
+        "  local-mesh   start a local mesh of daemons and agents (x0-agent local-mesh --help)",
+        epilog=_ENV_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("command", nargs="?", default="serve", choices=["serve"], help=argparse.SUPPRESS)
+    p.add_argument("--version", action="version", version=f"x0-agent {__version__}")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "local-mesh":
+        # Imported lazily: the mesh launcher pulls in namespace/process tooling the agent itself never needs.
+        from agent.localmesh.cli import main as local_mesh_main
+
+        return local_mesh_main(args[1:])
+    _parser().parse_args(args)
+    return serve()
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening socket for uvicorn, bound before anything else starts so a busy port fails fast.
+    `::` is dual-stack (underlay IPv4 and Yggdrasil IPv6)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, addr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(addr)
+        sock.listen(2048)
+        sock.set_inheritable(True)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def serve() -> int:
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"x0-agent: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    _configure_logging(settings.log_level)
+    where = (
+        f"[{settings.listen_host}]:{settings.listen_port}"
+        if ":" in settings.listen_host
+        else (f"{settings.listen_host}:{settings.listen_port}")
+    )
+    try:
+        sock = bind_socket(settings.listen_host, settings.listen_port)
+    except socket.gaierror as exc:
+        print(
+            f"x0-agent: invalid configuration: LISTEN_HOST: cannot resolve {settings.listen_host!r}: "
+            f"{exc.strerror}",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            print(
+                f"x0-agent: cannot listen on {where}: address already in use (another process holds "
+                f"LISTEN_PORT {settings.listen_port})",
+                file=sys.stderr,
+            )
+            return EXIT_RUNTIME
+        if exc.errno == errno.EADDRNOTAVAIL:
+            print(
+                f"x0-agent: invalid configuration: LISTEN_HOST: {settings.listen_host!r} is not an address of "
+                "this host",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
+        print(f"x0-agent: cannot listen on {where}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+
+    import uvicorn
+
+    from agent.api.app import create_app
+
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        lifespan="on",
+        log_config=None,
+        log_level=settings.log_level,
+        access_log=False,
+        # The agent keeps a few idle keep-alive connections from scrapers and x0dash; default timeouts are fine.
+    )
+    server = uvicorn.Server(config)
+    logging.getLogger("x0.agent").info(
+        "x0-agent %s node %s listening on %s (admin %s%s)",
+        __version__,
+        settings.node_id,
+        where,
+        settings.yggdrasil_admin,
+        ", supervising the daemon" if settings.supervises_daemon else "",
+    )
+    try:
+        asyncio.run(server.serve(sockets=[sock]))
+    finally:
+        sock.close()
+    if not server.started:
+        print("x0-agent: start-up failed (see the log above)", file=sys.stderr)
+        return EXIT_RUNTIME
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

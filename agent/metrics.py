@@ -1,0 +1,222 @@
+"""Every Prometheus metric of the agent (docs/contracts.md §5), defined here and nowhere else.
+
+One `AgentMetrics` per agent, with its own registry (several agents can live in one test process).
+- Daemon-derived series (peers, routes, identity) are produced at scrape time from the latest
+  `MetricsView` the monitor computed, so peers that disappear leave no stale series behind.
+- Event series are plain prometheus-client objects on the instance; other parts update them directly, e.g.
+  MAPE-K: `metrics.mapek_actions.labels(action="add_peer", outcome="ok").inc()`,
+  `metrics.mapek_tick_duration.labels(phase="plan").observe(seconds)`;
+  drills: `metrics.drill_active.labels(kind="partition").set(1)`.
+  When a member leaves the mesh, `forget_member(node_id)` drops its probe series.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+from agent import __version__
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+HTTP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+ADMIN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# Detection/repair times: the targets are 2 s and 5 s, the daemons alone take up to ~60 s.
+HEAL_BUCKETS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 20.0, 30.0, 60.0, 120.0)
+MEMBER_PATHS = ("overlay", "underlay")
+
+
+@dataclass(frozen=True, slots=True)
+class PeerSample:
+    peer: str  # member node id, else the daemon key
+    planned: bool
+    up: bool
+    latency_s: float | None
+    received_bytes: int | None
+    sent_bytes: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsView:
+    """What the daemon-derived series show; rebuilt by the agent state after each monitor pass."""
+
+    yggdrasil_up: bool = False
+    api_version: str | None = None
+    address: str | None = None
+    key: str | None = None
+    peers_up: int = 0
+    peers_planned: int = 0
+    members_known: int = 0
+    peers: tuple[PeerSample, ...] = ()
+    routes: dict[str, int] = field(default_factory=dict)
+
+
+class _DaemonCollector(Collector):
+    def __init__(self, view: Callable[[], MetricsView]) -> None:
+        self._view = view
+
+    def describe(self) -> list[Metric]:
+        return []  # names are fixed, but describing them would make the registry call collect() at register
+
+    def collect(self) -> Iterator[Metric]:
+        v = self._view()
+        yield GaugeMetricFamily(
+            "x0_yggdrasil_up",
+            "1 when the last admin-socket call to the daemon succeeded",
+            value=int(v.yggdrasil_up),
+        )
+        info = GaugeMetricFamily(
+            "x0_yggdrasil_info",
+            "Identity of the daemon beside this agent",
+            labels=["api_version", "address", "key"],
+        )
+        if v.key is not None:
+            info.add_metric([v.api_version or "", v.address or "", v.key], 1)
+        yield info
+        yield GaugeMetricFamily("x0_peers_up", "Yggdrasil peer links up now", value=v.peers_up)
+        yield GaugeMetricFamily("x0_peers_planned", "Planned links of this node", value=v.peers_planned)
+        yield GaugeMetricFamily("x0_members_known", "Members in the members file", value=v.members_known)
+        up = GaugeMetricFamily(
+            "x0_peer_up", "1 when a link to the peer is up, 0 when planned but down", labels=["peer", "planned"]
+        )
+        latency = GaugeMetricFamily(
+            "x0_peer_latency_seconds", "Daemon-reported link latency (0.5.6+)", labels=["peer"]
+        )
+        rx = CounterMetricFamily(
+            "x0_peer_received_bytes", "Bytes received from the peer (daemon counter)", labels=["peer"]
+        )
+        tx = CounterMetricFamily("x0_peer_sent_bytes", "Bytes sent to the peer (daemon counter)", labels=["peer"])
+        for p in v.peers:
+            up.add_metric([p.peer, "true" if p.planned else "false"], int(p.up))
+            if p.latency_s is not None:
+                latency.add_metric([p.peer], p.latency_s)
+            if p.received_bytes is not None:
+                rx.add_metric([p.peer], p.received_bytes)
+            if p.sent_bytes is not None:
+                tx.add_metric([p.peer], p.sent_bytes)
+        yield from (up, latency, rx, tx)
+        routes = GaugeMetricFamily("x0_routes", "Route entries the daemon knows, by kind", labels=["kind"])
+        for kind, count in sorted(v.routes.items()):
+            routes.add_metric([kind], count)
+        yield routes
+
+
+class AgentMetrics:
+    def __init__(self, view: Callable[[], MetricsView] | None = None) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=False)
+        self._view = MetricsView()
+        r.register(_DaemonCollector(view or (lambda: self._view)))
+
+        self.build_info = Gauge("x0_build_info", "Agent build", ["version"], registry=r)
+        self.build_info.labels(version=__version__).set(1)
+
+        # Monitor (agent.monitor).
+        self.monitor_refresh_duration = Histogram(
+            "x0_monitor_refresh_duration_seconds",
+            "Time to take one daemon snapshot",
+            buckets=ADMIN_BUCKETS,
+            registry=r,
+        )
+        self.monitor_errors = Counter(
+            "x0_monitor_errors", "Failed daemon snapshots by error class", ["error"], registry=r
+        )
+        # HTTP API (agent.api.app middleware).
+        self.http_request_duration = Histogram(
+            "x0_http_request_duration_seconds",
+            "Agent API request latency by route template, method and status",
+            ["route", "method", "status"],
+            buckets=HTTP_BUCKETS,
+            registry=r,
+        )
+
+        # MAPE-K (agent.mapek).
+        self.member_reachable = Gauge(
+            "x0_member_reachable",
+            "Last probe of the member's agent: 1 answered, 0 did not",
+            ["member", "path"],
+            registry=r,
+        )
+        self.member_rtt = Gauge(
+            "x0_member_rtt_seconds", "Round-trip time of the last successful probe", ["member", "path"], registry=r
+        )
+        self.mapek_tick_duration = Histogram(
+            "x0_mapek_tick_duration_seconds",
+            "MAPE-K tick duration per phase and in total",
+            ["phase"],
+            buckets=ADMIN_BUCKETS,
+            registry=r,
+        )
+        self.mapek_incidents = Counter("x0_mapek_incidents", "Incidents opened, by kind", ["kind"], registry=r)
+        self.mapek_incidents_active = Gauge(
+            "x0_mapek_incidents_active", "Incidents open now, by kind", ["kind"], registry=r
+        )
+        self.mapek_actions = Counter(
+            "x0_mapek_actions", "Heal actions by action and outcome", ["action", "outcome"], registry=r
+        )
+        self.mapek_members_reachable = Gauge(
+            "x0_mapek_members_reachable", "Members reachable now, this node included", registry=r
+        )
+        self.mapek_time_to_detect = Histogram(
+            "x0_mapek_time_to_detect_seconds",
+            "Fault onset (last good observation) to incident",
+            ["kind"],
+            buckets=HEAL_BUCKETS,
+            registry=r,
+        )
+        self.mapek_time_to_repair = Histogram(
+            "x0_mapek_time_to_repair_seconds",
+            "Incident opened to resolved",
+            ["kind"],
+            buckets=HEAL_BUCKETS,
+            registry=r,
+        )
+
+        # Drills (agent.drills).
+        self.drills = Counter(
+            "x0_drills", "Drills run on this node by kind and outcome", ["kind", "outcome"], registry=r
+        )
+        self.drill_active = Gauge(
+            "x0_drill_active", "1 while a drill of that kind runs here", ["kind"], registry=r
+        )
+        self.drill_recovery = Gauge(
+            "x0_drill_recovery_seconds",
+            "Last drill: fault reverted to this node's planned peers all up",
+            ["kind"],
+            registry=r,
+        )
+
+        self._http_children: dict[tuple[str, str, int], Histogram] = {}
+
+    # --- updates ------------------------------------------------------------------------------------------
+
+    def set_view(self, view: MetricsView) -> None:
+        """Replace the daemon-derived series (used when no view callable was given)."""
+        self._view = view
+
+    def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
+        # labels() takes a lock and builds a tuple key; caching the child keeps the middleware cheap.
+        key = (route, method, status)
+        child = self._http_children.get(key)
+        if child is None:
+            child = self.http_request_duration.labels(route=route, method=method, status=str(status))
+            self._http_children[key] = child
+        child.observe(seconds)
+
+    def forget_member(self, node_id: str) -> None:
+        """Drop a departed member's probe series so they do not linger at their last value."""
+        for path in MEMBER_PATHS:
+            for gauge in (self.member_reachable, self.member_rtt):
+                try:
+                    gauge.remove(node_id, path)
+                except KeyError:
+                    pass
+
+    # --- exposition ---------------------------------------------------------------------------------------
+
+    def render(self) -> bytes:
+        """Prometheus text format 0.0.4 (serve with CONTENT_TYPE)."""
+        return generate_latest(self.registry)

@@ -1,0 +1,281 @@
+"""The agent's shared runtime object: what the background tasks write and the HTTP handlers read.
+
+One `AgentState` per agent, created by `agent.api.app.create_app`, reachable from handlers as
+`request.app.state.agent` and passed to every extension's `start()`. Everything runs on the one event loop, so
+plain attributes need no locks. Writers (monitor, members watcher, supervisor, MAPE-K) call the `record_*` /
+`mark_*` methods, which bump `generation`; readers get payloads rebuilt at most once per generation.
+
+Hooks for MAPE-K and drills (agent.mapek / agent.drills):
+- read: `snapshot`, `context()`, `planned_status()`, `yggdrasil_ok()`, `members.members`, `last_error`;
+- wait: `await wait_changed(after_generation, within=seconds)` to run right after a fresh snapshot;
+- act: `admin` (AdminClient), `supervisor` (`stop_for(seconds)` / `start()` for the kill-daemon drill, None
+  when the daemon is not supervised), `peering.uri_for(node_id)` (the URI the agent dials a member with);
+- mark: `mark_temporary(node_id)` / `unmark_temporary(node_id)` flag stand-in links in /mesh/peers,
+  `learn_key(node_id, key)` records a key found by probing;
+- count: `metrics` (agent.metrics.AgentMetrics).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from agent import __version__, views
+from agent.api.schemas import Health, HealthCheck, MeshPeers, MeshRoutes, MeshStatus
+from agent.members import MembersWatcher
+from agent.metrics import AgentMetrics, MetricsView
+from agent.settings import Settings
+from agent.yggdrasil.client import AdminClient
+from agent.yggdrasil.errors import AdminError
+from agent.yggdrasil.models import DaemonSnapshot
+
+if TYPE_CHECKING:
+    from agent.peering import Peering
+    from agent.supervisor import DaemonSupervisor
+
+
+class AgentState:
+    def __init__(self, settings: Settings, *, admin: AdminClient | None = None) -> None:
+        self.settings = settings
+        self.version = __version__
+        self.started_at = time.time()
+        self._started_mono = time.monotonic()
+        self.admin = admin or AdminClient(settings.yggdrasil_admin, settings.admin_timeout)
+        self.members = MembersWatcher(settings.mesh_members)
+        self.metrics = AgentMetrics(view=self._metrics_view_now)
+        self.supervisor: DaemonSupervisor | None = None
+        self.peering: Peering | None = None
+
+        self.snapshot: DaemonSnapshot | None = None
+        self.snapshot_mono: float | None = None  # when `snapshot` was stored (monotonic)
+        self.last_ok: bool = False  # did the latest monitor attempt succeed
+        self.last_error: AdminError | None = None
+        self.last_error_at: float | None = None  # wall clock
+        self.last_attempt_mono: float | None = None
+        self.monitor_alive: bool = False
+        # Bumps whenever the daemon becomes reachable after it was not (start, restart, recovery): peering
+        # re-adds its links then, since a restarted daemon forgot every runtime peer.
+        self.daemon_epoch = 0
+        self._seen_process_epoch = -1
+
+        self.temporary: set[str] = set()
+        self.learned_keys: dict[str, str] = {}
+
+        self.generation = 0
+        self._changed = asyncio.Event()
+        self._cache_gen = -1
+        self._ctx: views.MeshContext | None = None
+        self._peers: MeshPeers | None = None
+        self._routes: MeshRoutes | None = None
+        self._status: MeshStatus | None = None
+        self._planned: list[views.PlannedPeerStatus] = []
+        self._metrics_view = MetricsView()
+        self._health_key: tuple[int, bool, bool] | None = None
+        self._health: tuple[Health, int] | None = None
+
+    # --- writers ------------------------------------------------------------------------------------------
+
+    def _bump(self) -> None:
+        self.generation += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def record_snapshot(self, snapshot: DaemonSnapshot, *, process_epoch: int | None = None) -> None:
+        """A successful monitor pass. `process_epoch` is the supervisor's start count, so a daemon restarted
+        between two passes still counts as a new daemon."""
+        recovered = not self.last_ok or self.snapshot is None
+        if process_epoch is not None and process_epoch != self._seen_process_epoch:
+            recovered = True
+            self._seen_process_epoch = process_epoch
+        if recovered:
+            self.daemon_epoch += 1
+        self.snapshot = snapshot
+        self.snapshot_mono = time.monotonic()
+        self.last_attempt_mono = self.snapshot_mono
+        self.last_ok = True
+        learned = views.learn_keys(snapshot, self.members.members)
+        for node_id, key in learned.items():
+            self.learned_keys[node_id] = key
+        self._bump()
+
+    def record_error(self, error: AdminError) -> None:
+        self.last_ok = False
+        self.last_error = error
+        self.last_error_at = time.time()
+        self.last_attempt_mono = time.monotonic()
+        self._bump()
+
+    def record_members_change(self) -> None:
+        self._bump()
+
+    def notify(self) -> None:
+        """Something readers show changed outside the monitor (supervisor state, drills)."""
+        self._bump()
+
+    def mark_temporary(self, node_id: str) -> None:
+        if node_id not in self.temporary:
+            self.temporary.add(node_id)
+            self._bump()
+
+    def unmark_temporary(self, node_id: str) -> None:
+        if node_id in self.temporary:
+            self.temporary.discard(node_id)
+            self._bump()
+
+    def learn_key(self, node_id: str, key: str) -> None:
+        if self.learned_keys.get(node_id) != key:
+            self.learned_keys[node_id] = key.lower()
+            self._bump()
+
+    async def wait_changed(self, after_generation: int, within: float | None = None) -> int:
+        """Wait until `generation` moves past `after_generation` (at most `within` s); returns the generation."""
+        if self.generation > after_generation:
+            return self.generation
+        event = self._changed
+        try:
+            await asyncio.wait_for(event.wait(), within)
+        except TimeoutError:
+            pass
+        return self.generation
+
+    # --- readers ------------------------------------------------------------------------------------------
+
+    def uptime_s(self) -> float:
+        return time.monotonic() - self._started_mono
+
+    def snapshot_age_s(self) -> float | None:
+        return None if self.snapshot_mono is None else time.monotonic() - self.snapshot_mono
+
+    def yggdrasil_ok(self) -> bool:
+        """The daemon answered the latest pass, and recently enough that a hang would already show."""
+        age = self.snapshot_age_s()
+        return self.last_ok and age is not None and age <= self.settings.stale_after
+
+    def _refresh(self) -> None:
+        if self._cache_gen == self.generation:
+            return
+        ctx = views.MeshContext(
+            node_id=self.settings.node_id,
+            members=self.members.members,
+            learned_keys=dict(self.learned_keys),
+            temporary=frozenset(self.temporary),
+            static_peers=self.settings.yggdrasil_peers,
+        )
+        snap = self.snapshot
+        self._ctx = ctx
+        if snap is not None:
+            matched = views.match_peers(snap, ctx)
+            self._planned = views.planned_status(matched, ctx)
+            self._peers = views.peers_view(snap, ctx)
+            self._routes = views.routes_view(snap, ctx)
+        else:
+            self._planned = views.planned_status([], ctx)
+            self._peers = self._routes = None
+        self._status = views.status_view(snap, ctx, uptime_s=0.0, snapshot_age_s=None)
+        self._metrics_view = views.metrics_view(snap, ctx, yggdrasil_up=self.last_ok)
+        self._cache_gen = self.generation
+
+    def context(self) -> views.MeshContext:
+        self._refresh()
+        assert self._ctx is not None
+        return self._ctx
+
+    def planned_status(self) -> list[views.PlannedPeerStatus]:
+        self._refresh()
+        return self._planned
+
+    def mesh_peers(self) -> MeshPeers | None:
+        self._refresh()
+        return self._peers
+
+    def mesh_routes(self) -> MeshRoutes | None:
+        self._refresh()
+        return self._routes
+
+    def mesh_status(self) -> MeshStatus | None:
+        self._refresh()
+        if self.snapshot is None or self._status is None:
+            return None
+        return msgspec.structs.replace(
+            self._status, uptime_s=round(self.uptime_s(), 3), snapshot_age_s=round(self.snapshot_age_s() or 0.0, 3)
+        )
+
+    def _metrics_view_now(self) -> MetricsView:
+        self._refresh()
+        return self._metrics_view
+
+    def health(self) -> tuple[Health, int]:
+        """The /health payload and its HTTP status; rebuilt only when state or the staleness verdict changes."""
+        self._refresh()
+        key = (self.generation, self.yggdrasil_ok(), self._monitor_ok())
+        if key != self._health_key or self._health is None:
+            checks = [self._yggdrasil_check(), self._monitor_check(), self._members_check()]
+            checks.append(views.peers_check(self._planned))
+            health = views.health_view(
+                node_id=self.settings.node_id,
+                version=self.version,
+                endpoint=self.settings.yggdrasil_admin,
+                api_version=self.snapshot.api_version if self.snapshot else None,
+                peers_up=sum(1 for p in self.snapshot.peers if p.up) if self.snapshot and self.last_ok else 0,
+                checks=checks,
+            )
+            self._health = (health, 200 if health.status == "ok" else 503)
+            self._health_key = key
+        return self._health
+
+    # --- health checks --------------------------------------------------------------------------------------
+
+    def _yggdrasil_check(self) -> HealthCheck:
+        age = self.snapshot_age_s()
+        if self.yggdrasil_ok():
+            assert self.snapshot is not None
+            return HealthCheck(
+                name="yggdrasil",
+                ok=True,
+                detail=f"{self.snapshot.api_version} daemon answering at {self.settings.yggdrasil_admin}",
+            )
+        parts: list[str] = []
+        if not self.last_ok and self.last_error is not None:
+            parts.append(f"{type(self.last_error).__name__}: {self.last_error}")
+        elif age is not None:
+            parts.append(f"no answer from {self.settings.yggdrasil_admin} for {age:.1f} s (daemon hung?)")
+        else:
+            parts.append(f"no snapshot yet from {self.settings.yggdrasil_admin}")
+        if self.supervisor is not None:
+            parts.append(self.supervisor.describe())
+        return HealthCheck(name="yggdrasil", ok=False, detail="; ".join(parts))
+
+    def _monitor_ok(self) -> bool:
+        if not self.monitor_alive:
+            return False
+        if self.last_attempt_mono is None:
+            # Still in the first pass: give it one admin timeout before calling the monitor stuck.
+            return self.uptime_s() <= self.settings.admin_timeout + self.settings.stale_after
+        limit = self.settings.admin_timeout + self.settings.stale_after
+        return time.monotonic() - self.last_attempt_mono <= limit
+
+    def _monitor_check(self) -> HealthCheck:
+        if self._monitor_ok():
+            return HealthCheck(
+                name="monitor", ok=True, detail=f"refreshing every {self.settings.monitor_interval:g} s"
+            )
+        if not self.monitor_alive:
+            return HealthCheck(name="monitor", ok=False, detail="monitor task is not running")
+        return HealthCheck(name="monitor", ok=False, detail="monitor task has not completed a pass recently")
+
+    def _members_check(self) -> HealthCheck:
+        w = self.members
+        if w.path is None:
+            return HealthCheck(name="members", ok=True, detail="no members file (MESH_MEMBERS unset)")
+        count = len(w.members.members)
+        if w.error is not None:
+            keep = f"; keeping the previous {count} members" if w.generation else ""
+            return HealthCheck(name="members", ok=False, detail=f"{w.error}{keep}")
+        if self.settings.node_id not in w.members.by_id:
+            return HealthCheck(
+                name="members", ok=False, detail=f"this node ({self.settings.node_id}) is not in {w.path}"
+            )
+        return HealthCheck(name="members", ok=True, detail=f"{count} members from {w.path}")
