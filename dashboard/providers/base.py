@@ -79,8 +79,15 @@ class Provider(abc.ABC):
 
     def node_loss(self, node_id: str, duration_s: float) -> str:
         """Make `node_id` disappear for `duration_s` (or until restore_node). Returns a description of what was
-        done. Default: not supported by this source."""
+        done. Default: not supported by this source (the drill engine then uses the agent's `kill-daemon`).
+        The drill engine calls restore_node when the duration is over or the drill is aborted; a source whose
+        backend brings the node back by itself (Nomad reschedules a stopped allocation) may leave it a no-op."""
         raise ProviderError(f"{self.name}: node loss is not supported by this source")
 
     def restore_node(self, node_id: str) -> None:  # noqa: B027 - optional hook
-        """Undo node_loss early (abort). Default: nothing to undo."""
+        """Undo node_loss (duration over, or abort). Must be idempotent. Default: nothing to undo."""
+
+    @property
+    def supports_node_loss(self) -> bool:
+        """True when this source overrides node_loss (drills then use it instead of the agent's kill-daemon)."""
+        return type(self).node_loss is not Provider.node_loss

@@ -1,0 +1,160 @@
+"""HTTP client for the agents' API (docs/contracts.md §3): the one place x0dash talks to agents.
+
+Used by the poller (read endpoints, many agents at once) and the drill engine (drills, incidents, actions).
+Every failure becomes an `AgentError` whose `kind` says what the operator should think: the agent is gone
+(`refused`), too slow (`timeout`), refused our request (`http`, `auth`, `conflict`, `not_found`) or answered
+something that is not our API (`garbage`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeVar
+
+import httpx
+import msgspec
+
+from dashboard import wire
+
+T = TypeVar("T")
+
+ErrorKind = Literal["refused", "timeout", "protocol", "http", "auth", "conflict", "not_found", "garbage"]
+
+
+class AgentError(Exception):
+    def __init__(self, kind: ErrorKind, detail: str, *, url: str, status: int | None = None) -> None:
+        super().__init__(f"{url}: {detail}")
+        self.kind: ErrorKind = kind
+        self.detail = detail
+        self.url = url
+        self.status = status
+
+
+_DECODERS: dict[type, msgspec.json.Decoder[Any]] = {}
+_ERROR_DECODER = msgspec.json.Decoder(wire.ErrorBody)
+
+
+def _decoder(type_: type[T]) -> msgspec.json.Decoder[T]:
+    dec = _DECODERS.get(type_)
+    if dec is None:
+        dec = _DECODERS[type_] = msgspec.json.Decoder(type_)
+    return dec
+
+
+def _error_detail(resp: httpx.Response) -> str:
+    try:
+        return _ERROR_DECODER.decode(resp.content).detail
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        text = resp.text.strip().replace("\n", " ")
+        return text[:200] or resp.reason_phrase
+
+
+class AgentClient:
+    """One pooled httpx client for all agents. `timeout` bounds every request (connect, read, pool)."""
+
+    def __init__(self, *, timeout: float = 1.5, token: str | None = None, max_connections: int = 400) -> None:
+        self.timeout = timeout
+        self.token = token
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            # Agents live on private underlay addresses; an operator's proxy settings must not capture them.
+            trust_env=False,
+            headers={"accept": "application/json", "user-agent": "x0dash"},
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AgentClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def request(
+        self,
+        method: str,
+        base_url: str,
+        path: str,
+        type_: type[T],
+        *,
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+        auth: bool = False,
+        ok_statuses: tuple[int, ...] = (200,),
+    ) -> T:
+        url = base_url.rstrip("/") + path
+        headers = None
+        if auth:
+            if not self.token:
+                raise AgentError("auth", "no API token known for this mesh (X0_API_TOKEN / inventory api_token)",
+                                 url=url)
+            headers = {"authorization": f"Bearer {self.token}"}
+        try:
+            resp = await self._http.request(method, url, params=params, json=json, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise AgentError("timeout", f"no answer within {self.timeout:g} s ({type(exc).__name__})",
+                             url=url) from exc
+        except httpx.ConnectError as exc:
+            raise AgentError("refused", f"cannot connect: {exc or type(exc).__name__}", url=url) from exc
+        except httpx.HTTPError as exc:
+            raise AgentError("protocol", f"{type(exc).__name__}: {exc}", url=url) from exc
+        if resp.status_code not in ok_statuses:
+            kind: ErrorKind = {401: "auth", 403: "auth", 404: "not_found", 409: "conflict"}.get(
+                resp.status_code, "http")
+            raise AgentError(kind, f"HTTP {resp.status_code}: {_error_detail(resp)}", url=url,
+                             status=resp.status_code)
+        try:
+            return _decoder(type_).decode(resp.content)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise AgentError("garbage", f"not an x0-agent reply: {exc}", url=url, status=resp.status_code) from exc
+
+    # Read API ---------------------------------------------------------------------------------------------
+    async def health(self, base_url: str) -> wire.Health:
+        # 503 still carries a Health body naming the failing check.
+        return await self.request("GET", base_url, "/health", wire.Health, ok_statuses=(200, 503))
+
+    async def status(self, base_url: str) -> wire.MeshStatus:
+        return await self.request("GET", base_url, "/mesh/status", wire.MeshStatus)
+
+    async def peers(self, base_url: str) -> wire.MeshPeers:
+        return await self.request("GET", base_url, "/mesh/peers", wire.MeshPeers)
+
+    async def routes(self, base_url: str) -> wire.MeshRoutes:
+        return await self.request("GET", base_url, "/mesh/routes", wire.MeshRoutes)
+
+    async def mapek(self, base_url: str) -> wire.MapekState:
+        return await self.request("GET", base_url, "/mapek", wire.MapekState)
+
+    async def incidents(self, base_url: str, since: float) -> list[wire.Incident]:
+        reply = await self.request("GET", base_url, "/mapek/incidents", wire.IncidentList,
+                                   params={"since": f"{since:.3f}"})
+        return reply.incidents
+
+    async def actions(self, base_url: str, since: float) -> list[wire.Action]:
+        reply = await self.request("GET", base_url, "/mapek/actions", wire.ActionList,
+                                   params={"since": f"{since:.3f}"})
+        return reply.actions
+
+    async def metrics_text(self, base_url: str) -> str:
+        url = base_url.rstrip("/") + "/metrics"
+        try:
+            resp = await self._http.get(url, headers={"accept": "text/plain"})
+        except httpx.TimeoutException as exc:
+            raise AgentError("timeout", f"no answer within {self.timeout:g} s", url=url) from exc
+        except httpx.HTTPError as exc:
+            raise AgentError("refused", f"{type(exc).__name__}: {exc}", url=url) from exc
+        if resp.status_code != 200:
+            raise AgentError("http", f"HTTP {resp.status_code}", url=url, status=resp.status_code)
+        return resp.text
+
+    # Drills -------------------------------------------------------------------------------------------------
+    async def drills(self, base_url: str) -> wire.DrillList:
+        return await self.request("GET", base_url, "/drills", wire.DrillList)
+
+    async def start_drill(self, base_url: str, kind: str, duration_s: int) -> wire.Drill:
+        return await self.request("POST", base_url, "/drills", wire.Drill, auth=True,
+                                  json={"kind": kind, "duration_s": duration_s}, ok_statuses=(200, 201, 202))
+
+    async def stop_drill(self, base_url: str, drill_id: str) -> wire.Drill:
+        return await self.request("DELETE", base_url, f"/drills/{drill_id}", wire.Drill, auth=True)

@@ -1,0 +1,323 @@
+"""The drill engine: one drill at a time, the same for the UI and `x0dash drill`.
+
+1. Preflight: the target exists and has an agent, no drill runs (here or on any agent), we can inject.
+2. Wait for the steady state and record it (a drill on a mesh that is already broken measures nothing).
+3. Inject: blackhole/partition through the target agent's `POST /drills`; node loss through the source
+   (stop the local node, stop the Nomad allocation) or else the agent's `kill-daemon` drill.
+4. Follow every observer's MAPE-K incidents and heal actions (via the session's poll cycles) until the fault
+   is reverted and the mesh is back to its steady state, or the recovery timeout passes.
+5. Score (drills/scoring.py) and hand back the report. `abort()` reverts the fault at once (DELETE /drills/{id}
+   or restoring the node) and still reports what was measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Literal, get_args
+
+import msgspec
+
+from dashboard.agent_client import AgentError
+from dashboard.drills.scoring import (
+    SLO,
+    ActionSeen,
+    DrillReport,
+    FaultWindow,
+    IncidentSeen,
+    SteadyState,
+    relevant,
+    returned_to,
+    score,
+    steady_state,
+)
+from dashboard.models import MeshView
+from dashboard.providers.base import DrillKind, ProviderError
+from dashboard.session import MeshSession
+
+DRILL_KINDS: tuple[str, ...] = get_args(DrillKind)
+DURATION_RANGE = (1, 600)  # the agents' limit for POST /drills (contracts §3)
+
+
+def describe(kind: str, target: str, duration_s: int, *, via_source: bool) -> str:
+    """What a drill will do, for the confirmation dialog and the headless log."""
+    if kind == "blackhole":
+        what = (f"{target}'s agent installs nftables rules that silently drop its Yggdrasil traffic, so its "
+                "peers see links that stay open but carry nothing")
+    elif kind == "partition":
+        what = f"{target}'s agent cuts it off from every other node (nftables), as a network partition would"
+    elif via_source:
+        what = f"the source stops {target} (agent and Yggdrasil daemon), as if the host died"
+    else:
+        what = f"{target}'s agent kills its Yggdrasil daemon (kill-daemon drill), as if the node died"
+    return (f"{what}, for {duration_s} s. Every other node should detect it and the mesh should heal; "
+            "then the fault is reverted and the mesh must return to its steady state.")
+
+
+class DrillPlan(msgspec.Struct, kw_only=True, frozen=True):
+    kind: str
+    target: str
+    duration_s: int = 10
+    slo: SLO = SLO()
+
+
+class DrillRefused(Exception):
+    """The drill was not started; the message says why (missing node, another drill running, no token…)."""
+
+
+StepLevel = Literal["info", "ok", "warn", "error"]
+
+
+class DrillStep(msgspec.Struct, kw_only=True, frozen=True):
+    at: float
+    t_s: float | None  # since the fault was injected; None before it
+    what: str
+    level: StepLevel = "info"
+    node: str | None = None
+
+
+class DrillEngine:
+    """One per session. `running` guards against a second drill from this dashboard; the agents' GET /drills
+    guards against drills started elsewhere."""
+
+    def __init__(self, session: MeshSession, *, follow_interval: float = 0.5, steady_timeout: float = 60.0,
+                 skew_s: float = 0.5, clock: Callable[[], float] = time.time) -> None:
+        self.session = session
+        self.follow_interval = follow_interval
+        self.steady_timeout = steady_timeout
+        self.skew_s = skew_s
+        self.clock = clock
+        self.running: DrillPlan | None = None
+        self.listeners: list[Callable[[DrillStep], None]] = []
+        self._abort = asyncio.Event()
+        self._t0: float | None = None
+
+    # ---------------------------------------------------------------------------------------------- helpers
+    def _step(self, what: str, level: StepLevel = "info", node: str | None = None,
+              at: float | None = None) -> None:
+        at = self.clock() if at is None else at
+        step = DrillStep(at=at, t_s=None if self._t0 is None else at - self._t0, what=what, level=level, node=node)
+        for listener in list(self.listeners):
+            listener(step)
+
+    def abort(self) -> None:
+        """Revert the running fault now; run() still returns a report (marked aborted)."""
+        if self.running is not None:
+            self._abort.set()
+
+    @property
+    def uses_source_for_node_loss(self) -> bool:
+        return self.session.provider.supports_node_loss
+
+    def _agent_url(self, view: MeshView, node_id: str) -> str:
+        node = view.node(node_id)
+        if node is None or node.agent_url is None:
+            raise DrillRefused(f"{node_id} has no agent URL known to the source")
+        return node.agent_url
+
+    async def _view(self) -> MeshView:
+        return (await self.session.update()).view
+
+    # ---------------------------------------------------------------------------------------------- preflight
+    async def preflight(self, plan: DrillPlan) -> MeshView:
+        if self.running is not None:
+            raise DrillRefused(f"another drill is running: {self.running.kind} on {self.running.target}")
+        if plan.kind not in DRILL_KINDS:
+            raise DrillRefused(f"unknown drill kind {plan.kind!r}; choose one of {', '.join(DRILL_KINDS)}")
+        lo, hi = DURATION_RANGE
+        if not lo <= plan.duration_s <= hi:
+            raise DrillRefused(f"duration must be {lo}..{hi} s, got {plan.duration_s}")
+        view = self.session.view or await self._view()
+        node = view.node(plan.target)
+        if node is None:
+            known = ", ".join(n.id for n in view.nodes) or "none"
+            raise DrillRefused(f"no node {plan.target!r} in {view.source} (nodes: {known})")
+        if node.agent_url is None:
+            raise DrillRefused(f"{plan.target}: the source does not say how to reach its agent")
+        needs_agent = plan.kind != "node-loss" or not self.uses_source_for_node_loss
+        if needs_agent and not self.session.client.token:
+            raise DrillRefused("no API token for this mesh: the agents refuse drills without one (set "
+                               "X0_API_TOKEN, or use an inventory that has api_token)")
+        await self._check_no_active_drill(view)
+        return view
+
+    async def _check_no_active_drill(self, view: MeshView) -> None:
+        async def active(node_id: str, url: str) -> list[str]:
+            try:
+                listed = await self.session.client.drills(url)
+            except AgentError:
+                # An agent we cannot ask shows as silent/down on screen; refusing for it would block every drill.
+                return []
+            return [f"{d.kind} on {node_id} (id {d.id}, ends in {max(0.0, d.ends_at - self.clock()):.0f} s)"
+                    for d in listed.active]
+        found = await asyncio.gather(*(active(n.id, n.agent_url) for n in view.nodes if n.agent_url))
+        running = [d for ds in found for d in ds]
+        if running:
+            raise DrillRefused("another drill is running: " + "; ".join(running))
+
+    # ---------------------------------------------------------------------------------------------- run
+    async def run(self, plan: DrillPlan) -> DrillReport:
+        view = await self.preflight(plan)
+        self.running = plan
+        self._abort.clear()
+        self._t0 = None
+        try:
+            return await self._run(plan, view)
+        finally:
+            self.running = None
+
+    async def _wait_steady(self, plan: DrillPlan) -> tuple[MeshView, SteadyState]:
+        deadline = self.clock() + self.steady_timeout
+        self._step("waiting for the mesh's steady state")
+        while True:
+            view = await self._view()
+            before = steady_state(view)
+            if before.steady:
+                self._step(f"steady state: {before.summary()}", "ok")
+                return view, before
+            if self._abort.is_set():
+                raise DrillRefused("aborted before the fault was injected")
+            if self.clock() >= deadline:
+                broken = ", ".join(before.nodes_not_up + before.links_not_up) or "members unreachable"
+                raise DrillRefused(f"the mesh is not in a steady state after {self.steady_timeout:g} s "
+                                   f"({before.summary()}: {broken}); a drill would measure nothing")
+            await asyncio.sleep(self.follow_interval)
+
+    async def _run(self, plan: DrillPlan, view: MeshView) -> DrillReport:
+        view, before = await self._wait_steady(plan)
+        target = view.node(plan.target)
+        assert target is not None
+        observers = [n.id for n in view.nodes if n.id != plan.target and n.state == "up"]
+        aliases = {plan.target} | {x for x in (target.key, target.address) if x}
+        url = self._agent_url(view, plan.target)
+        fault = await self._inject(plan, url)
+        self._t0 = fault.started_at
+        self._step(f"fault injected: {fault.method}", "warn", plan.target, at=fault.started_at)
+
+        seen: dict[tuple[str, str], IncidentSeen] = {}
+        acted: dict[tuple[str, str], ActionSeen] = {}
+        announced: set[str] = set()
+        after: SteadyState | None = None
+        steady_at: float | None = None
+        give_up_at = fault.started_at + plan.duration_s + plan.slo.recover_timeout_s + 10.0
+        while True:
+            await asyncio.sleep(self.follow_interval)
+            view = await self._view()
+            self._collect(observers, fault, seen, acted, announced, aliases)
+            if fault.ended_at is None:
+                fault = await self._maybe_end(plan, fault, url)
+                if fault.ended_at is not None:
+                    give_up_at = fault.ended_at + plan.slo.recover_timeout_s
+                    self._step("fault aborted and reverted" if fault.aborted else "fault reverted",
+                               "info", plan.target, at=fault.ended_at)
+                    continue
+            else:
+                after = steady_state(view)
+                mine = [i for i in seen.values() if relevant(i, aliases, fault, self.skew_s)]
+                if returned_to(before, after) and all(i.resolved_at is not None for i in mine):
+                    steady_at = self.clock()
+                    self._step(f"full recovery: {after.summary()}", "ok")
+                    break
+            if self.clock() >= give_up_at:
+                after = steady_state(view)
+                if fault.ended_at is None:
+                    fault = await self._force_end(plan, fault, url)
+                self._step("recovery timeout: the mesh did not return to its steady state", "error")
+                break
+        self._collect(observers, fault, seen, acted, announced, aliases)
+        report = score(source=view.source, fault=fault, aliases=aliases, observers=observers,
+                       incidents=list(seen.values()), actions=list(acted.values()), before=before, after=after,
+                       steady_confirmed_at=steady_at, slo=plan.slo, created_at=self.clock(), skew_s=self.skew_s)
+        self._step("PASS" if report.passed else "FAIL: " + "; ".join(report.failures),
+                   "ok" if report.passed else "error")
+        return report
+
+    async def _inject(self, plan: DrillPlan, url: str) -> FaultWindow:
+        client = self.session.client
+        if plan.kind == "node-loss" and self.uses_source_for_node_loss:
+            started = self.clock()
+            try:
+                detail = await asyncio.to_thread(self.session.provider.node_loss, plan.target, plan.duration_s)
+            except ProviderError as exc:
+                raise DrillRefused(f"the source could not stop {plan.target}: {exc}") from exc
+            return FaultWindow(kind=plan.kind, method=f"source: {detail}", target=plan.target,
+                               duration_s=plan.duration_s, started_at=started, ended_at=None, clock="dashboard")
+        agent_kind = "kill-daemon" if plan.kind == "node-loss" else plan.kind
+        try:
+            drill = await client.start_drill(url, agent_kind, plan.duration_s)
+        except AgentError as exc:
+            raise DrillRefused(f"{plan.target} refused the {agent_kind} drill: {exc.detail}") from exc
+        return FaultWindow(kind=plan.kind, method=f"agent drill {agent_kind}", target=plan.target,
+                           duration_s=plan.duration_s, started_at=drill.started_at, ended_at=None, clock="agent",
+                           drill_id=drill.id, detail=drill.detail)
+
+    async def _maybe_end(self, plan: DrillPlan, fault: FaultWindow, url: str) -> FaultWindow:
+        if fault.drill_id is None:  # made by the source: we end it
+            if self._abort.is_set() or self.clock() >= fault.started_at + fault.duration_s:
+                return await self._force_end(plan, fault, url)
+            return fault
+        if self._abort.is_set():
+            return await self._force_end(plan, fault, url)
+        try:
+            listed = await self.session.client.drills(url)
+        except AgentError:
+            return fault  # the target may be cut off by its own drill; ask again next round
+        for d in (*listed.active, *listed.past):
+            if d.id == fault.drill_id and d.state != "active":
+                ended = d.reverted_at if d.reverted_at is not None else self.clock()
+                return msgspec.structs.replace(fault, ended_at=ended, detail=d.detail or fault.detail,
+                                               aborted=fault.aborted or d.state == "aborted")
+        return fault
+
+    async def _force_end(self, plan: DrillPlan, fault: FaultWindow, url: str) -> FaultWindow:
+        aborted = self._abort.is_set()
+        if fault.drill_id is None:
+            ended = self.clock()
+            try:
+                await asyncio.to_thread(self.session.provider.restore_node, plan.target)
+            except ProviderError as exc:
+                self._step(f"could not restore {plan.target}: {exc}", "error", plan.target)
+                return msgspec.structs.replace(fault, aborted=aborted, detail=str(exc))
+            return msgspec.structs.replace(fault, ended_at=ended, aborted=aborted)
+        try:
+            drill = await self.session.client.stop_drill(url, fault.drill_id)
+        except AgentError as exc:
+            if exc.kind == "not_found" or exc.kind == "conflict":
+                return await self._maybe_end(plan, msgspec.structs.replace(fault, aborted=aborted), url)
+            self._step(f"could not revert the drill on {plan.target}: {exc.detail}", "error", plan.target)
+            return msgspec.structs.replace(fault, aborted=aborted)
+        return msgspec.structs.replace(fault, ended_at=drill.reverted_at or self.clock(), aborted=aborted)
+
+    def _collect(self, observers: list[str], fault: FaultWindow, seen: dict[tuple[str, str], IncidentSeen],
+                 acted: dict[tuple[str, str], ActionSeen], announced: set[str], aliases: set[str]) -> None:
+        """Fold the poller's records of every observer into the drill's own, keeping each incident's earliest
+        detection, and tell the listeners what is new."""
+        since = fault.started_at - self.skew_s
+        for obs in observers:
+            agent = self.session.poller.agents.get(obs)
+            if agent is None:
+                continue
+            for inc in agent.incidents.values():
+                if inc.detected_at < since and (inc.resolved_at is None or inc.resolved_at < since):
+                    continue
+                key = (obs, inc.id)
+                old = seen.get(key)
+                first = min(inc.detected_at, old.detected_at) if old else inc.detected_at
+                now = IncidentSeen(observer=obs, id=inc.id, kind=inc.kind, subject=inc.subject, detected_at=first,
+                                   resolved_at=inc.resolved_at, detail=inc.detail)
+                seen[key] = now
+                if not relevant(now, aliases, fault, self.skew_s):
+                    continue
+                if obs not in announced:
+                    announced.add(obs)
+                    self._step(f"first detection by {obs}: {inc.kind} {inc.subject}", "warn", obs, at=first)
+                if now.resolved_at is not None and (old is None or old.resolved_at is None):
+                    self._step(f"{obs} resolved {inc.kind} {inc.subject}", "ok", obs, at=now.resolved_at)
+            for act in agent.actions.values():
+                if act.at < since or (obs, act.id) in acted:
+                    continue
+                acted[(obs, act.id)] = ActionSeen(observer=obs, id=act.id, at=act.at, action=act.action,
+                                                  target=act.target, outcome=act.outcome, reason=act.reason)
+                self._step(f"heal action by {obs}: {act.action} {act.target} {act.outcome}",
+                           "ok" if act.outcome == "ok" else "warn", obs, at=act.at)

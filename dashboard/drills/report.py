@@ -1,0 +1,109 @@
+"""Drill reports as JSON (for machines and CI) and Markdown (for people), saved under a reports directory."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+import msgspec
+
+from dashboard.drills.scoring import DrillReport
+
+DEFAULT_REPORTS_DIR = Path(os.environ.get("X0DASH_REPORTS", "reports"))
+
+
+def to_json(report: DrillReport) -> bytes:
+    return msgspec.json.format(msgspec.json.encode(report), indent=2) + b"\n"
+
+
+def from_json(data: bytes | str) -> DrillReport:
+    return msgspec.json.decode(data, type=DrillReport)
+
+
+def _s(value: float | None, *, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.2f} s" if signed else f"{value:.2f} s"
+
+
+def _stamp(t: float | None) -> str:
+    if t is None:
+        return "-"
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
+
+
+def to_markdown(report: DrillReport) -> str:
+    f, slo = report.fault, report.slo
+    verdict = "PASS" if report.passed else "FAIL"
+    lines = [
+        f"# Drill {f.kind} on {f.target}: {verdict}",
+        "",
+        f"- source: {report.source}",
+        f"- fault: {f.method}, {f.duration_s:g} s requested"
+        + (f", drill id `{f.drill_id}`" if f.drill_id else "")
+        + (" (aborted)" if f.aborted else ""),
+        f"- injected {_stamp(f.started_at)}, reverted {_stamp(f.ended_at)}"
+        + ("" if f.clock == "agent" else " (dashboard clock: the source made this fault)"),
+        f"- SLOs: detect <= {slo.detect_s:g} s, repair <= {slo.repair_s:g} s after the fault ends, "
+        f"back to steady state within {slo.recover_timeout_s:g} s",
+        "",
+        "## Per observer",
+        "",
+        "| observer | detected by | time to detect | time to repair | incidents | heal actions | result |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for o in report.observers:
+        ok = "ok" if o.detect_ok and o.repair_ok else "FAIL"
+        note = f" ({o.note})" if o.note else ""
+        lines.append(f"| {o.observer} | {o.detected_by or '-'} | {_s(o.detect_s)} | {_s(o.repair_s, signed=True)} "
+                     f"| {o.incidents} | {o.actions} | {ok}{note} |")
+    after = report.after.summary() if report.after else "never measured"
+    lines += [
+        "",
+        "Time to detect: fault injected → the observer's first incident about the target. Time to repair: fault "
+        "ended → the observer's last incident about the target resolved (negative: healed during the fault). "
+        "Both from the agents' own timestamps.",
+        "",
+        "## Steady state",
+        "",
+        f"- before: {report.before.summary()}",
+        f"- after: {after}",
+        f"- recovery: {_s(report.recovery_s)} after the fault ended"
+        + (" (agents' records)" if report.recovery_s is not None else ""),
+        f"- back to steady state: {'yes' if report.recovered else 'NO'}",
+    ]
+    if report.after and report.after.links_not_up:
+        lines.append(f"- links not up after: {', '.join(report.after.links_not_up)}")
+    lines += ["", "## Timeline", "", "| t | node | event |", "|---|---|---|"]
+    for e in report.timeline:
+        lines.append(f"| {e.t_s:+.2f} s | {e.node or ''} | {e.what} |")
+    lines += ["", "## Verdict", ""]
+    if report.passed:
+        lines.append("PASS: every observer detected and repaired within the SLOs and the mesh is whole again.")
+    else:
+        lines += [f"- {failure}" for failure in report.failures]
+    return "\n".join(lines) + "\n"
+
+
+def report_basename(report: DrillReport) -> str:
+    when = dt.datetime.fromtimestamp(report.fault.started_at, dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"drill-{when}-{report.kind}-{report.target}"
+
+
+def save(report: DrillReport, reports_dir: Path, extra: Path | None = None) -> list[Path]:
+    """Write `<dir>/<name>.json` and `.md`; `extra` (the --report FILE) gets Markdown when it ends in .md and
+    JSON otherwise. Returns every path written."""
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    base = reports_dir / report_basename(report)
+    written = [base.with_suffix(".json"), base.with_suffix(".md")]
+    written[0].write_bytes(to_json(report))
+    written[1].write_text(to_markdown(report))
+    if extra is not None:
+        extra.parent.mkdir(parents=True, exist_ok=True)
+        if extra.suffix == ".md":
+            extra.write_text(to_markdown(report))
+        else:
+            extra.write_bytes(to_json(report))
+        written.append(extra)
+    return written

@@ -1,0 +1,267 @@
+"""Drill scoring (pure): from the fault window and what each observer's agent recorded, time to detect and
+to repair per observer, steady state before/after, and pass/fail against the SLOs.
+
+Times come from the agents' own records (incident `detected_at`/`resolved_at`, the target's drill
+`started_at`/`reverted_at`), never from when the dashboard happened to poll. Only a node-loss drill made by the
+source itself (stopping a local node or a Nomad allocation) starts and ends on the dashboard's clock, and the
+report says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Literal
+
+import msgspec
+
+from dashboard.models import MeshView
+
+REPORT_VERSION = 1
+ClockSource = Literal["agent", "dashboard"]
+
+
+class SLO(msgspec.Struct, kw_only=True, frozen=True):
+    detect_s: float = 2.0  # fault injected -> first incident about the target, per observer
+    repair_s: float = 2.0  # fault ended -> that observer's incidents about the target all resolved
+    recover_timeout_s: float = 60.0  # fault ended -> mesh back to its steady state, else the drill fails
+
+
+class SteadyState(msgspec.Struct, kw_only=True, frozen=True):
+    taken_at: float
+    nodes_up: int
+    nodes_total: int
+    links_up: int
+    links_planned: int
+    links_not_up: list[str]  # "a<->b state"
+    # node -> [members reachable, members total] (MAPE-K's own count, including itself)
+    reachability: dict[str, list[int]]
+    nodes_not_up: list[str]
+
+    @property
+    def steady(self) -> bool:
+        return (self.nodes_up == self.nodes_total and self.links_up == self.links_planned
+                and all(r == t for r, t in self.reachability.values()))
+
+    def summary(self) -> str:
+        reach = sum(1 for r, t in self.reachability.values() if r == t)
+        return (f"nodes {self.nodes_up}/{self.nodes_total} up, links {self.links_up}/{self.links_planned} up, "
+                f"{reach}/{len(self.reachability)} nodes reach every member")
+
+
+def steady_state(view: MeshView) -> SteadyState:
+    reach = {n.id: [n.members_reachable, n.members_known]
+             for n in view.nodes if n.members_reachable is not None and n.members_known is not None}
+    return SteadyState(
+        taken_at=view.taken_at,
+        nodes_up=view.nodes_healthy, nodes_total=view.nodes_total,
+        links_up=view.links_up, links_planned=view.links_planned,
+        links_not_up=[f"{link.a}<->{link.b} {link.state}" for link in view.links
+                      if link.planned and link.state != "up"],
+        reachability=reach,  # type: ignore[arg-type]
+        nodes_not_up=[f"{n.id} {n.state}" for n in view.nodes if n.state != "up"],
+    )
+
+
+def returned_to(before: SteadyState, after: SteadyState) -> bool:
+    """The mesh is back when it is at least as whole as before the drill (a mesh that was already missing
+    a link before is not blamed for it)."""
+    if after.nodes_up < before.nodes_up or after.links_up < before.links_up:
+        return False
+    for node, (reach, _total) in before.reachability.items():
+        now = after.reachability.get(node)
+        if now is None or now[0] < reach:
+            return False
+    return True
+
+
+class FaultWindow(msgspec.Struct, kw_only=True, frozen=True):
+    kind: str  # blackhole|partition|node-loss
+    method: str  # how it was made: "agent drill blackhole", "agent drill kill-daemon", "source: stop node"
+    target: str
+    duration_s: float
+    started_at: float
+    ended_at: float | None  # None: never reverted (a failure in itself)
+    clock: ClockSource
+    drill_id: str | None = None
+    aborted: bool = False
+    detail: str = ""
+
+
+class IncidentSeen(msgspec.Struct, kw_only=True, frozen=True):
+    """One incident as an observer recorded it; `detected_at` is the earliest detection we saw for this id
+    (an agent reopens a flapping incident with a newer detected_at), `resolved_at` the latest state."""
+
+    observer: str
+    id: str
+    kind: str
+    subject: str
+    detected_at: float
+    resolved_at: float | None
+    detail: str = ""
+
+
+class ActionSeen(msgspec.Struct, kw_only=True, frozen=True):
+    observer: str
+    id: str
+    at: float
+    action: str
+    target: str
+    outcome: str
+    reason: str = ""
+
+
+class ObserverScore(msgspec.Struct, kw_only=True, frozen=True):
+    observer: str
+    detected_at: float | None
+    detect_s: float | None
+    detected_by: str | None  # incident kind of the first detection
+    repaired_at: float | None
+    repair_s: float | None  # negative: healed before the fault ended
+    incidents: int
+    actions: int
+    detect_ok: bool
+    repair_ok: bool
+    note: str = ""
+
+
+class TimelineEntry(msgspec.Struct, kw_only=True, frozen=True):
+    at: float
+    t_s: float  # seconds since the fault was injected
+    node: str | None
+    what: str
+
+
+class DrillReport(msgspec.Struct, kw_only=True, frozen=True):
+    version: int
+    kind: str
+    target: str
+    source: str
+    slo: SLO
+    fault: FaultWindow
+    observers: list[ObserverScore]
+    before: SteadyState
+    after: SteadyState | None
+    recovered: bool  # mesh back to its steady state before the recovery timeout
+    recovered_at: float | None  # agents' clock: last observer incident about the target resolved
+    recovery_s: float | None  # fault ended -> recovered_at
+    steady_confirmed_at: float | None  # dashboard clock: first poll that saw the steady state again
+    timeline: list[TimelineEntry]
+    passed: bool
+    failures: list[str]
+    created_at: float
+    actions: list[ActionSeen] = []
+
+
+def relevant(inc: IncidentSeen, aliases: Iterable[str], fault: FaultWindow, skew_s: float) -> bool:
+    """An incident counts for this drill when it is about the target (by id, key or address) or is a partition
+    of the mesh, and was detected after the fault began (allowing `skew_s` of clock skew between hosts)."""
+    names = set(aliases)
+    if inc.subject not in names and inc.kind != "partition":
+        return False
+    return inc.detected_at >= fault.started_at - skew_s
+
+
+def score_observer(observer: str, incidents: Sequence[IncidentSeen], actions: Sequence[ActionSeen],
+                   fault: FaultWindow, slo: SLO) -> ObserverScore:
+    if not incidents:
+        return ObserverScore(observer=observer, detected_at=None, detect_s=None, detected_by=None,
+                             repaired_at=None, repair_s=None, incidents=0, actions=len(actions),
+                             detect_ok=False, repair_ok=False, note="no incident about the target")
+    first = min(incidents, key=lambda i: i.detected_at)
+    detect_s = first.detected_at - fault.started_at
+    unresolved = [i for i in incidents if i.resolved_at is None]
+    repaired_at = None if unresolved else max(i.resolved_at for i in incidents if i.resolved_at is not None)
+    repair_s = None
+    if repaired_at is not None and fault.ended_at is not None:
+        repair_s = repaired_at - fault.ended_at
+    notes = []
+    if unresolved:
+        notes.append("still open: " + ", ".join(f"{i.kind} {i.subject}" for i in unresolved))
+    if fault.ended_at is None:
+        notes.append("the fault was never reverted")
+    if repair_s is not None and repair_s < 0:
+        notes.append("healed before the fault ended")
+    return ObserverScore(
+        observer=observer, detected_at=first.detected_at, detect_s=detect_s, detected_by=first.kind,
+        repaired_at=repaired_at, repair_s=repair_s, incidents=len(incidents), actions=len(actions),
+        detect_ok=detect_s <= slo.detect_s,
+        repair_ok=repair_s is not None and repair_s <= slo.repair_s,
+        note="; ".join(notes),
+    )
+
+
+def build_timeline(fault: FaultWindow, observers: Sequence[ObserverScore], incidents: Sequence[IncidentSeen],
+                   actions: Sequence[ActionSeen], recovered_at: float | None) -> list[TimelineEntry]:
+    t0 = fault.started_at
+    entries = [TimelineEntry(at=t0, t_s=0.0, node=fault.target,
+                             what=f"fault injected: {fault.kind} ({fault.method})")]
+    for o in observers:
+        if o.detected_at is not None:
+            entries.append(TimelineEntry(at=o.detected_at, t_s=o.detected_at - t0, node=o.observer,
+                                         what=f"first detection by {o.observer}: {o.detected_by}"))
+    for a in actions:
+        entries.append(TimelineEntry(at=a.at, t_s=a.at - t0, node=a.observer,
+                                     what=f"heal action by {a.observer}: {a.action} {a.target} {a.outcome}"))
+    for i in incidents:
+        if i.resolved_at is not None:
+            entries.append(TimelineEntry(at=i.resolved_at, t_s=i.resolved_at - t0, node=i.observer,
+                                         what=f"{i.observer} resolved {i.kind} {i.subject}"))
+    if fault.ended_at is not None:
+        what = "fault aborted and reverted" if fault.aborted else "fault reverted"
+        entries.append(TimelineEntry(at=fault.ended_at, t_s=fault.ended_at - t0, node=fault.target, what=what))
+    if recovered_at is not None:
+        entries.append(TimelineEntry(at=recovered_at, t_s=recovered_at - t0, node=None,
+                                     what="full recovery: every observer's incidents about the target resolved"))
+    entries.sort(key=lambda e: (e.at, e.what))
+    return entries
+
+
+def score(*, source: str, fault: FaultWindow, aliases: Iterable[str], observers: Sequence[str],
+          incidents: Sequence[IncidentSeen], actions: Sequence[ActionSeen], before: SteadyState,
+          after: SteadyState | None, steady_confirmed_at: float | None, slo: SLO, created_at: float,
+          skew_s: float = 0.5) -> DrillReport:
+    """The whole report. `observers` are the nodes whose detection counts (every node but the target that was
+    up before the fault); `incidents`/`actions` are everything they recorded during the drill."""
+    names = set(aliases) | {fault.target}
+    mine = [i for i in incidents if i.observer in observers and relevant(i, names, fault, skew_s)]
+    end = fault.ended_at
+    window_actions = [a for a in actions if a.at >= fault.started_at - skew_s]
+    scores = [
+        score_observer(o, [i for i in mine if i.observer == o], [a for a in window_actions if a.observer == o],
+                       fault, slo)
+        for o in observers
+    ]
+    repaired = [s.repaired_at for s in scores]
+    recovered_at = max(r for r in repaired if r is not None) if repaired and None not in repaired else None
+    if recovered_at is not None and end is not None:
+        recovered_at = max(recovered_at, end)  # the mesh is not whole while the fault is still on
+    back = after is not None and returned_to(before, after)
+    failures: list[str] = []
+    if not observers:
+        failures.append("no observer: every other node was down before the drill")
+    for s in scores:
+        if s.detect_s is None:
+            failures.append(f"{s.observer} never detected the fault")
+        elif not s.detect_ok:
+            failures.append(f"{s.observer} detected after {s.detect_s:.2f} s (SLO {slo.detect_s:g} s)")
+        if s.detect_s is not None and s.repair_s is None:
+            failures.append(f"{s.observer}: incidents about {fault.target} not resolved ({s.note})")
+        elif s.repair_s is not None and not s.repair_ok:
+            failures.append(f"{s.observer} repaired {s.repair_s:.2f} s after the fault ended "
+                            f"(SLO {slo.repair_s:g} s)")
+    if end is None:
+        failures.append("the fault was never reverted")
+    if not back:
+        now = after.summary() if after is not None else "never measured"
+        failures.append(f"mesh did not return to its steady state within {slo.recover_timeout_s:g} s "
+                        f"(before: {before.summary()}; after: {now})")
+    if fault.aborted:
+        failures.append("aborted by the operator")
+    return DrillReport(
+        version=REPORT_VERSION, kind=fault.kind, target=fault.target, source=source, slo=slo, fault=fault,
+        observers=scores, before=before, after=after, recovered=back, recovered_at=recovered_at,
+        recovery_s=None if recovered_at is None or end is None else recovered_at - end,
+        steady_confirmed_at=steady_confirmed_at,
+        timeline=build_timeline(fault, scores, mine, window_actions, recovered_at),
+        passed=not failures, failures=failures, created_at=created_at, actions=window_actions,
+    )

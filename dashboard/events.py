@@ -1,0 +1,78 @@
+"""The event log's entries and how they are derived (pure): node/link state changes between two views,
+MAPE-K incidents and heal actions the agents report, drill steps."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from dashboard import wire
+from dashboard.models import MeshView
+
+Level = Literal["info", "ok", "warn", "error"]
+EventKind = Literal["node", "link", "incident", "action", "drill", "source"]
+
+
+class Event(msgspec.Struct, kw_only=True, frozen=True):
+    at: float  # unix seconds; the agent's own clock for incidents/actions, the dashboard's for the rest
+    kind: EventKind
+    text: str
+    level: Level = "info"
+    node: str | None = None
+
+
+_NODE_LEVEL: dict[str, Level] = {"up": "ok", "degraded": "warn", "silent": "warn", "down": "error",
+                                 "unknown": "info"}
+_LINK_LEVEL: dict[str, Level] = {"up": "ok", "temporary": "info", "silent": "warn", "down": "error",
+                                 "unknown": "info"}
+
+
+def view_events(prev: MeshView | None, cur: MeshView) -> list[Event]:
+    """State changes from one view to the next. The first view reports only what is not healthy."""
+    events: list[Event] = []
+    if prev is None or prev.source_ok != cur.source_ok:
+        if not cur.source_ok:
+            events.append(Event(at=cur.taken_at, kind="source", level="error",
+                                text=f"source {cur.source}: {cur.source_detail}"))
+        elif prev is not None:
+            events.append(Event(at=cur.taken_at, kind="source", level="ok", text=f"source {cur.source} back"))
+    before = {n.id: n.state for n in prev.nodes} if prev else {}
+    for n in cur.nodes:
+        was = before.get(n.id)
+        if was == n.state or (was is None and n.state == "up"):
+            continue
+        if was is None and n.state == "unknown":
+            continue
+        change = f"{was} → {n.state}" if was else n.state
+        events.append(Event(at=cur.taken_at, kind="node", node=n.id, level=_NODE_LEVEL[n.state],
+                            text=f"{n.id} {change}: {n.detail}"))
+    links_before = {link.key: link.state for link in prev.links} if prev else {}
+    for link in cur.links:
+        was = links_before.get(link.key)
+        if was == link.state or (was is None and link.state in ("up", "unknown")):
+            continue
+        if link.state == "unknown" or (was == "unknown" and link.state == "up"):
+            continue  # says nothing about the link, only that we cannot see it: the node events say that
+        change = f"{was} → {link.state}" if was else link.state
+        detail = f": {link.detail}" if link.detail else ""
+        events.append(Event(at=cur.taken_at, kind="link", level=_LINK_LEVEL[link.state],
+                            text=f"link {link.a}<->{link.b} {change}{detail}"))
+    return events
+
+
+def incident_event(observer: str, inc: wire.Incident, what: str) -> Event:
+    if what == "resolved":
+        took = (inc.resolved_at or inc.detected_at) - inc.detected_at
+        return Event(at=inc.resolved_at or inc.detected_at, kind="incident", node=observer, level="ok",
+                     text=f"{observer}: resolved {inc.kind} {inc.subject} after {took:.1f} s")
+    detail = f" ({inc.detail})" if inc.detail else ""
+    return Event(at=inc.detected_at, kind="incident", node=observer, level="warn",
+                 text=f"{observer}: {inc.kind} {inc.subject}{detail}")
+
+
+def action_event(observer: str, act: wire.Action) -> Event:
+    level: Level = {"ok": "ok", "failed": "error"}.get(act.outcome, "info")
+    why = f": {act.reason}" if act.reason else ""
+    return Event(at=act.at, kind="action", node=observer, level=level,
+                 text=f"{observer}: {act.action} {act.target} {act.outcome}{why}")

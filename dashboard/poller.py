@@ -1,0 +1,149 @@
+"""Polls every agent concurrently, with timeouts, and never two cycles at once (dolphie style).
+
+One cycle asks each agent for /health, /mesh/status, /mesh/peers, /mapek and the incidents/actions newer than
+what we have (plus /metrics every few cycles and /mesh/routes for nodes someone is looking at). Every agent gets
+the same deadline; an agent that misses it keeps its last good data, marked with its age, and never holds up
+the others for longer than that deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
+
+from dashboard import wire
+from dashboard.agent_client import AgentClient, AgentError
+from dashboard.events import Event, action_event, incident_event
+from dashboard.models import AgentData, absorb_actions, absorb_incidents
+from dashboard.promtext import parse_metrics
+from dashboard.providers.base import NodeTarget
+
+# Re-read the last seconds of records every cycle: an incident written just after a newer one was served would
+# otherwise fall behind the cursor. Records are deduplicated by id.
+CURSOR_OVERLAP_S = 2.0
+# How far back the first look at an agent's incidents and actions reaches.
+FIRST_LOOK_BACK_S = 3600.0
+
+
+class PollResult(msgspec.Struct, kw_only=True, frozen=True):
+    started_at: float
+    finished_at: float
+    agents_ok: int
+    agents_failed: int
+    events: list[Event]
+
+    @property
+    def duration_s(self) -> float:
+        return self.finished_at - self.started_at
+
+
+class Poller:
+    """Owns the per-agent store (`agents`). `poll` is serialized by a lock: callers (the UI loop, the drill
+    engine) may ask at the same time, the agents still see one cycle after the other."""
+
+    def __init__(self, client: AgentClient, *, clock: Callable[[], float] = time.time,
+                 metrics_every: int = 5) -> None:
+        self.client = client
+        self.clock = clock
+        self.metrics_every = max(1, metrics_every)
+        self.agents: dict[str, AgentData] = {}
+        self.detail_nodes: set[str] = set()  # nodes whose routes are fetched too (someone is looking)
+        self.cycles = 0
+        self._lock = asyncio.Lock()
+
+    @property
+    def busy(self) -> bool:
+        return self._lock.locked()
+
+    async def poll(self, targets: Sequence[NodeTarget]) -> PollResult:
+        async with self._lock:
+            return await self._cycle(targets)
+
+    async def _cycle(self, targets: Sequence[NodeTarget]) -> PollResult:
+        started = self.clock()
+        wanted = {t.id for t in targets}
+        for gone in set(self.agents) - wanted:
+            del self.agents[gone]
+        with_metrics = self.cycles % self.metrics_every == 0
+        self.cycles += 1
+        jobs = []
+        for t in targets:
+            data = self.agents.get(t.id)
+            if data is None or data.agent_url != t.agent_url:
+                data = self.agents[t.id] = AgentData(node_id=t.id, agent_url=t.agent_url)
+            if t.agent_url is not None:
+                jobs.append(self._poll_agent(data, t.agent_url, with_metrics, t.id in self.detail_nodes))
+        per_agent = await asyncio.gather(*jobs)
+        events = [e for evs in per_agent for e in evs]
+        ok = sum(1 for t in targets if t.agent_url and self.agents[t.id].ok)
+        return PollResult(started_at=started, finished_at=self.clock(), agents_ok=ok,
+                          agents_failed=len(jobs) - ok, events=events)
+
+    async def _poll_agent(self, data: AgentData, url: str, with_metrics: bool, with_routes: bool) -> list[Event]:
+        c = self.client
+        since = (data.cursor - CURSOR_OVERLAP_S) if data.cursor is not None else self.clock() - FIRST_LOOK_BACK_S
+        calls: dict[str, Any] = {
+            "health": self._timed_health(url),
+            "status": c.status(url),
+            "peers": c.peers(url),
+            "mapek": c.mapek(url),
+            "incidents": c.incidents(url, since),
+            "actions": c.actions(url, since),
+        }
+        if with_metrics:
+            calls["metrics"] = c.metrics_text(url)
+        if with_routes:
+            calls["routes"] = c.routes(url)
+        attempt_at = self.clock()
+        try:
+            # httpx bounds each phase; this bounds the whole agent (a slow drip of bytes included).
+            async with asyncio.timeout(c.timeout + 0.5):
+                results = await asyncio.gather(*calls.values(), return_exceptions=True)
+        except TimeoutError:
+            results = [AgentError("timeout", f"no complete answer within {c.timeout + 0.5:g} s", url=url)] * len(
+                calls)
+        replies = dict(zip(calls, results, strict=True))
+        data.last_attempt_at = attempt_at
+        errors: dict[str, str] = {}
+        for name, value in replies.items():
+            if isinstance(value, BaseException):
+                if not isinstance(value, AgentError):
+                    raise value
+                errors[name] = value.detail
+        data.endpoint_errors = errors
+        health = replies["health"]
+        if isinstance(health, AgentError):
+            data.ok, data.error, data.error_kind = False, health.detail, health.kind
+            return []
+        data.health, data.rtt_ms = health
+        data.ok, data.error, data.error_kind = True, None, None
+        data.last_ok_at = self.clock()
+        if not isinstance(replies["status"], AgentError):
+            data.status = replies["status"]
+        if not isinstance(replies["peers"], AgentError):
+            data.peers = replies["peers"]
+        if "routes" in replies and not isinstance(replies["routes"], AgentError):
+            data.routes = replies["routes"]
+        if "metrics" in replies and not isinstance(replies["metrics"], AgentError):
+            data.prev_metrics = data.metrics
+            data.metrics = parse_metrics(replies["metrics"], self.clock())
+        events: list[Event] = []
+        incidents: list[wire.Incident] = []
+        if not isinstance(replies["mapek"], AgentError):
+            data.mapek = replies["mapek"]
+            incidents.extend(data.mapek.active_incidents)
+        if not isinstance(replies["incidents"], AgentError):
+            incidents.extend(replies["incidents"])
+        events.extend(incident_event(data.node_id, inc, what) for inc, what in absorb_incidents(data, incidents))
+        if not isinstance(replies["actions"], AgentError):
+            events.extend(action_event(data.node_id, a) for a in absorb_actions(data, replies["actions"]))
+        return events
+
+    async def _timed_health(self, url: str) -> tuple[wire.Health, float]:
+        t0 = time.perf_counter()
+        health = await self.client.health(url)
+        return health, (time.perf_counter() - t0) * 1000.0

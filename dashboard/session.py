@@ -1,0 +1,83 @@
+"""One dashboard session: a provider, the poller and what they add up to. Used the same way by the UI and
+by headless drills, so both see the mesh through the same code.
+
+`update()` is one refresh of the provider (in a thread: providers may block) followed by one poll cycle; it is
+serialized, so however many callers ask, the agents see one cycle after the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import msgspec
+
+from dashboard.agent_client import AgentClient
+from dashboard.events import Event, view_events
+from dashboard.history import SessionHistory
+from dashboard.models import MeshView, merge
+from dashboard.poller import Poller, PollResult
+from dashboard.providers.base import Provider, SourceSnapshot
+
+
+class MeshUpdate(msgspec.Struct, kw_only=True, frozen=True):
+    view: MeshView
+    events: list[Event]
+    poll: PollResult | None
+
+
+class MeshSession:
+    def __init__(self, provider: Provider, *, timeout: float = 1.5, down_after: float = 10.0,
+                 metrics_every: int = 5, clock: Callable[[], float] = time.time) -> None:
+        self.provider = provider
+        self.clock = clock
+        self.down_after = down_after
+        self.client = AgentClient(timeout=timeout)
+        self.poller = Poller(self.client, clock=clock, metrics_every=metrics_every)
+        self.history = SessionHistory()
+        self.view: MeshView | None = None
+        self.snapshot: SourceSnapshot | None = None
+        self.listeners: list[Callable[[MeshUpdate], None]] = []
+        self._lock = asyncio.Lock()
+        self._started = False
+
+    async def start(self) -> None:
+        """Start the provider (may raise ProviderError, after cleaning up what it started)."""
+        await asyncio.to_thread(self.provider.start)
+        self._started = True
+        self.client.token = self.provider.api_token
+
+    async def close(self) -> None:
+        await self.client.aclose()
+        # stop() is also due after a failed start: the provider may have half-started something.
+        await asyncio.to_thread(self.provider.stop)
+
+    async def _refresh_source(self) -> SourceSnapshot:
+        try:
+            snap = await asyncio.to_thread(self.provider.refresh)
+        except Exception as exc:  # a provider must not raise here; if it does, keep going on the last list
+            last = self.snapshot
+            snap = SourceSnapshot(source=last.source if last else self.provider.name, ok=False,
+                                  detail=f"refresh failed: {type(exc).__name__}: {exc}",
+                                  nodes=last.nodes if last else [],
+                                  planned_links=last.planned_links if last else [], taken_at=self.clock())
+        if self.provider.api_token and not self.client.token:
+            self.client.token = self.provider.api_token
+        return snap
+
+    async def update(self) -> MeshUpdate:
+        async with self._lock:
+            snap = self.snapshot = await self._refresh_source()
+            poll = await self.poller.poll(snap.nodes)
+            now = self.clock()
+            view = merge(snap, self.poller.agents, now, polled_at=poll.finished_at,
+                         poll_duration_s=poll.duration_s, down_after=self.down_after)
+            events = view_events(self.view, view) + poll.events
+            events.sort(key=lambda e: e.at)
+            self.view = view
+            self.history.record(view)
+            update = MeshUpdate(view=view, events=events, poll=poll)
+        for listener in list(self.listeners):
+            listener(update)
+        return update

@@ -1,0 +1,1 @@
+"""x0dash widgets, one module each."""
