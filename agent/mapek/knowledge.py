@@ -1,0 +1,456 @@
+"""MAPE-K Knowledge: what the loop knows between ticks, and the records it keeps.
+
+- the planned topology (the members file, `agent.members.Members`) and the thresholds;
+- per member: the latest probes over the overlay, the underlay and the peering port, the state of the daemon link
+  (up since / down since / last traffic), link drops (flap history) and quarantine;
+- a bounded history of incidents (opened, merged, resolved) and of actions with their outcomes;
+- the temporary links MAPE-K added as stand-ins for lost planned peers.
+
+No I/O here: the monitor hands in `Observation`s, execute hands in outcomes. Analyze and plan only read it.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+import msgspec
+
+from agent.mapek.schemas import Action, ActionKind, Incident, IncidentKind, Outcome
+from agent.members import EMPTY, Members
+
+ProbePath = Literal["overlay", "underlay", "dial"]
+
+
+class Thresholds(msgspec.Struct, frozen=True, kw_only=True):
+    """Every tunable of the loop. Defaults are chosen against the daemon's own timings
+    (shared/reference/yggdrasil.md §3): it drops a silent link after 4-6 s, so the agent must see it first."""
+
+    # A lost/silent planned peer must stay so this long before we dial a stand-in or force a redial: one
+    # missed probe on a loaded host must not rewire the mesh.
+    suspicion_s: float = 1.0
+    # Probes time out fast: a blackholed peer must be noticed within 2 s of the fault.
+    probe_timeout_s: float = 0.5
+    # Members that are not neighbours probed per tick (SWIM-style rotation): cost grows with degree, not size.
+    probe_fanout: int = 2
+    # Planned links that never came up are not "lost" until the agent has run this long.
+    startup_grace_s: float = 10.0
+    latency_degraded_s: float = 0.25
+    latency_probes: int = 3  # consecutive slow overlay probes before latency_degraded
+    # Global rate limit over executed (not skipped) actions, and a per-target cooldown.
+    rate_limit_actions: int = 6
+    rate_limit_window_s: float = 10.0
+    cooldown_s: float = 2.0
+    # A link that dropped this many times within the window is quarantined (no forced redials, not used as a
+    # stand-in) for base * 2**level seconds, capped; the level resets once the link has been quiet a window.
+    flap_threshold: int = 3
+    flap_window_s: float = 60.0
+    quarantine_base_s: float = 15.0
+    quarantine_max_s: float = 240.0
+    # An incident that comes back within this many seconds of resolving is reopened, not duplicated.
+    merge_window_s: float = 60.0
+    # The same skipped action (same target, same reason) is recorded at most once per this many seconds.
+    skip_log_s: float = 10.0
+    # 0.4 redials a removed outbound link once after 1 s and twice more on dial errors (reference §3.1, and
+    # observed: removePeer alone never drops a runtime link for good). Dropping a temporary link therefore
+    # refuses our own dials to that peer for this long.
+    hold_s: float = 4.5
+    max_incidents: int = 500
+    max_actions: int = 1000
+
+
+class Probe(msgspec.Struct, frozen=True, kw_only=True):
+    """One probe of another member: its agent's /health over the overlay or the underlay, or a TCP connect to
+    its peering port (`dial`: can our daemon dial it right now?)."""
+
+    member: str
+    path: ProbePath
+    ok: bool
+    at: float
+    rtt_s: float | None = None
+    error: str | None = None
+    daemon_up: bool | None = None  # the member's own /health says its daemon answers
+    api_version: str | None = None  # the member's daemon API, from its /health
+
+
+class LinkSample(msgspec.Struct, frozen=True, kw_only=True):
+    """This node's daemon link(s) to one member, merged: up if any link is up, bytes of the up links."""
+
+    member: str
+    up: bool
+    bytes_recvd: int | None = None
+    latency_ms: float | None = None
+    inbound: bool | None = None
+
+
+class Observation(msgspec.Struct, frozen=True, kw_only=True):
+    """What one Monitor phase saw."""
+
+    at: float
+    daemon_ok: bool
+    daemon_error: str | None = None
+    api_version: str | None = None
+    links: dict[str, LinkSample] = {}  # read after the probes, by member id
+    # Read just before the probes: traffic between the two proves a link carries packets.
+    links_before: dict[str, LinkSample] | None = None
+    probes: list[Probe] = []
+
+
+class Finding(msgspec.Struct, frozen=True, kw_only=True):
+    """One fact the analysis established this tick; an incident is open while its finding is present."""
+
+    kind: IncidentKind
+    subject: str
+    detail: str
+    onset: float | None = None  # last good observation before the fault (for time to detect)
+
+
+class PlannedAction(msgspec.Struct, frozen=True, kw_only=True):
+    action: ActionKind
+    target: str
+    uri: str | None
+    reason: str
+    skip: str | None = None  # why it will not be executed (recorded as outcome "skipped")
+    for_subject: str | None = None  # subject of the incident this serves
+    hold_s: float = 0.0  # restore/remove on 0.4: refuse our own redials of the dropped link this long
+    standing_in_for: tuple[str, ...] = ()
+
+
+@dataclass
+class MemberState:
+    overlay: Probe | None = None
+    underlay: Probe | None = None
+    dial: Probe | None = None
+    overlay_ok_at: float | None = None
+    overlay_fail_since: float | None = None
+    underlay_fail_since: float | None = None
+    slow_probes: int = 0
+    link_up: bool = False
+    ever_up: bool = False
+    link_seen_up_at: float | None = None
+    link_down_since: float | None = None
+    bytes_recvd: int | None = None
+    traffic_at: float | None = None
+    flaps: deque[float] = field(default_factory=deque)
+    api_version: str | None = None
+    daemon_up: bool | None = None
+    quarantine_until: float | None = None
+    quarantined_at: float | None = None
+    quarantine_level: int = 0
+
+    def quarantined(self, now: float) -> bool:
+        return self.quarantine_until is not None and now < self.quarantine_until
+
+    def new_flaps(self) -> int:
+        """Link drops in the flap window since the last quarantine began (a quarantine is paid for once)."""
+        since = self.quarantined_at if self.quarantined_at is not None else float("-inf")
+        return sum(1 for t in self.flaps if t > since)
+
+
+@dataclass
+class Temporary:
+    """A link MAPE-K added (dialer) or expects (acceptor) as a stand-in for lost planned peers."""
+
+    member: str
+    dialer: bool
+    since: float
+    standing_in_for: tuple[str, ...]
+    uri: str | None = None
+
+
+@dataclass
+class Reconciled:
+    opened: list[tuple[Incident, float | None]]  # incident, time to detect
+    resolved: list[tuple[Incident, float]]  # incident, time to repair
+
+
+class Knowledge:
+    def __init__(
+        self,
+        node_id: str,
+        members: Members = EMPTY,
+        thresholds: Thresholds | None = None,
+        degree: int = 2,
+        started_at: float = 0.0,
+    ) -> None:
+        if degree < 1:
+            raise ValueError(f"planned degree must be >= 1, got {degree}")
+        self.node_id = node_id
+        self.members = members
+        self.thresholds = thresholds or Thresholds()
+        self.degree = degree
+        self.started_at = started_at
+        self.api_version: str | None = None
+        self.daemon_ok: bool | None = None
+        self.daemon_error: str | None = None
+        self.daemon_ok_at: float | None = None
+        self.majority_ok_at: float | None = None
+        self.states: dict[str, MemberState] = {}
+        self.incidents: deque[Incident] = deque(maxlen=self.thresholds.max_incidents)
+        self.active: dict[tuple[str, str], Incident] = {}
+        self.actions: deque[Action] = deque(maxlen=self.thresholds.max_actions)
+        self.temporaries: dict[str, Temporary] = {}
+        self.accepting: dict[str, tuple[str, ...]] = {}  # stand-ins we expect to dial us, and for whom
+        self.last_skip: dict[tuple[str, str], tuple[str, float]] = {}
+        self._boot = secrets.token_hex(2)
+        self._seq = 0
+
+    # --- members -------------------------------------------------------------------------------------------
+
+    def set_members(self, members: Members) -> None:
+        self.members = members
+        for gone in [m for m in self.states if m not in members.by_id]:
+            del self.states[gone]
+
+    def others(self) -> list[str]:
+        return [m for m in self.members.ids if m != self.node_id]
+
+    def neighbours(self) -> list[str]:
+        return self.members.neighbours(self.node_id)
+
+    def state(self, member: str) -> MemberState:
+        st = self.states.get(member)
+        if st is None:
+            st = self.states[member] = MemberState()
+        return st
+
+    def member_version(self, member: str) -> str | None:
+        learned = self.state(member).api_version
+        if learned:
+            return learned
+        m = self.members.by_id.get(member)
+        return m.api_version if m else None
+
+    def version_mismatch(self, member: str) -> bool:
+        theirs = self.member_version(member)
+        return bool(self.api_version and theirs and theirs != self.api_version)
+
+    def members_reachable(self) -> int:
+        """Members whose latest overlay probe answered, plus this node."""
+        return 1 + sum(
+            1 for m in self.others() if (st := self.states.get(m)) and st.overlay is not None and st.overlay.ok
+        )
+
+    def members_unreachable(self) -> list[str]:
+        return [
+            m for m in self.others() if (st := self.states.get(m)) and st.overlay is not None and not st.overlay.ok
+        ]
+
+    def temporary_members(self) -> set[str]:
+        """Links that are stand-ins (for /mesh/peers `temporary`)."""
+        return set(self.temporaries) | set(self.accepting)
+
+    # --- monitor input -------------------------------------------------------------------------------------
+
+    def observe(self, obs: Observation) -> None:
+        now = obs.at
+        th = self.thresholds
+        self.daemon_ok = obs.daemon_ok
+        self.daemon_error = obs.daemon_error
+        if obs.daemon_ok:
+            self.daemon_ok_at = now
+            if obs.api_version:
+                self.api_version = obs.api_version
+        for p in obs.probes:
+            if p.member == self.node_id:
+                continue
+            st = self.state(p.member)
+            if p.path == "overlay":
+                st.overlay = p
+                if p.ok:
+                    st.overlay_ok_at = p.at
+                    st.overlay_fail_since = None
+                    slow = p.rtt_s is not None and p.rtt_s > th.latency_degraded_s
+                    st.slow_probes = st.slow_probes + 1 if slow else 0
+                elif st.overlay_fail_since is None:
+                    st.overlay_fail_since = p.at
+            elif p.path == "underlay":
+                st.underlay = p
+                if p.ok:
+                    st.underlay_fail_since = None
+                elif st.underlay_fail_since is None:
+                    st.underlay_fail_since = p.at
+            else:
+                st.dial = p
+            if p.ok and p.path != "dial":
+                if p.daemon_up is not None:
+                    st.daemon_up = p.daemon_up
+                if p.api_version:
+                    st.api_version = p.api_version
+        if obs.daemon_ok:
+            # Without a daemon reading we know nothing about links: keep the last state rather than invent drops.
+            for m in self.others():
+                st = self.state(m)
+                sample = obs.links.get(m)
+                up = sample is not None and sample.up
+                if up:
+                    assert sample is not None
+                    st.link_seen_up_at = now
+                    st.ever_up = True
+                    st.link_down_since = None
+                    if sample.bytes_recvd is not None and (
+                        st.bytes_recvd is None or sample.bytes_recvd > st.bytes_recvd
+                    ):
+                        st.traffic_at = now
+                    st.bytes_recvd = sample.bytes_recvd
+                else:
+                    if st.link_up:
+                        st.flaps.append(now)
+                        st.link_down_since = now
+                    elif st.link_down_since is None:
+                        st.link_down_since = now
+                    st.bytes_recvd = None
+                st.link_up = up
+        for st in self.states.values():
+            while st.flaps and st.flaps[0] < now - th.flap_window_s:
+                st.flaps.popleft()
+            if not st.flaps and not st.quarantined(now):
+                st.quarantine_level = 0
+        total = len(self.members.ids) or 1
+        unreachable = len(self.members_unreachable())
+        if total - unreachable >= total // 2 + 1:
+            self.majority_ok_at = now
+
+    # --- incidents ----------------------------------------------------------------------------------------
+
+    def _next_id(self, prefix: str) -> str:
+        self._seq += 1
+        return f"{prefix}-{self._boot}-{self._seq}"
+
+    def reconcile(self, findings: list[Finding], now: float) -> Reconciled:
+        """Open, merge or resolve incidents so exactly the findings of this tick are active."""
+        out = Reconciled(opened=[], resolved=[])
+        seen: set[tuple[str, str]] = set()
+        for f in findings:
+            key = (f.kind, f.subject)
+            if key in seen:
+                continue
+            seen.add(key)
+            inc = self.active.get(key)
+            if inc is not None:
+                inc.detail = f.detail
+                continue
+            ttd = max(0.0, now - f.onset) if f.onset is not None else None
+            inc = self._recent(key, now)
+            if inc is not None:
+                inc.count += 1
+                inc.detected_at = now
+                inc.resolved_at = None
+                inc.detail = f.detail
+            else:
+                inc = Incident(
+                    id=self._next_id("inc"),
+                    kind=f.kind,
+                    subject=f.subject,
+                    detected_at=now,
+                    resolved_at=None,
+                    count=1,
+                    detail=f.detail,
+                    actions=[],
+                )
+                self.incidents.append(inc)
+            self.active[key] = inc
+            out.opened.append((inc, ttd))
+        for key in [k for k in self.active if k not in seen]:
+            inc = self.active.pop(key)
+            inc.resolved_at = now
+            out.resolved.append((inc, max(0.0, now - inc.detected_at)))
+        return out
+
+    def _recent(self, key: tuple[str, str], now: float) -> Incident | None:
+        horizon = now - self.thresholds.merge_window_s
+        for inc in reversed(self.incidents):
+            if (inc.kind, inc.subject) == key and inc.resolved_at is not None and inc.resolved_at >= horizon:
+                return inc
+        return None
+
+    def active_incidents(self) -> list[Incident]:
+        return sorted(self.active.values(), key=lambda i: i.detected_at)
+
+    def has_active(self, kind: str, subject: str) -> bool:
+        return (kind, subject) in self.active
+
+    def incident_for(self, subject: str) -> Incident | None:
+        """The incident an action about `subject` serves: the newest active one, else the newest one."""
+        for inc in reversed(self.incidents):
+            if inc.subject == subject and inc.resolved_at is None:
+                return inc
+        for inc in reversed(self.incidents):
+            if inc.subject == subject:
+                return inc
+        return None
+
+    def incidents_since(self, since: float) -> list[Incident]:
+        return [
+            i
+            for i in self.incidents
+            if i.detected_at >= since or (i.resolved_at is not None and i.resolved_at >= since)
+        ]
+
+    # --- actions ------------------------------------------------------------------------------------------
+
+    def record_action(
+        self,
+        action: ActionKind,
+        target: str,
+        uri: str | None,
+        outcome: Outcome,
+        reason: str,
+        at: float,
+        incident_subject: str | None = None,
+    ) -> Action:
+        inc = self.incident_for(incident_subject) if incident_subject else None
+        rec = Action(
+            id=self._next_id("act"),
+            at=at,
+            action=action,
+            target=target,
+            uri=uri,
+            outcome=outcome,
+            reason=reason,
+            incident_id=inc.id if inc else None,
+        )
+        self.actions.append(rec)
+        if inc is not None:
+            inc.actions.append(rec.id)
+        if outcome == "skipped":
+            self.last_skip[(action, target)] = (reason, at)
+        return rec
+
+    def apply_outcome(self, planned: PlannedAction, outcome: Outcome, reason: str, at: float) -> Action:
+        """Record what execute did with one planned action and update what it changed (stand-ins, quarantine)."""
+        if outcome == "ok":
+            if planned.action == "add_peer":
+                self.temporaries[planned.target] = Temporary(
+                    member=planned.target,
+                    dialer=True,
+                    since=at,
+                    standing_in_for=planned.standing_in_for,
+                    uri=planned.uri,
+                )
+            elif planned.action in ("restore", "remove_peer"):
+                self.temporaries.pop(planned.target, None)
+            elif planned.action == "quarantine":
+                self.quarantine(planned.target, at)
+        return self.record_action(
+            planned.action, planned.target, planned.uri, outcome, reason, at, incident_subject=planned.for_subject
+        )
+
+    def actions_since(self, since: float) -> list[Action]:
+        return [a for a in self.actions if a.at >= since]
+
+    def executed_since(self, since: float) -> list[Action]:
+        """Actions that touched the daemon (not skipped, not bookkeeping) since `since`."""
+        return [a for a in self.actions if a.at >= since and a.outcome != "skipped" and a.action != "quarantine"]
+
+    def quarantine(self, member: str, now: float) -> float:
+        """Quarantine `member` with exponential backoff; returns the end time."""
+        th = self.thresholds
+        st = self.state(member)
+        length = min(th.quarantine_max_s, th.quarantine_base_s * (2**st.quarantine_level))
+        st.quarantine_level += 1
+        st.quarantined_at = now
+        st.quarantine_until = now + length
+        return st.quarantine_until

@@ -1,0 +1,214 @@
+"""Plan: degree-k stand-ins, restore, forced redials, quarantine, rate limit and cooldown, recorded outcomes."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from agent.mapek.knowledge import Thresholds
+from agent.mapek.plan import repair_links
+
+from .sim import SimNode, members
+
+IDS3 = ["node-a", "node-b", "node-c"]
+CHAIN = [["node-a", "node-b"], ["node-b", "node-c"]]
+
+
+# --- repair_links ------------------------------------------------------------------------------------------
+
+
+def test_repair_chain_middle_lost_links_the_ends_lower_id_dials() -> None:
+    assert repair_links([("a", "b"), ("b", "c")], ["a", "b", "c"], {"b"}, 2) == [("a", "c")]
+
+
+def test_repair_full_mesh_has_no_stand_in_to_add() -> None:
+    links = [("a", "b"), ("a", "c"), ("b", "c")]
+    assert repair_links(links, ["a", "b", "c"], {"c"}, 2) == []
+
+
+def test_repair_ring_goes_around_the_lost_node() -> None:
+    ids = ["a", "b", "c", "d", "e"]
+    ring = [("a", "b"), ("b", "c"), ("c", "d"), ("d", "e"), ("a", "e")]
+    assert repair_links(ring, ids, {"c"}, 2) == [("b", "d")]
+    # k=1 only keeps one live link per node: nobody in the ring drops below 1.
+    assert repair_links(ring, ids, {"c"}, 1) == []
+
+
+def test_repair_prefers_a_partner_that_also_lacks_links() -> None:
+    ids = ["a", "b", "c", "d", "e"]
+    chain = [("a", "b"), ("b", "c"), ("c", "d"), ("d", "e")]
+    # b lost c; candidates d (lost c too) and e (fine): d is chosen, one link repairs both.
+    assert repair_links(chain, ids, {"c"}, 2) == [("b", "d")]
+
+
+def test_repair_is_the_same_from_every_view_and_skips_excluded() -> None:
+    ids = ["a", "b", "c", "d"]
+    chain = [("a", "b"), ("b", "c"), ("c", "d")]
+    one = repair_links(chain, ids, {"b"}, 2)
+    two = repair_links(list(reversed(chain)), list(reversed(ids)), ["b"], 2)
+    assert one == two == [("a", "c")]
+    assert repair_links(chain, ids, {"b"}, 2, excluded={"c"}) == [("a", "d")]
+
+
+# --- stand-ins through the whole tick ------------------------------------------------------------------
+
+
+def test_chain_middle_loss_only_the_lower_id_dials_after_suspicion() -> None:
+    mesh = members(IDS3, links=CHAIN)
+    a, c = SimNode("node-a", mesh), SimNode("node-c", mesh)
+    a.tick(up={"node-b"})
+    c.tick(up={"node-b"})
+    gone = {"node-b": False}
+    # First tick of the loss: lost is reported, but the suspicion window holds the stand-in back.
+    ra = a.tick(up=(), overlay={"node-b": False, "node-c": False}, underlay=gone, dt=0.6)
+    assert "peer_lost" in ra.kinds("node-b") and "partition" in ra.kinds()
+    assert ra.actions("add_peer") == []
+    ra = a.tick(up=(), overlay={"node-b": False, "node-c": False}, underlay=gone, dt=1.0)
+    for dt in (0.6, 1.0):
+        rc = c.tick(up=(), overlay={"node-b": False, "node-a": False}, underlay=gone, dt=dt)
+    (add,) = ra.actions("add_peer", executed=True)
+    assert add.target == "node-c" and add.uri == "tls://10.9.0.3:12345?key=" + f"{3:064x}"
+    assert add.standing_in_for == ("node-b",) and "stand-in for lost node-b" in add.reason
+    assert rc.actions() == []  # node-c only accepts
+    assert rc.plan.accepting == {"node-a": ("node-b",)}
+    assert a.kn.temporaries["node-c"].dialer
+    assert a.kn.temporary_members() == {"node-c"} and c.kn.temporary_members() == {"node-a"}
+    # The action is filed under the incident it serves.
+    act = a.kn.actions[-1]
+    inc = next(i for i in a.kn.incidents if i.kind == "peer_lost")
+    assert act.incident_id == inc.id and act.id in inc.actions and act.outcome == "ok"
+
+
+def test_stand_in_waits_for_the_candidate_to_answer_on_the_underlay() -> None:
+    mesh = members(IDS3, links=CHAIN)
+    a = SimNode("node-a", mesh)
+    a.tick(up={"node-b"})
+    r = None
+    for _ in range(2):
+        r = a.tick(up=(), overlay={"node-b": False, "node-c": False}, underlay={"node-b": False, "node-c": False})
+    assert r is not None
+    # node-c's agent is gone too: it counts as failed, so no stand-in is planned at all.
+    assert r.actions("add_peer") == []
+
+
+def test_restore_planned_topology_drops_the_stand_in_with_a_hold_on_04() -> None:
+    mesh = members(IDS3, links=CHAIN)
+    a = SimNode("node-a", mesh)
+    a.tick(up={"node-b"})
+    for _ in range(2):
+        a.tick(up=(), overlay={"node-b": False, "node-c": False}, underlay={"node-b": False})
+    r = a.tick(up={"node-c"}, overlay={"node-b": False}, underlay={"node-b": False})
+    assert r.actions() == [] and "node-c" in a.kn.temporaries
+    # node-b's agent is back and its port answers: the planned link is redialled at once.
+    r = a.tick(up={"node-c"}, overlay={"node-b": False}, dial={"node-b": True})
+    (redial,) = r.actions("redial", executed=True)
+    assert redial.target == "node-b" and "answers on its peering port again" in redial.reason
+    assert r.actions("restore") == []  # planned link not up yet
+    r = a.tick(up={"node-b", "node-c"})
+    (restore,) = r.actions("restore", executed=True)
+    assert restore.target == "node-c" and restore.hold_s == pytest.approx(4.5)
+    assert "node-c" not in a.kn.temporaries
+    r = a.tick(up={"node-b"})
+    assert r.actions() == [] and r.findings == []
+
+
+def test_restore_on_05_needs_no_hold() -> None:
+    mesh = members(IDS3, links=CHAIN)
+    a = SimNode("node-a", mesh, api="0.5")
+    a.tick(up={"node-b"})
+    for _ in range(2):
+        a.tick(up=(), overlay={"node-b": False, "node-c": False}, underlay={"node-b": False})
+    (restore,) = a.tick(up={"node-b", "node-c"}).actions("restore")
+    assert restore.hold_s == 0.0
+
+
+def test_forced_redial_only_when_the_port_answers_and_only_by_the_dialer() -> None:
+    mesh = members(IDS3)  # full mesh: a dials b and c, b dials c
+    a, c = SimNode("node-a", mesh), SimNode("node-c", mesh)
+    a.tick(up={"node-b", "node-c"})
+    c.tick(up={"node-a", "node-b"})
+    for _ in range(3):  # node-c partitioned: its port refuses
+        ra = a.tick(up={"node-b"}, overlay={"node-c": False}, dial={"node-c": False})
+        assert ra.actions("redial") == []
+    ra = a.tick(up={"node-b"}, overlay={"node-c": False}, dial={"node-c": True})
+    (redial,) = ra.actions("redial", executed=True)
+    assert redial.target == "node-c"
+    # node-c accepts from a: it never redials a.
+    for _ in range(3):
+        rc = c.tick(up={"node-b"}, overlay={"node-a": False}, dial={"node-a": True})
+        assert rc.actions("redial") == []
+
+
+def test_failed_redial_backs_off() -> None:
+    mesh = members(IDS3)
+    a = SimNode("node-a", mesh)
+    a.tick(up={"node-b", "node-c"})
+    a.outcome = lambda act: "failed"
+    times = []
+    for _ in range(16):
+        r = a.tick(up={"node-b"}, overlay={"node-c": False}, dial={"node-c": True})
+        times += [a.now for act in r.actions("redial", executed=True)]
+    gaps = [round(y - x) for x, y in itertools.pairwise(times)]
+    assert gaps[:3] == [2, 4, 8]
+    assert all(act.outcome in ("ok", "failed", "skipped") and act.reason for act in a.kn.actions)
+
+
+def test_flapping_link_is_quarantined_with_backoff_and_merged_into_one_incident() -> None:
+    mesh = members(IDS3)
+    th = Thresholds(flap_threshold=3, flap_window_s=60, quarantine_base_s=15, quarantine_max_s=240)
+    a = SimNode("node-a", mesh, thresholds=th)
+    quarantines = []
+    for _ in range(30):  # 2 s up, 2 s down
+        for up in (True, True, False, False):
+            r = a.tick(up={"node-b", "node-c"} if up else {"node-b"}, dial={} if up else {"node-c": True})
+            quarantines += [(a.now, q) for q in r.actions("quarantine")]
+    assert len(quarantines) >= 2
+    first, second = quarantines[0], quarantines[1]
+    assert "15 s" in first[1].reason and "30 s" in second[1].reason
+    assert second[0] - first[0] >= 15
+    lost = [i for i in a.kn.incidents if i.kind == "peer_lost"]
+    assert len(lost) == 1 and lost[0].count >= 25
+    # While quarantined, no forced redials happened.
+    for t, _ in quarantines:
+        until = t + 15
+        redials = [x for x in a.kn.actions if x.action == "redial" and x.outcome != "skipped"]
+        assert not [x for x in redials if t < x.at < until]
+
+
+def test_global_rate_limit_and_skip_reasons() -> None:
+    ids = [f"node-{c}" for c in "abcdefghij"]
+    th = Thresholds(rate_limit_actions=3, rate_limit_window_s=10)
+    a = SimNode("node-a", members(ids), thresholds=th)
+    a.tick(up=set(ids[1:]))
+    down = {m: False for m in ids[1:]}
+    a.tick(up=(), overlay=down, dial=dict.fromkeys(ids[1:], False))
+    executed_at = []
+    for _ in range(25):
+        r = a.tick(up=(), overlay=down, dial=dict.fromkeys(ids[1:], True))
+        executed_at += [a.now for _ in r.actions(executed=True)]
+    # At most 3 executed actions in any 10 s window.
+    for t in executed_at:
+        assert sum(1 for u in executed_at if t <= u < t + 10) <= 3
+    skipped = [x for x in a.kn.actions if x.outcome == "skipped"]
+    assert skipped and all(x.reason for x in skipped)
+    assert any(x.reason.startswith("rate limit") for x in skipped)
+    # The same skip is not recorded every tick.
+    per_target = [x for x in skipped if x.target == "node-j" and x.reason.startswith("rate limit")]
+    assert len(per_target) <= 3
+
+
+def test_incident_resolves_and_reopens_within_the_merge_window() -> None:
+    mesh = members(IDS3)
+    a = SimNode("node-a", mesh, thresholds=Thresholds(merge_window_s=30))
+    a.tick(up={"node-b", "node-c"})
+    a.tick(up={"node-b"})
+    r = a.tick(up={"node-b", "node-c"})
+    ((inc, ttr),) = r.reconciled.resolved
+    assert inc.resolved_at == a.now and ttr == 1.0
+    r = a.tick(up={"node-b"}, dt=10)
+    assert inc.count == 2 and inc.resolved_at is None and inc.detected_at == a.now
+    a.tick(up={"node-b", "node-c"})
+    a.tick(up={"node-b"}, dt=40)
+    assert len([i for i in a.kn.incidents if i.kind == "peer_lost"]) == 2
+    assert a.kn.incidents_since(a.now) == [a.kn.incidents[-1]]
