@@ -213,13 +213,19 @@ class AgentState:
         key = (self.generation, self.yggdrasil_ok(), self._monitor_ok())
         if key != self._health_key or self._health is None:
             checks = [self._yggdrasil_check(), self._monitor_check(), self._members_check()]
-            checks.append(views.peers_check(self._planned))
+            if self.yggdrasil_ok():
+                checks.append(views.peers_check(self._planned))
+            else:
+                # The last peer list describes a daemon that is gone or hung; do not present it as current.
+                checks.append(HealthCheck(name="peers", ok=False, detail="unknown: the daemon is not answering"))
             health = views.health_view(
                 node_id=self.settings.node_id,
                 version=self.version,
                 endpoint=self.settings.yggdrasil_admin,
                 api_version=self.snapshot.api_version if self.snapshot else None,
-                peers_up=sum(1 for p in self.snapshot.peers if p.up) if self.snapshot and self.last_ok else 0,
+                peers_up=sum(1 for p in self.snapshot.peers if p.up)
+                if self.snapshot and self.yggdrasil_ok()
+                else 0,
                 checks=checks,
             )
             self._health = (health, 200 if health.status == "ok" else 503)
