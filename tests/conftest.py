@@ -26,7 +26,7 @@ def require_yggdrasil() -> str:
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")  # session scope: module-scoped mesh fixtures depend on it
 def require_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root for network namespaces / nftables")
