@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 
 from agent.yggdrasil.client import AdminClient, parse_endpoint
-from agent.yggdrasil.daemon_config import find_yggdrasil_binary
+from agent.yggdrasil.daemon_config import DaemonConfigError, find_yggdrasil_binary, public_key_of
 from agent.yggdrasil.errors import AdminError
 from agent.yggdrasil.models import SelfInfo
 
@@ -57,13 +58,22 @@ def _ip_binary() -> str:
     return found
 
 
+def _read_config(config_path: Path) -> dict[str, object]:
+    try:
+        config = json.loads(Path(config_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DaemonStartError(f"cannot read config {config_path}: {exc}") from exc
+    if not isinstance(config, dict):
+        raise DaemonStartError(f"config {config_path} is not a JSON object")
+    return config
+
+
 def admin_endpoint_of(config_path: Path) -> str:
     """The `AdminListen` of a JSON config file."""
     try:
-        config = json.loads(Path(config_path).read_text(encoding="utf-8"))
-        endpoint = config["AdminListen"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DaemonStartError(f"cannot read AdminListen from {config_path}: {exc}") from exc
+        endpoint = _read_config(config_path)["AdminListen"]
+    except KeyError as exc:
+        raise DaemonStartError(f"config {config_path} has no AdminListen") from exc
     if not isinstance(endpoint, str):
         raise DaemonStartError(f"AdminListen in {config_path} is not a string")
     return endpoint
@@ -91,6 +101,7 @@ class DaemonProcess:
         self.admin_endpoint = admin_endpoint or admin_endpoint_of(self.config_path)
         self._endpoint = parse_endpoint(self.admin_endpoint)
         self._proc: subprocess.Popen[bytes] | None = None
+        self._expected_key: str | None = None
 
     # --- lifecycle --------------------------------------------------------------------------------------------
 
@@ -106,6 +117,11 @@ class DaemonProcess:
         if self.is_running():
             raise DaemonStartError(f"daemon for {self.config_path} already running (pid {self.pid})")
         cmd = self.command()
+        try:
+            # Read now, not at construction: a supervisor may rewrite the config between runs.
+            self._expected_key = public_key_of(_read_config(self.config_path))
+        except DaemonConfigError:
+            self._expected_key = None  # PrivateKeyPath (0.5 PEM): readiness cannot check the key
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             log.write(f"--- x0: starting {' '.join(cmd)} at {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
@@ -156,9 +172,14 @@ class DaemonProcess:
                     f"log {self.log_path}: {self.log_tail()}"
                 )
             try:
-                return await AdminClient(self.admin_endpoint, timeout=min(1.0, remaining)).get_self()
+                info = await AdminClient(self.admin_endpoint, timeout=min(1.0, remaining)).get_self()
             except AdminError as exc:
                 last_error = exc.message
+            else:
+                # Another daemon may own this socket (ours will then exit with "already in use"): not ready.
+                if self._expected_key is None or info.key == self._expected_key:
+                    return info
+                last_error = f"socket answered by another daemon (key {info.key[:16]}…)"
             await asyncio.sleep(min(_READY_POLL_S, max(0.0, deadline - time.monotonic())))
 
     def stop(self, timeout: float = 5.0) -> int | None:
@@ -192,10 +213,20 @@ class DaemonProcess:
         return proc.returncode
 
     def _remove_stale_socket(self) -> None:
+        """Unlink the socket file only if nobody answers on it: it may belong to another live daemon (ours
+        may have exited because the socket was in use). Same test the daemon itself makes."""
         ep = self._endpoint
-        if ep.kind == "unix" and not ep.path.startswith("\0"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(ep.path)
+        if ep.kind != "unix" or ep.path.startswith("\0") or not os.path.exists(ep.path):
+            return
+        with socket.socket(socket.AF_UNIX) as probe:
+            probe.settimeout(1.0)
+            try:
+                probe.connect(ep.path)
+            except ConnectionRefusedError:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(ep.path)
+            except OSError:
+                pass  # not a socket, no permission, ...: not ours to delete
 
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
         try:
