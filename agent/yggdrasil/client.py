@@ -249,7 +249,8 @@ class AdminSession:
 
     async def call(self, name: str, arguments: dict[str, str] | None = None) -> Any:
         """Send any admin command; returns the raw `response` payload. Arguments must be strings (as
-        yggdrasilctl sends them: the daemon's Go structs reject other types)."""
+        yggdrasilctl sends them: the daemon's Go structs reject other types). Remote calls (`getNodeInfo`,
+        `debug_remote*`) can block 6 s in the daemon: use a client with a timeout above that for them."""
         return await self._request(name, arguments, self._deadline())
 
     async def list_commands(self) -> list[str]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from agent.yggdrasil.client import AdminClient, parse_endpoint
+from agent.yggdrasil.client import AdminClient, _is_truncated, parse_endpoint
 from agent.yggdrasil.errors import (
     AdminCommandError,
     AdminError,
@@ -495,3 +495,29 @@ async def test_cancelled_call_leaves_no_half_read_stream(
 
 def test_no_leftover_sockets(sock_dir: Path) -> None:
     assert os.listdir(sock_dir) == []
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(V047.glob("*_get*.json")) + sorted(V05.glob("*.json")),
+    ids=lambda p: f"{p.parent.name}/{p.name}",
+)
+def test_every_prefix_of_a_real_reply_counts_as_truncated(path: Path) -> None:
+    """The fail-fast garbage check must never reject a valid reply cut at any byte (a chunk boundary)."""
+    text = path.read_text()
+    decoder = json.JSONDecoder()
+    for cut in range(1, len(text)):
+        prefix = text[:cut].lstrip()
+        if not prefix:
+            continue
+        try:
+            decoder.raw_decode(prefix)
+        except json.JSONDecodeError as exc:
+            assert _is_truncated(prefix, exc), f"cut at {cut}: {prefix[-30:]!r} rejected ({exc.msg})"
+
+
+@pytest.mark.parametrize("garbage", ["{garbage}", '{"a": tru e}', '{"a" 1, "b": 2}', '{"a": [1,, 2]}', "{'a': 1}"])
+def test_garbage_is_not_truncated(garbage: str) -> None:
+    with pytest.raises(json.JSONDecodeError) as info:
+        json.JSONDecoder().raw_decode(garbage)
+    assert not _is_truncated(garbage, info.value)
