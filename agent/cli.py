@@ -1,7 +1,7 @@
 """`x0-agent`: run the agent (default, or `x0-agent serve`), or `x0-agent local-mesh ...`.
 
-Exit codes: 0 clean stop, 1 runtime failure at start (port in use, start-up failure), 2 invalid configuration
-(the message names the variable).
+Exit codes: 0 stopped (SIGTERM, Ctrl-C), 1 runtime failure at start (port in use, start-up failure),
+2 invalid configuration (the message names the variable).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import errno
 import logging
+import signal
 import socket
 import sys
 from collections.abc import Sequence
@@ -40,7 +41,7 @@ example:
   NODE_ID=node-a LISTEN_PORT=8080 YGGDRASIL_CONFIG=/etc/yggdrasil/yggdrasil.conf \\
     YGGDRASIL_ADMIN=unix:///var/run/yggdrasil/yggdrasil.sock x0-agent
 
-exit codes: 0 stopped, 1 could not start (e.g. port in use), 2 invalid configuration
+exit codes: 0 stopped (SIGTERM/Ctrl-C), 1 could not start (e.g. port in use), 2 invalid configuration
 """
 
 
@@ -97,6 +98,10 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def serve() -> int:
     try:
         settings = Settings.from_env()
@@ -137,8 +142,13 @@ def serve() -> int:
         return EXIT_RUNTIME
 
     import uvicorn
+    from prometheus_client import disable_created_metrics
 
     from agent.api.app import create_app
+
+    # `_created` samples double every counter/histogram in the exposition and Prometheus stores them as separate
+    # series; nothing here reads them. Process-wide, which is fine in the agent's own process.
+    disable_created_metrics()
 
     app = create_app(settings)
     config = uvicorn.Config(
@@ -158,8 +168,13 @@ def serve() -> int:
         settings.yggdrasil_admin,
         ", supervising the daemon" if settings.supervises_daemon else "",
     )
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal with the handler that was in place
+    # before it started: make that a clean exit 0 (stopped as asked) instead of death by signal or a traceback.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     try:
         asyncio.run(server.serve(sockets=[sock]))
+    except (KeyboardInterrupt, SystemExit):
+        pass
     finally:
         sock.close()
     if not server.started:

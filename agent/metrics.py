@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -21,6 +22,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from agent import __version__
+from agent.mapek.schemas import ActionKind, IncidentKind, Outcome
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 HTTP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -28,6 +30,12 @@ ADMIN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 # Detection/repair times: the targets are 2 s and 5 s, the daemons alone take up to ~60 s.
 HEAL_BUCKETS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 20.0, 30.0, 60.0, 120.0)
 MEMBER_PATHS = ("overlay", "underlay")
+# Closed label sets (contracts §3), pre-created at 0 so dashboards and alerts have series before the first event.
+INCIDENT_KINDS: tuple[str, ...] = get_args(IncidentKind)
+ACTION_KINDS: tuple[str, ...] = get_args(ActionKind)
+OUTCOMES: tuple[str, ...] = get_args(Outcome)
+MAPEK_PHASES = ("monitor", "analyze", "plan", "execute", "total")
+DRILL_KINDS = ("partition", "blackhole", "kill-daemon")
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +198,21 @@ class AgentMetrics:
         )
 
         self._http_children: dict[tuple[str, str, int], Histogram] = {}
+        self._precreate()
+
+    def _precreate(self) -> None:
+        for kind in INCIDENT_KINDS:
+            self.mapek_incidents.labels(kind=kind)
+            self.mapek_incidents_active.labels(kind=kind).set(0)
+            self.mapek_time_to_detect.labels(kind=kind)
+            self.mapek_time_to_repair.labels(kind=kind)
+        for action in ACTION_KINDS:
+            for outcome in OUTCOMES:
+                self.mapek_actions.labels(action=action, outcome=outcome)
+        for phase in MAPEK_PHASES:
+            self.mapek_tick_duration.labels(phase=phase)
+        for kind in DRILL_KINDS:
+            self.drill_active.labels(kind=kind).set(0)
 
     # --- updates ------------------------------------------------------------------------------------------
 
