@@ -279,6 +279,7 @@ job "x0-mesh" {
         for_each = var.driver == "docker" ? [] : [1]
         content {
           command = var.agent_bin
+          args    = ["serve"]
         }
       }
       dynamic "config" {
@@ -286,6 +287,7 @@ job "x0-mesh" {
         content {
           image        = var.image
           command      = var.agent_bin
+          args         = ["serve"]
           network_mode = "host"
         }
       }
