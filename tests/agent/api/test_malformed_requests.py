@@ -1,0 +1,122 @@
+"""No request can make a real agent answer 500: a batch of malformed requests against the `x0-agent` process.
+
+The agent runs beside a real daemon (so handlers take their normal paths). Mutating routes are found in the
+served OpenAPI document, so routes added later (drills, MAPE-K) are covered without editing this test.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.agent.service.agentproc import AgentProcess, LoopbackMesh, start_loopback_mesh, wait_for
+
+pytestmark = [pytest.mark.yggdrasil, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def agent(require_yggdrasil: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
+    mesh: LoopbackMesh = start_loopback_mesh(tmp_path_factory.mktemp("x0t-h2-malformed"), 1, "full")
+    try:
+        a = mesh["node-a"]
+        ok = wait_for(lambda: httpx.get(a.url + "/health", timeout=2).status_code == 200, timeout=15)
+        assert ok, a.log()
+        yield a
+    finally:
+        mesh.stop()
+
+
+def raw(port: int, payload: bytes) -> bytes:
+    """Send bytes, return whatever comes back before the server closes (or 2 s pass)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        chunks = []
+        try:
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        except TimeoutError:
+            pass
+    return b"".join(chunks)
+
+
+def check(r: httpx.Response, what: str) -> None:
+    assert r.status_code < 500, f"{what}: {r.status_code} {r.text[:300]}"
+    if r.status_code >= 400 and r.content and r.headers.get("content-type", "").startswith("application/json"):
+        body = r.json()
+        assert set(body) == {"status_code", "detail"} and body["status_code"] == r.status_code, (what, body)
+
+
+def test_malformed_requests_never_get_a_500(agent: AgentProcess) -> None:
+    spec = httpx.get(agent.url + "/schema/openapi.json", timeout=5).json()
+    paths = list(spec["paths"])
+    mutating = [(m.upper(), p) for p, ops in spec["paths"].items() for m in ops if m in ("post", "put", "delete")]
+    with httpx.Client(base_url=agent.url, timeout=5) as c:
+        # every documented route with every method, odd query strings and trailing junk
+        for path in paths:
+            for method in ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD", "TRACE", "FROB"]:
+                check(c.request(method, path), f"{method} {path}")
+            for query in ["?a=%ZZ", "?%00=%00", "?since=yesterday&since=1", "?" + "x=1&" * 2000, "?since=1e999"]:
+                check(c.get(path + query), f"GET {path}{query[:40]}")
+            check(c.get(path + "/extra/../junk"), f"{path}/extra")
+        # hostile paths
+        for path in [
+            "/%00",
+            "/../../etc/passwd",
+            "/mesh/%ff%fe",
+            "//health",
+            "/health/",
+            "/mesh/peers/x",
+            "/" + "a" * 8000,
+            "/mesh/" + "%2e%2e/" * 200,
+            "/\u00e9\u00e8",
+            "/schema/../metrics",
+        ]:
+            check(c.get(path), f"GET {path[:40]}")
+        # bodies to every mutating route (none in the base agent; drills/MAPE-K add some)
+        bodies = [
+            b"",
+            b"{",
+            b"null",
+            b"[]",
+            b'{"kind": 1}',
+            b'{"kind": "partition", "duration_s": -1}',
+            b'{"kind": "partition", "duration_s": 1e309}',
+            b"\xff\xfe\x00",
+            b"x" * 200_000,
+        ]
+        for method, path in mutating:
+            concrete = path.replace("{", "").replace("}", "")  # path params as literal garbage
+            for body in bodies:
+                for ctype in ["application/json", "text/plain", "multipart/form-data; boundary=x"]:
+                    r = c.request(
+                        method,
+                        concrete,
+                        content=body,
+                        headers={"content-type": ctype, "authorization": "Bearer nope"},
+                    )
+                    check(r, f"{method} {path} {ctype} {body[:20]!r}")
+        # odd headers
+        check(c.get("/health", headers={"host": "bad host\\name"}), "bad host")
+        check(c.get("/health", headers={"x-junk": "y" * 6000}), "big header")
+        check(c.get("/health", headers={"accept": "application/xml"}), "accept xml")
+    # not HTTP at all: the server may answer 400 or close, never 5xx
+    for payload in [
+        b"GARBAGE\r\n\r\n",
+        b"GET /health HTTP/9.9\r\n\r\n",
+        b"\x16\x03\x01\x00\xa5\x01\x00",
+        b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ]:
+        answer = raw(agent.port, payload)
+        assert not answer.startswith(b"HTTP/1.1 5"), (payload, answer[:200])
+    # the agent is still healthy, and it never counted a 5xx
+    r = httpx.get(agent.url + "/health", timeout=5)
+    assert r.status_code == 200, r.text
+    metrics = httpx.get(agent.url + "/metrics", timeout=5).text
+    assert 'status="500"' not in metrics  # (503 is legitimate: /health before the first snapshot)
+    assert "Traceback" not in agent.log(), agent.log()
