@@ -12,6 +12,7 @@ turns it into `AdminProtocolError`. Missing optional fields become `None`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from agent.yggdrasil.models import ApiVersion, PeerLink, RouteEntry, SelfInfo
@@ -45,41 +46,38 @@ def _str(entry: dict[str, Any], field: str, where: str) -> str:
     return value
 
 
-def _opt_str(entry: dict[str, Any], field: str, where: str) -> str | None:
+def _opt(entry: dict[str, Any], field: str, where: str, expected: str) -> Any:
+    """The field's value or None when absent/null; ValueError when it is not of the `expected` JSON type."""
     value = entry.get(field)
     if value is None:
         return None
-    if not isinstance(value, str):
-        raise ValueError(f"{where}: field {field!r} is {type(value).__name__}, expected a string")
+    # bool is an int subclass in Python: a bool where a number is expected means the reply is not what we think.
+    ok = {
+        "a string": isinstance(value, str),
+        "a number": isinstance(value, int | float) and not isinstance(value, bool),
+        "a boolean": isinstance(value, bool),
+    }[expected]
+    if not ok:
+        raise ValueError(f"{where}: field {field!r} is {type(value).__name__}, expected {expected}")
     return value
+
+
+def _opt_str(entry: dict[str, Any], field: str, where: str) -> str | None:
+    return _opt(entry, field, where, "a string")
 
 
 def _opt_int(entry: dict[str, Any], field: str, where: str) -> int | None:
-    value = entry.get(field)
-    if value is None:
-        return None
-    # bool is an int subclass in Python; a bool here means the reply is not what we think it is.
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{where}: field {field!r} is {type(value).__name__}, expected a number")
-    return int(value)
+    value = _opt(entry, field, where, "a number")
+    return None if value is None else int(value)
 
 
 def _opt_float(entry: dict[str, Any], field: str, where: str) -> float | None:
-    value = entry.get(field)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{where}: field {field!r} is {type(value).__name__}, expected a number")
-    return float(value)
+    value = _opt(entry, field, where, "a number")
+    return None if value is None else float(value)
 
 
 def _opt_bool(entry: dict[str, Any], field: str, where: str) -> bool | None:
-    value = entry.get(field)
-    if value is None:
-        return None
-    if not isinstance(value, bool):
-        raise ValueError(f"{where}: field {field!r} is {type(value).__name__}, expected a boolean")
-    return value
+    return _opt(entry, field, where, "a boolean")
 
 
 def _opt_ports(entry: dict[str, Any], field: str, where: str) -> list[int] | None:
@@ -133,19 +131,26 @@ def self_info(response: Any) -> SelfInfo:
     )
 
 
+def _link_fields(entry: dict[str, Any], where: str) -> dict[str, Any]:
+    """Fields both versions report the same way (0.5 omits them on a down link)."""
+    return {
+        "address": _opt_str(entry, "address", where) or None,
+        "remote": _opt_str(entry, "remote", where) or None,
+        "port": _opt_int(entry, "port", where),
+        "priority": _opt_int(entry, "priority", where),
+        "bytes_recvd": _opt_int(entry, "bytes_recvd", where),
+        "bytes_sent": _opt_int(entry, "bytes_sent", where),
+        "uptime_s": _opt_float(entry, "uptime", where),
+    }
+
+
 def _peer_04(entry: dict[str, Any], where: str) -> PeerLink:
     return PeerLink(
         key=_str(entry, "key", where),
-        up=True,
-        address=_opt_str(entry, "address", where),
-        remote=_opt_str(entry, "remote", where),
-        inbound=None,
-        port=_opt_int(entry, "port", where),
-        priority=_opt_int(entry, "priority", where),
-        bytes_recvd=_opt_int(entry, "bytes_recvd", where),
-        bytes_sent=_opt_int(entry, "bytes_sent", where),
-        uptime_s=_opt_float(entry, "uptime", where),
+        up=True,  # 0.4 lists connected links only
+        inbound=None,  # ... and does not say who dialled
         coords=_opt_ports(entry, "coords", where),
+        **_link_fields(entry, where),
     )
 
 
@@ -165,31 +170,29 @@ def _peer_05(entry: dict[str, Any], where: str) -> PeerLink:
     return PeerLink(
         key=key,
         up=up,
-        address=_opt_str(entry, "address", where) or None,
-        remote=_opt_str(entry, "remote", where) or None,
         inbound=_opt_bool(entry, "inbound", where),
-        port=_opt_int(entry, "port", where),
-        priority=_opt_int(entry, "priority", where),
         cost=_opt_int(entry, "cost", where),
         latency_ms=None if latency_ns is None else latency_ns / _NS_PER_MS,
-        bytes_recvd=_opt_int(entry, "bytes_recvd", where),
-        bytes_sent=_opt_int(entry, "bytes_sent", where),
         rate_recvd=_opt_int(entry, "rate_recvd", where),
         rate_sent=_opt_int(entry, "rate_sent", where),
-        uptime_s=_opt_float(entry, "uptime", where),
         last_error=last_error,
         last_error_age_s=None if error_ns is None or last_error is None else error_ns / _NS_PER_S,
+        **_link_fields(entry, where),
     )
+
+
+def _rows(response: Any, command: str, field: str) -> Iterator[tuple[dict[str, Any], str]]:
+    """The entries of a `{field: [ {...}, ... ]}` reply, each with its location for error messages."""
+    payload = _obj(response, command)
+    for i, raw in enumerate(_list(payload, field, command)):
+        where = f"{command}.{field}[{i}]"
+        yield _obj(raw, where), where
 
 
 def peers(response: Any, version: ApiVersion) -> list[PeerLink]:
     _check_version(version)
-    payload = _obj(response, "getPeers")
     convert = _peer_04 if version == "0.4" else _peer_05
-    return [
-        convert(_obj(entry, f"getPeers.peers[{i}]"), f"getPeers.peers[{i}]")
-        for i, entry in enumerate(_list(payload, "peers", "getPeers"))
-    ]
+    return [convert(entry, where) for entry, where in _rows(response, "getPeers", "peers")]
 
 
 def _first_hop(path: list[int] | None) -> int | None:
@@ -199,80 +202,64 @@ def _first_hop(path: list[int] | None) -> int | None:
     return None
 
 
+def _dht_entry(entry: dict[str, Any], where: str) -> RouteEntry:
+    port = _opt_int(entry, "port", where)
+    return RouteEntry(
+        kind="dht",
+        key=_str(entry, "key", where),
+        address=_str(entry, "address", where),
+        next_hop_port=port if port else None,
+    )
+
+
 def dht(response: Any) -> list[RouteEntry]:
-    """0.4 `getDHT`: `port` is the local peer port the entry is reached through (0 = self)."""
-    payload = _obj(response, "getDHT")
-    out: list[RouteEntry] = []
-    for i, raw in enumerate(_list(payload, "dht", "getDHT")):
-        where = f"getDHT.dht[{i}]"
-        entry = _obj(raw, where)
-        port = _opt_int(entry, "port", where)
-        out.append(
-            RouteEntry(
-                kind="dht",
-                key=_str(entry, "key", where),
-                address=_str(entry, "address", where),
-                next_hop_port=port if port else None,
-            )
-        )
-    return out
+    """0.4 `getDHT`: `port` is the local port of the peer the entry came through (ironwood `dinfo.prev`);
+    0 = the node itself, which a 0.4 DHT may list."""
+    return [_dht_entry(entry, where) for entry, where in _rows(response, "getDHT", "dht")]
 
 
 def tree(response: Any) -> list[RouteEntry]:
     """0.5 `getTree`: the spanning tree; `parent` is a key (the root is its own parent), no port."""
-    payload = _obj(response, "getTree")
-    out: list[RouteEntry] = []
-    for i, raw in enumerate(_list(payload, "tree", "getTree")):
-        where = f"getTree.tree[{i}]"
-        entry = _obj(raw, where)
-        out.append(
-            RouteEntry(
-                kind="tree",
-                key=_str(entry, "key", where),
-                address=_str(entry, "address", where),
-                parent_key=_opt_str(entry, "parent", where),
-            )
+    return [
+        RouteEntry(
+            kind="tree",
+            key=_str(entry, "key", where),
+            address=_str(entry, "address", where),
+            parent_key=_opt_str(entry, "parent", where),
         )
-    return out
+        for entry, where in _rows(response, "getTree", "tree")
+    ]
+
+
+def _path_entry(entry: dict[str, Any], where: str, version: ApiVersion) -> RouteEntry:
+    path = _opt_ports(entry, "path", where)
+    return RouteEntry(
+        kind="path",
+        key=_str(entry, "key", where),
+        address=_str(entry, "address", where),
+        path=path,
+        next_hop_port=_first_hop(path) if version == "0.4" else None,
+    )
 
 
 def paths(response: Any, version: ApiVersion) -> list[RouteEntry]:
-    """`getPaths`. In 0.4 `path` is the source route from this node (observed `[1, 0]` to a direct peer: our
-    port 1, then 0 = arrived), so `path[0]` is the local port of the next hop. In 0.5 it is the destination's
-    tree path from the root, which names no local port: no next hop is derived."""
+    """`getPaths`. In 0.4 `path` is the source route from this node (observed `[1, 1, 0]` to a node two hops
+    away: our port 1, the middle node's port 1, 0 = arrived), so `path[0]` is the local port of the next hop.
+    In 0.5 it is the destination's coordinates from the root (ironwood pathfinder: "Path from root to source,
+    aka coords"), which name no local port: no next hop is derived."""
     _check_version(version)
-    payload = _obj(response, "getPaths")
-    out: list[RouteEntry] = []
-    for i, raw in enumerate(_list(payload, "paths", "getPaths")):
-        where = f"getPaths.paths[{i}]"
-        entry = _obj(raw, where)
-        path = _opt_ports(entry, "path", where)
-        out.append(
-            RouteEntry(
-                kind="path",
-                key=_str(entry, "key", where),
-                address=_str(entry, "address", where),
-                path=path,
-                next_hop_port=_first_hop(path) if version == "0.4" else None,
-            )
-        )
-    return out
+    return [_path_entry(entry, where, version) for entry, where in _rows(response, "getPaths", "paths")]
 
 
 def sessions(response: Any) -> list[RouteEntry]:
-    payload = _obj(response, "getSessions")
-    out: list[RouteEntry] = []
-    for i, raw in enumerate(_list(payload, "sessions", "getSessions")):
-        where = f"getSessions.sessions[{i}]"
-        entry = _obj(raw, where)
-        out.append(
-            RouteEntry(
-                kind="session",
-                key=_str(entry, "key", where),
-                address=_str(entry, "address", where),
-                bytes_recvd=_opt_int(entry, "bytes_recvd", where),
-                bytes_sent=_opt_int(entry, "bytes_sent", where),
-                uptime_s=_opt_float(entry, "uptime", where),
-            )
+    return [
+        RouteEntry(
+            kind="session",
+            key=_str(entry, "key", where),
+            address=_str(entry, "address", where),
+            bytes_recvd=_opt_int(entry, "bytes_recvd", where),
+            bytes_sent=_opt_int(entry, "bytes_sent", where),
+            uptime_s=_opt_float(entry, "uptime", where),
         )
-    return out
+        for entry, where in _rows(response, "getSessions", "sessions")
+    ]

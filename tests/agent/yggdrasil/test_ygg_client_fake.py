@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import socket
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -24,6 +22,7 @@ from agent.yggdrasil.errors import (
     AdminTimeout,
     AdminUnavailable,
 )
+from tests.agent.yggdrasil.support import short_tmp_dir
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "yggdrasil"
 V047 = FIXTURES / "0.4.7"
@@ -135,12 +134,8 @@ V05_FILES = {
 
 @pytest.fixture
 def sock_dir() -> Iterator[Path]:
-    # Short path: AF_UNIX paths are limited to 108 bytes and pytest's tmp_path can be longer.
-    path = Path(tempfile.mkdtemp(prefix="x0t-ygg-", dir="/tmp"))
-    try:
+    with short_tmp_dir() as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

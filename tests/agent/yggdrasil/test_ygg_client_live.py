@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -18,14 +14,9 @@ from agent.yggdrasil.daemon import DaemonProcess
 from agent.yggdrasil.daemon_config import NodeIdentity, create_config
 from agent.yggdrasil.errors import AdminCommandError
 from agent.yggdrasil.models import PeerLink
+from tests.agent.yggdrasil.support import free_port, short_tmp_dir
 
 pytestmark = pytest.mark.yggdrasil
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -52,32 +43,32 @@ async def wait_for_peer(client: AdminClient, key: str, within_s: float = 10.0) -
 @pytest.fixture(scope="module")
 def nodes(require_yggdrasil: str) -> Iterator[dict[str, Node]]:
     """a and b with unix admin sockets, c with a tcp:// admin endpoint; a dials b (tls) at start."""
-    run = Path(tempfile.mkdtemp(prefix="x0t-ygg-", dir="/tmp"))  # short: AF_UNIX paths max 108 bytes
     out: dict[str, Node] = {}
-    try:
-        for name, scheme in (("a", "tls"), ("b", "tls"), ("c", "tcp")):
-            admin = f"tcp://127.0.0.1:{free_port()}" if name == "c" else f"unix://{run}/{name}.sock"
-            listen = f"{scheme}://127.0.0.1:{free_port()}"
-            ident = create_config(
-                run / f"{name}.conf", f"node-{name}", admin_listen=admin, listen=[listen], binary=require_yggdrasil
-            )
-            daemon = DaemonProcess(run / f"{name}.conf", log_path=run / f"{name}.log", binary=require_yggdrasil)
-            out[name] = Node(name, admin, listen, ident, daemon)
-            daemon.start()
-        for node in out.values():
-            node.daemon.wait_ready(10)
+    with short_tmp_dir() as run:
+        try:
+            for name, scheme in (("a", "tls"), ("b", "tls"), ("c", "tcp")):
+                admin = f"tcp://127.0.0.1:{free_port()}" if name == "c" else f"unix://{run}/{name}.sock"
+                listen = f"{scheme}://127.0.0.1:{free_port()}"
+                conf = run / f"{name}.conf"
+                ident = create_config(
+                    conf, f"node-{name}", admin_listen=admin, listen=[listen], binary=require_yggdrasil
+                )
+                daemon = DaemonProcess(conf, log_path=run / f"{name}.log", binary=require_yggdrasil)
+                out[name] = Node(name, admin, listen, ident, daemon)
+                daemon.start()
+            for node in out.values():
+                node.daemon.wait_ready(10)
 
-        async def link() -> None:
-            client = AdminClient(out["a"].admin)
-            await client.add_peer(out["b"].listen)
-            await wait_for_peer(client, out["b"].ident.public_key)
+            async def link() -> None:
+                client = AdminClient(out["a"].admin)
+                await client.add_peer(out["b"].listen)
+                await wait_for_peer(client, out["b"].ident.public_key)
 
-        asyncio.run(link())
-        yield out
-    finally:
-        for node in out.values():
-            node.daemon.stop()
-        shutil.rmtree(run, ignore_errors=True)
+            asyncio.run(link())
+            yield out
+        finally:
+            for node in out.values():
+                node.daemon.stop()
 
 
 async def test_detects_04_over_unix_and_tcp(nodes: dict[str, Node]) -> None:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 import uuid
@@ -32,18 +30,15 @@ from agent.yggdrasil.daemon_config import (
     write_config,
 )
 from agent.yggdrasil.errors import AdminUnavailable
+from tests.agent.yggdrasil.support import short_tmp_dir
 
 REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
 def run_dir() -> Iterator[Path]:
-    # Short path: AF_UNIX paths are limited to 108 bytes.
-    path = Path(tempfile.mkdtemp(prefix="x0t-ygg-", dir="/tmp"))
-    try:
+    with short_tmp_dir() as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
