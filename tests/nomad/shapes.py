@@ -78,7 +78,8 @@ def job(*, job_type: str = "system", node_name: str = "${node.unique.name}", dat
     ygg = conform("Task", {"Name": "yggdrasil", "Driver": "raw_exec", "Config": {"command": "/bin/sh"},
                            "Lifecycle": conform("TaskLifecycleConfig", {"Hook": "prestart", "Sidecar": True}),
                            "Env": {"YGGDRASIL_BIN": "/usr/sbin/yggdrasil"}})
-    agent = conform("Task", {"Name": "agent", "Driver": "raw_exec", "Config": {"command": "/usr/local/bin/x0-agent"},
+    agent = conform("Task", {"Name": "agent", "Driver": "raw_exec",
+                             "Config": {"command": "/usr/local/bin/x0-agent"},
                              "Env": {"LISTEN_PORT": "${NOMAD_PORT_api}", "X0_NODE_NAME": node_name,
                                      "MESH_MEMBERS": "${NOMAD_TASK_DIR}/members.json"}})
     group.update(Name="node", Count=1, Tasks=[ygg, agent])

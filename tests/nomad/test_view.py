@@ -70,7 +70,7 @@ def test_dev_service_job_names_nodes_by_alloc_index_without_registrations() -> N
 
 
 def test_replacement_allocation_wins_and_old_one_is_kept_as_history() -> None:
-    job, nodes, allocs, regs = _system(1)
+    job, nodes, _, _ = _system(1)
     old = shapes.alloc_stub("old-alloc", nodes[0]["ID"], "nomad-1", client="complete", desired="stop",
                             create_index=5)
     new = shapes.alloc_stub("new-alloc", nodes[0]["ID"], "nomad-1", client="pending", create_index=50)
@@ -123,7 +123,8 @@ def test_system_job_gaps_respect_datacenter_eligibility_drain_and_status() -> No
 
 def test_datacenter_globs_are_honoured() -> None:
     job = shapes.job(datacenters=["eu*"])
-    v = view.build_view(job, [], [shapes.node("a", "eu-node", dc="eu1"), shapes.node("b", "us-node", dc="us1")], [])
+    nodes = [shapes.node("a", "eu-node", dc="eu1"), shapes.node("b", "us-node", dc="us1")]
+    v = view.build_view(job, [], nodes, [])
     assert [w.split(" ")[2] for w in v.warnings] == ["eu-node"]
 
 
