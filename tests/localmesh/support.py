@@ -1,0 +1,84 @@
+"""Checks shared by the local-mesh tests: what a mesh left behind, and waiting on the agents' own answers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from agent.localmesh import LocalMesh, naming, netns, procs, registry
+from agent.yggdrasil.client import AdminClient
+
+
+def http_client() -> httpx.Client:
+    # trust_env=False: a proxy from the environment must never carry requests meant for our namespaces.
+    return httpx.Client(trust_env=False, timeout=2.0)
+
+
+def leftovers(mesh_id: str, mesh_dir: Path) -> list[str]:
+    """Everything of mesh `mesh_id` still on the machine: namespaces, interfaces, processes, sockets, record."""
+    left: list[str] = []
+    if os.geteuid() == 0:
+        left += [f"netns {n}" for n in netns.list_netns() if naming.owner_mesh_id(n) == mesh_id]
+        left += [f"link {n}" for n in netns.list_links() if naming.owner_mesh_id(n) == mesh_id]
+    left += [f"process {p} (marked)" for p in procs.marked_pids(mesh_id)]
+    left += [f"process {p} (yggdrasil)" for p in procs.daemon_pids(mesh_dir)]
+    left += [f"socket {p}" for p in mesh_dir.rglob("*.sock")]
+    short = Path(f"/tmp/x0-{mesh_id}")
+    if short.exists():
+        left += [f"socket dir {short}: {sorted(os.listdir(short))}"]
+    if (registry.state_dir() / f"{mesh_id}.json").exists():
+        left.append(f"registry record {mesh_id}")
+    return left
+
+
+def peers_up(client: httpx.Client, agent_url: str) -> list[str]:
+    """Member ids of the links up according to the agent's /mesh/peers."""
+    resp = client.get(f"{agent_url}/mesh/peers")
+    resp.raise_for_status()
+    return sorted(p["node_id"] or p["key"] for p in resp.json()["peers"] if p["up"])
+
+
+def wait_until(what: str, predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> float:
+    """Seconds until `predicate()` held; AssertionError naming `what` after `timeout`."""
+    start = time.monotonic()
+    while True:
+        try:
+            if predicate():
+                return time.monotonic() - start
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"{what}: not within {timeout:g} s")
+        time.sleep(interval)
+
+
+def wait_full_peering(mesh: LocalMesh, client: httpx.Client, timeout: float) -> dict[str, float]:
+    """Wait until every node's /mesh/peers shows all its planned neighbours up; per node, the wall-clock seconds
+    from that node's agent process start to the first poll that saw it."""
+    expected = {n: sorted({b if a == n else a for a, b in mesh.links if n in (a, b)}) for n in mesh.node_ids}
+    seen: dict[str, float] = {}
+    deadline = time.monotonic() + timeout
+    while len(seen) < len(expected) and time.monotonic() < deadline:
+        for node in mesh.nodes:
+            if node.id in seen:
+                continue
+            try:
+                if peers_up(client, node.agent_url) == expected[node.id]:
+                    seen[node.id] = time.time() - mesh.started_at(node.id)
+            except httpx.HTTPError:
+                pass
+        time.sleep(0.05)
+    missing = {n: expected[n] for n in expected if n not in seen}
+    assert not missing, f"planned peers not all up within {timeout:g} s: {missing}"
+    return seen
+
+
+def daemon_peer_keys(admin_endpoint: str) -> list[str]:
+    """Keys of the links up, straight from the daemon's getPeers (one entry per link)."""
+    links = asyncio.run(AdminClient(admin_endpoint, timeout=3.0).get_peers())
+    return [link.key for link in links if link.up]
