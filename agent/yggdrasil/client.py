@@ -180,13 +180,6 @@ def _unwrap(endpoint: str, name: str, reply: Any) -> Any:
     return reply["response"]
 
 
-def _convert(endpoint: str, name: str, fn: Any, *args: Any) -> Any:
-    try:
-        return fn(*args)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise AdminProtocolError(endpoint, f"{name}: malformed reply: {exc}") from exc
-
-
 class AdminSession:
     """Several calls over one keepalive connection. Get one from `AdminClient.session()`.
 
@@ -234,6 +227,14 @@ class AdminSession:
         finally:
             self._lock.release()
 
+    def _convert(self, name: str, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except (ValueError, TypeError, KeyError) as exc:
+            # A reply of the wrong shape may mean the daemon was replaced by another version: re-detect.
+            self._client._forget_version()
+            raise AdminProtocolError(self.endpoint, f"{name}: malformed reply: {exc}") from exc
+
     def _drop(self) -> None:
         self._client._forget_version()
         if self._conn is not None:
@@ -258,7 +259,7 @@ class AdminSession:
 
     async def _commands(self, deadline: float) -> set[str]:
         response = await self._request("list", None, deadline)
-        return _convert(self.endpoint, "list", normalize.command_names, response)
+        return self._convert("list", normalize.command_names, response)
 
     async def detect_version(self) -> ApiVersion:
         return await self._version(self._deadline())
@@ -268,7 +269,7 @@ class AdminSession:
         if cached is not None:
             return cached
         names = await self._commands(deadline)
-        version: ApiVersion = _convert(self.endpoint, "list", normalize.version_from_commands, names)
+        version: ApiVersion = self._convert("list", normalize.version_from_commands, names)
         self._client._api_version = version
         return version
 
@@ -277,7 +278,7 @@ class AdminSession:
 
     async def _self(self, deadline: float) -> SelfInfo:
         response = await self._request("getSelf", None, deadline)
-        return _convert(self.endpoint, "getSelf", normalize.self_info, response)
+        return self._convert("getSelf", normalize.self_info, response)
 
     async def get_peers(self) -> list[PeerLink]:
         return await self._peers(self._deadline())
@@ -285,44 +286,43 @@ class AdminSession:
     async def _peers(self, deadline: float) -> list[PeerLink]:
         version = await self._version(deadline)
         response = await self._request("getPeers", None, deadline)
-        return _convert(self.endpoint, "getPeers", normalize.peers, response, version)
+        return self._convert("getPeers", normalize.peers, response, version)
 
     async def get_dht(self) -> list[RouteEntry]:
         """0.4 only; a 0.5 daemon answers AdminCommandError (unknown action)."""
         response = await self._request("getDHT", None, self._deadline())
-        return _convert(self.endpoint, "getDHT", normalize.dht, response)
+        return self._convert("getDHT", normalize.dht, response)
 
     async def get_tree(self) -> list[RouteEntry]:
         """0.5 only; a 0.4 daemon answers AdminCommandError (unknown action)."""
         response = await self._request("getTree", None, self._deadline())
-        return _convert(self.endpoint, "getTree", normalize.tree, response)
+        return self._convert("getTree", normalize.tree, response)
 
     async def get_paths(self) -> list[RouteEntry]:
         deadline = self._deadline()
         version = await self._version(deadline)
         response = await self._request("getPaths", None, deadline)
-        return _convert(self.endpoint, "getPaths", normalize.paths, response, version)
+        return self._convert("getPaths", normalize.paths, response, version)
 
     async def get_sessions(self) -> list[RouteEntry]:
         response = await self._request("getSessions", None, self._deadline())
-        return _convert(self.endpoint, "getSessions", normalize.sessions, response)
+        return self._convert("getSessions", normalize.sessions, response)
 
     async def _routes(self, deadline: float, self_key: str) -> list[RouteEntry]:
         """DHT (0.4) or tree (0.5) entries, then paths, then sessions, without this node itself (a 0.4 DHT
         lists the node on port 0; the 0.5 tree lists it too): a route is to somewhere else."""
         version = await self._version(deadline)
         table = "getDHT" if version == "0.4" else "getTree"
-        routes: list[RouteEntry] = _convert(
-            self.endpoint,
+        routes: list[RouteEntry] = self._convert(
             table,
             normalize.dht if version == "0.4" else normalize.tree,
             await self._request(table, None, deadline),
         )
-        routes += _convert(
-            self.endpoint, "getPaths", normalize.paths, await self._request("getPaths", None, deadline), version
+        routes += self._convert(
+            "getPaths", normalize.paths, await self._request("getPaths", None, deadline), version
         )
-        routes += _convert(
-            self.endpoint, "getSessions", normalize.sessions, await self._request("getSessions", None, deadline)
+        routes += self._convert(
+            "getSessions", normalize.sessions, await self._request("getSessions", None, deadline)
         )
         return [r for r in routes if r.key != self_key]
 
