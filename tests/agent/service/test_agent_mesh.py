@@ -1,8 +1,9 @@
-"""Real `x0-agent` processes beside real yggdrasil daemons on loopback (3 nodes, full mesh).
+"""Real `x0-agent` processes beside real yggdrasil daemons: a 3-node full mesh on loopback (LocalMesh).
 
 One mesh per module: peers within 5 s of start, routes to every other member, truthful /mesh/peers, a killed
 daemon turns /health 503 naming `yggdrasil` within 2 s and back to 200 after the supervisor restarts it, a bad
-members file keeps the previous members, /metrics passes `promtool check metrics`.
+members file keeps the previous members, members changes are applied, /metrics passes `promtool check metrics`,
+and agents stop with their daemons. MAPE-K is off: this is the agent's own behaviour (MAPE-K has its tests).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import msgspec
 import pytest
 
 from agent.api.schemas import Health, MeshPeers, MeshRoutes, MeshStatus
-from tests.agent.service.agentproc import LoopbackMesh, start_loopback_mesh, wait_for
+from agent.localmesh import LocalMesh, MeshOptions
+from tests.agent.service.agentproc import wait_for
 
 pytestmark = [pytest.mark.yggdrasil, pytest.mark.slow]
 
@@ -28,35 +30,37 @@ IDS = ["node-a", "node-b", "node-c"]
 
 
 @pytest.fixture(scope="module")
-def mesh(require_yggdrasil: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopbackMesh]:
-    m = start_loopback_mesh(tmp_path_factory.mktemp("x0t-h2-mesh"), 3, "full", {"X0_MAPEK_ENABLED": "false"})
-    try:
+def mesh(require_yggdrasil: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
+    options = MeshOptions(
+        nodes=3,
+        topology="full",
+        mode="loopback",
+        run_dir=tmp_path_factory.mktemp("x0t-h2-mesh"),
+        agent_env={"X0_DAEMON_RESTART_DELAY": "1", "X0_MAPEK_ENABLED": "false"},
+        start_timeout=30,
+    )
+    with LocalMesh(options) as m:
         yield m
-    finally:
-        m.stop()
 
 
-def get(url: str, path: str) -> httpx.Response:
-    return httpx.get(url + path, timeout=5)
+def get(mesh: LocalMesh, node_id: str, path: str) -> httpx.Response:
+    return httpx.get(mesh.node(node_id).agent_url + path, timeout=5, trust_env=False)
 
 
-def logs(mesh: LoopbackMesh) -> str:
-    return "\n".join(f"--- {a.node_id}\n{a.log()}" for a in mesh.agents.values())
+def logs(mesh: LocalMesh) -> str:
+    return "\n".join(f"--- {n.id}\n{n.log_path.read_text(errors='replace')[-3000:]}" for n in mesh.nodes)
 
 
-def test_every_agent_reports_its_two_peers_within_5s_of_start(mesh: LoopbackMesh) -> None:
+def test_every_agent_reports_its_two_peers_within_5s_of_start(mesh: LocalMesh) -> None:
     reached: dict[str, float] = {}
     deadline = time.monotonic() + 15
     while len(reached) < len(IDS) and time.monotonic() < deadline:
         for node_id in IDS:
             if node_id in reached:
                 continue
-            try:
-                s = msgspec.json.decode(get(mesh[node_id].url, "/mesh/status").content, type=MeshStatus)
-            except (httpx.HTTPError, msgspec.ValidationError):
-                continue  # not listening yet, or 503 before the first snapshot
+            s = msgspec.json.decode(get(mesh, node_id, "/mesh/status").content, type=MeshStatus)
             if s.peers_up == 2:
-                reached[node_id] = time.monotonic() - mesh[node_id].started_at
+                reached[node_id] = time.time() - mesh.started_at(node_id)
         time.sleep(0.05)
     assert set(reached) == set(IDS), f"only {reached} reported 2 peers\n{logs(mesh)}"
     # Measured from each agent's own process start (interpreter start-up included): the issue's target.
@@ -64,51 +68,51 @@ def test_every_agent_reports_its_two_peers_within_5s_of_start(mesh: LoopbackMesh
     assert not slow, f"2 peers after more than 5 s: {slow}\n{logs(mesh)}"
 
 
-def test_status_and_health(mesh: LoopbackMesh) -> None:
+def test_status_and_health(mesh: LocalMesh) -> None:
     for node_id in IDS:
-        a = mesh[node_id]
-        r = get(a.url, "/health")
+        r = get(mesh, node_id, "/health")
         health = msgspec.json.decode(r.content, type=Health)
         assert r.status_code == 200, r.text
         assert health.status == "ok" and health.node_id == node_id and health.peers_up == 2
         assert health.yggdrasil.reachable and health.yggdrasil.api_version == "0.4"
         assert {c.name for c in health.checks} == {"yggdrasil", "monitor", "members", "peers"}
-        s = msgspec.json.decode(get(a.url, "/mesh/status").content, type=MeshStatus)
-        assert s.key == mesh.keys[node_id] and s.address and s.address.startswith("2")
+        s = msgspec.json.decode(get(mesh, node_id, "/mesh/status").content, type=MeshStatus)
+        node = mesh.node(node_id)
+        assert s.key == node.public_key and s.address == node.yggdrasil_address
         assert (s.peers_expected, s.members_known) == (2, 3)
         assert s.snapshot_age_s is not None and s.snapshot_age_s < 3
 
 
-def test_peers_name_members_and_nothing_is_missing(mesh: LoopbackMesh) -> None:
+def test_peers_name_members_and_nothing_is_missing(mesh: LocalMesh) -> None:
     for node_id in IDS:
-        peers = msgspec.json.decode(get(mesh[node_id].url, "/mesh/peers").content, type=MeshPeers)
+        peers = msgspec.json.decode(get(mesh, node_id, "/mesh/peers").content, type=MeshPeers)
         others = sorted(set(IDS) - {node_id})
         assert sorted(p.node_id for p in peers.peers) == others, peers
         for p in peers.peers:
-            assert p.up and p.planned and not p.temporary and p.key == mesh.keys[p.node_id]
+            assert p.up and p.planned and not p.temporary and p.key == mesh.node(p.node_id).public_key
             assert p.bytes_recvd is not None and p.bytes_recvd > 0
         assert peers.missing == []
 
 
-def test_routes_list_the_other_members(mesh: LoopbackMesh) -> None:
+def test_routes_list_the_other_members(mesh: LocalMesh) -> None:
     def routes_complete() -> bool:
         for node_id in IDS:
-            routes = msgspec.json.decode(get(mesh[node_id].url, "/mesh/routes").content, type=MeshRoutes)
+            routes = msgspec.json.decode(get(mesh, node_id, "/mesh/routes").content, type=MeshRoutes)
             if {r.node_id for r in routes.routes} != set(IDS) - {node_id}:
                 return False
         return True
 
     # 0.4's DHT lists only key-space neighbours; route discovery fills in the rest within a few monitor ticks.
     assert wait_for(routes_complete, timeout=15, interval=0.25), logs(mesh)
-    routes = msgspec.json.decode(get(mesh["node-a"].url, "/mesh/routes").content, type=MeshRoutes)
+    routes = msgspec.json.decode(get(mesh, "node-a", "/mesh/routes").content, type=MeshRoutes)
     hops = {r.node_id: r.next_hop_node_id for r in routes.routes if r.kind == "path"}
     # in a full mesh every member is a direct peer: its own next hop
     assert hops == {"node-b": "node-b", "node-c": "node-c"}, routes
 
 
-def test_metrics_pass_promtool(mesh: LoopbackMesh, require_prometheus: tuple[str, str]) -> None:
+def test_metrics_pass_promtool(mesh: LocalMesh, require_prometheus: tuple[str, str]) -> None:
     _, promtool = require_prometheus
-    r = get(mesh["node-a"].url, "/metrics")
+    r = get(mesh, "node-a", "/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     check = subprocess.run([promtool, "check", "metrics"], input=r.content, capture_output=True, timeout=30)
     assert check.returncode == 0 and check.stdout == b"" and check.stderr == b"", check
@@ -122,22 +126,22 @@ def test_metrics_pass_promtool(mesh: LoopbackMesh, require_prometheus: tuple[str
         "x0_yggdrasil_up 1.0",
         'x0_build_info{version="0.1.0"} 1.0',
         'x0_mapek_incidents_active{kind="peer_lost"} 0.0',
+        'x0_drill_active{kind="kill-daemon"} 0.0',
     ]:
         assert line in text, line
     assert 'x0_http_request_duration_seconds_count{method="GET",route="/mesh/status",status="200"}' in text
     assert "_created" not in text  # disabled in the agent process (see agent.cli)
 
 
-def test_killed_daemon_turns_health_503_within_2s_then_back(mesh: LoopbackMesh) -> None:
-    agent = mesh["node-b"]
-    assert get(agent.url, "/health").status_code == 200
-    pid = agent.daemon_pid()
+def test_killed_daemon_turns_health_503_within_2s_then_back(mesh: LocalMesh) -> None:
+    assert get(mesh, "node-b", "/health").status_code == 200
+    pid = mesh.daemon_pid("node-b")
     assert pid is not None, logs(mesh)
     killed = time.monotonic()
     os.kill(pid, signal.SIGKILL)
 
     def failing() -> Health | None:
-        r = get(agent.url, "/health")
+        r = get(mesh, "node-b", "/health")
         h = msgspec.json.decode(r.content, type=Health)
         return h if r.status_code == 503 else None
 
@@ -149,83 +153,88 @@ def test_killed_daemon_turns_health_503_within_2s_then_back(mesh: LoopbackMesh) 
     assert failed[0].name == "yggdrasil" and health.yggdrasil.reachable is False
     assert "daemon exited with -9" in failed[0].detail, failed[0].detail
 
-    back = wait_for(lambda: get(agent.url, "/health").status_code == 200, timeout=15, interval=0.1)
-    assert back, f"no 200 after restart\n{agent.log()}"
-    new_pid = agent.daemon_pid()
+    back = wait_for(lambda: get(mesh, "node-b", "/health").status_code == 200, timeout=15, interval=0.1)
+    assert back, f"no 200 after restart\n{logs(mesh)}"
+    new_pid = mesh.daemon_pid("node-b")
     assert new_pid is not None and new_pid != pid
     # The restarted daemon re-dials its planned link (node-b dials node-c).
-    peers = msgspec.json.decode(get(agent.url, "/mesh/peers").content, type=MeshPeers)
+    peers = msgspec.json.decode(get(mesh, "node-b", "/mesh/peers").content, type=MeshPeers)
     assert "node-c" in {p.node_id for p in peers.peers if p.up}, peers
 
 
-def test_bad_members_file_keeps_previous_members_and_shows_in_health(mesh: LoopbackMesh) -> None:
-    agent = mesh["node-c"]
-    assert agent.members_path is not None
-    good = agent.members_path.read_bytes()
-    try:
-        agent.members_path.write_text('{"members": [{"node_id": "BAD"')
+def _bump_mtime(path: Path) -> None:
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
 
-        def members_check_fails() -> dict | None:
-            r = get(agent.url, "/health")
+
+def test_bad_members_file_keeps_previous_members_and_shows_in_health(mesh: LocalMesh) -> None:
+    path = mesh.members_path
+    assert path is not None
+    good = path.read_bytes()
+    try:
+        path.write_text('{"members": [{"node_id": "BAD"')
+
+        def members_check_fails(node_id: str) -> dict | None:
+            r = get(mesh, node_id, "/health")
             checks = {c["name"]: c for c in r.json()["checks"]}
             return checks["members"] if r.status_code == 503 and not checks["members"]["ok"] else None
 
-        check = wait_for(members_check_fails, timeout=5)
-        assert check is not None, agent.log()
-        assert "not valid JSON" in check["detail"] and "keeping the previous 3 members" in check["detail"]
-        status = get(agent.url, "/mesh/status").json()
-        assert status["members_known"] == 3 and status["peers_expected"] == 2
+        for node_id in IDS:
+            check = wait_for(lambda node_id=node_id: members_check_fails(node_id), timeout=5)
+            assert check is not None, logs(mesh)
+            assert "not valid JSON" in check["detail"] and "keeping the previous 3 members" in check["detail"]
+            status = get(mesh, node_id, "/mesh/status").json()
+            assert status["members_known"] == 3 and status["peers_expected"] == 2
     finally:
-        agent.members_path.write_bytes(good)
-        os.utime(agent.members_path)  # new mtime even if the write lands in the same tick
-    assert wait_for(lambda: get(agent.url, "/health").status_code == 200, timeout=5), agent.log()
+        path.write_bytes(good)
+        _bump_mtime(path)  # a new mtime even if the write lands within the same clock tick
+    for node_id in IDS:
+        assert wait_for(lambda node_id=node_id: get(mesh, node_id, "/health").status_code == 200, timeout=8)
 
 
-def test_members_change_is_picked_up(mesh: LoopbackMesh) -> None:
-    """Dropping node-c from node-a's plan: node-a stops expecting it (and removes the link it dialled)."""
-    agent = mesh["node-a"]
-    assert agent.members_path is not None
-    good = agent.members_path.read_bytes()
+def test_members_change_is_picked_up(mesh: LocalMesh) -> None:
+    """Dropping the planned link a-c: both stop expecting it, and node-a (the dialer) removes it."""
+    path = mesh.members_path
+    assert path is not None
+    good = path.read_bytes()
     doc = json.loads(good)
-    doc["links"] = [link for link in doc["links"] if "node-c" not in link or "node-a" not in link]
+    doc["links"] = [link for link in doc["links"] if set(link) != {"node-a", "node-c"}]
     try:
-        agent.members_path.write_text(json.dumps(doc))
-        assert wait_for(lambda: get(agent.url, "/mesh/status").json()["peers_expected"] == 1, timeout=5)
+        path.write_text(json.dumps(doc))
+        _bump_mtime(path)
+        for node_id in ("node-a", "node-c"):
+            expected_one = wait_for(
+                lambda node_id=node_id: get(mesh, node_id, "/mesh/status").json()["peers_expected"] == 1, timeout=5
+            )
+            assert expected_one, logs(mesh)
 
         def c_link_gone() -> bool:
-            peers = get(agent.url, "/mesh/peers").json()["peers"]
-            return "node-c" not in {p["node_id"] for p in peers}
+            return "node-c" not in {p["node_id"] for p in get(mesh, "node-a", "/mesh/peers").json()["peers"]}
 
-        assert wait_for(c_link_gone, timeout=5), get(agent.url, "/mesh/peers").text
+        assert wait_for(c_link_gone, timeout=5), get(mesh, "node-a", "/mesh/peers").text
     finally:
-        agent.members_path.write_bytes(good)
-        os.utime(agent.members_path)
-    assert wait_for(lambda: get(agent.url, "/mesh/status").json()["peers_up"] == 2, timeout=8), agent.log()
+        path.write_bytes(good)
+        _bump_mtime(path)
+    assert wait_for(lambda: get(mesh, "node-a", "/mesh/status").json()["peers_up"] == 2, timeout=8), logs(mesh)
 
 
-def test_agents_stop_cleanly_with_their_daemons(require_yggdrasil: str, tmp_path: Path) -> None:
-    """SIGTERM stops agent and daemon; SIGKILL of the agent takes the daemon with it (PR_SET_PDEATHSIG)."""
-    m = start_loopback_mesh(tmp_path, 2, "full", {"X0_MAPEK_ENABLED": "false"})
+def test_agents_stop_with_their_daemons(mesh: LocalMesh) -> None:
+    """Last (it takes nodes down): SIGTERM stops agent and daemon; a SIGKILLed agent takes its daemon with it."""
+    for node_id, sig in [("node-a", signal.SIGTERM), ("node-b", signal.SIGKILL)]:
+        agent, daemon = mesh.agent_pid(node_id), mesh.daemon_pid(node_id)
+        assert agent and daemon
+        os.kill(agent, sig)
+        assert wait_for(lambda daemon=daemon: not _alive(daemon), timeout=8), (
+            f"{node_id}: daemon {daemon} survived"
+        )
+        assert wait_for(lambda agent=agent: not _alive(agent), timeout=8)
+    log = mesh.node("node-a").log_path.read_text()
+    assert "Application shutdown complete" in log and "Traceback" not in log
+
+
+def _alive(pid: int) -> bool:
     try:
-        a, b = m["node-a"], m["node-b"]
-        assert wait_for(lambda: get(a.url, "/health").status_code == 200, timeout=10), a.log()
-        assert wait_for(lambda: get(b.url, "/health").status_code == 200, timeout=10), b.log()
-        da, db = a.daemon_pid(), b.daemon_pid()
-        assert da and db
-        a.stop()
-        assert a.proc is not None and a.proc.returncode == 0, a.log()
-        assert wait_for(lambda: not os.path.exists(f"/proc/{da}"), timeout=5)
-        assert b.proc is not None
-        b.proc.kill()
-        b.proc.wait()
-        assert wait_for(lambda: not os.path.exists(f"/proc/{db}") or _is_zombie(db), timeout=5)
-    finally:
-        m.stop()
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        stat = open(f"/proc/{pid}/stat").read()
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return True
-    return stat[stat.rindex(")") + 2] == "Z"
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"  # a zombie has exited; its parent just has not reaped it yet
