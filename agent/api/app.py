@@ -54,7 +54,11 @@ class AgentExtension(Protocol):
 
 def default_extensions(settings: Settings) -> list[AgentExtension]:
     """The extensions a production agent runs. MAPE-K and drills register here."""
-    return []
+    # Imported here: both import agent.api controllers, which import this module's package.
+    from agent.drills.extension import DrillsExtension
+    from agent.mapek.loop import MapekLoop
+
+    return [MapekLoop(settings), DrillsExtension(settings)]
 
 
 def _log_task_end(task: asyncio.Task[None]) -> None:

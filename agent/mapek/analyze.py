@@ -76,8 +76,12 @@ def analyze(obs: Observation, kn: Knowledge) -> list[Finding]:
                     else:
                         what = "link down" if st.ever_up else "planned link never came up"
                         findings.append(
-                            Finding(kind="peer_lost", subject=m, detail=f"{what} ({_underlay(st)})",
-                                    onset=st.link_seen_up_at)
+                            Finding(
+                                kind="peer_lost",
+                                subject=m,
+                                detail=f"{what} ({_underlay(st)})",
+                                onset=st.link_seen_up_at,
+                            )
                         )
             else:
                 probe = overlay_now.get(m)

@@ -52,8 +52,11 @@ def failed_members(kn: Knowledge, now: float) -> dict[str, str]:
         silent = kn.active.get(("peer_silent", m))
         if st.quarantined(now):
             failed[m] = "quarantined (flapping)"
-        elif m in planned and not st.link_up and (st.ever_up or not in_grace) and (
-            now - (st.link_down_since if st.link_down_since is not None else kn.started_at) >= th.suspicion_s
+        elif (
+            m in planned
+            and not st.link_up
+            and (st.ever_up or not in_grace)
+            and (now - (st.link_down_since if st.link_down_since is not None else kn.started_at) >= th.suspicion_s)
         ):
             failed[m] = "planned link down"
         elif m in planned and silent is not None and now - silent.detected_at >= th.suspicion_s:

@@ -1,0 +1,39 @@
+"""GET /mapek, /mapek/incidents?since=, /mapek/actions?since= (contracts §3). Read-only.
+
+The loop is injected as the `mapek` dependency by `agent.mapek.loop.MapekLoop`. `since` is a unix time (float);
+a bad one gets 400 naming the parameter.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+from litestar import Controller, get
+from litestar.params import Parameter
+
+from agent.mapek.schemas import ActionList, IncidentList, MapekStatus
+
+if TYPE_CHECKING:
+    from agent.mapek.loop import MapekLoop
+
+Since = Annotated[
+    float,
+    Parameter(query="since", ge=0, description="unix seconds; items detected/resolved (or taken) at or after it"),
+]
+
+
+class MapekController(Controller):
+    path = "/mapek"
+    tags = ["mapek"]
+
+    @get("", summary="MAPE-K loop state, last tick, phase timings, active incidents", sync_to_thread=False)
+    def status(self, mapek: MapekLoop) -> MapekStatus:
+        return mapek.status()
+
+    @get("/incidents", summary="Incidents detected or resolved since a time", sync_to_thread=False)
+    def incidents(self, mapek: MapekLoop, since: Since = 0.0) -> IncidentList:
+        return IncidentList(incidents=mapek.incidents(since))
+
+    @get("/actions", summary="Heal actions taken since a time, with outcomes", sync_to_thread=False)
+    def actions(self, mapek: MapekLoop, since: Since = 0.0) -> ActionList:
+        return ActionList(actions=mapek.kn.actions_since(since))
