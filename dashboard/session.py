@@ -8,6 +8,7 @@ serialized, so however many callers ask, the agents see one cycle after the othe
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 
@@ -40,13 +41,17 @@ class MeshSession:
         self.snapshot: SourceSnapshot | None = None
         self.listeners: list[Callable[[MeshUpdate], None]] = []
         self._lock = asyncio.Lock()
-        self._started = False
+        self.started = False
 
     async def start(self) -> None:
         """Start the provider (may raise ProviderError, after cleaning up what it started)."""
         await asyncio.to_thread(self.provider.start)
-        self._started = True
-        self.client.token = self.provider.api_token
+        self.started = True
+        self.client.token = self._token()
+
+    def _token(self) -> str | None:
+        # The source's token (inventory, Nomad variable) wins; X0_API_TOKEN is for sources that do not know it.
+        return self.provider.api_token or os.environ.get("X0_API_TOKEN") or None
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -62,8 +67,8 @@ class MeshSession:
                                   detail=f"refresh failed: {type(exc).__name__}: {exc}",
                                   nodes=last.nodes if last else [],
                                   planned_links=last.planned_links if last else [], taken_at=self.clock())
-        if self.provider.api_token and not self.client.token:
-            self.client.token = self.provider.api_token
+        if not self.client.token:
+            self.client.token = self._token()
         return snap
 
     async def update(self) -> MeshUpdate:

@@ -91,7 +91,11 @@ class DrillEngine:
         self.running: DrillPlan | None = None
         self.listeners: list[Callable[[DrillStep], None]] = []
         self._abort = asyncio.Event()
+        # Set once the running drill's fault is reverted (or no fault is on): quitting waits for it.
+        self.fault_reverted = asyncio.Event()
+        self.fault_reverted.set()
         self._t0: float | None = None
+        self._live: tuple[DrillPlan, FaultWindow, str] | None = None  # what to revert if we are cancelled
 
     # ---------------------------------------------------------------------------------------------- helpers
     def _step(self, what: str, level: StepLevel = "info", node: str | None = None,
@@ -161,11 +165,22 @@ class DrillEngine:
         view = await self.preflight(plan)
         self.running = plan
         self._abort.clear()
+        self.fault_reverted.clear()
         self._t0 = None
+        self._live = None
         try:
             return await self._run(plan, view)
+        except asyncio.CancelledError:
+            # Ctrl-C / SIGTERM / the app closing: never leave a fault behind.
+            live = self._live
+            if live is not None and live[1].ended_at is None:
+                self._abort.set()
+                await asyncio.shield(self._force_end(*live))
+            raise
         finally:
             self.running = None
+            self._live = None
+            self.fault_reverted.set()
 
     async def _wait_steady(self, plan: DrillPlan) -> tuple[MeshView, SteadyState]:
         deadline = self.clock() + self.steady_timeout
@@ -192,6 +207,7 @@ class DrillEngine:
         aliases = {plan.target} | {x for x in (target.key, target.address) if x}
         url = self._agent_url(view, plan.target)
         fault = await self._inject(plan, url)
+        self._live = (plan, fault, url)
         self._t0 = fault.started_at
         self._step(f"fault injected: {fault.method}", "warn", plan.target, at=fault.started_at)
 
@@ -207,7 +223,9 @@ class DrillEngine:
             self._collect(observers, fault, seen, acted, announced, aliases)
             if fault.ended_at is None:
                 fault = await self._maybe_end(plan, fault, url)
+                self._live = (plan, fault, url)
                 if fault.ended_at is not None:
+                    self.fault_reverted.set()
                     give_up_at = fault.ended_at + plan.slo.recover_timeout_s
                     self._step("fault aborted and reverted" if fault.aborted else "fault reverted",
                                "info", plan.target, at=fault.ended_at)

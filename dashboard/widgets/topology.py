@@ -95,7 +95,7 @@ def draw_ring(nodes: Sequence[NodeView], links: Sequence[LinkView], width: int, 
         ch = _line_char(x1 - x0, y1 - y0)
         canvas.line(x0, y0, x1, y1, ch, LINK_STYLE[link.state],
                     dotted=link.state in ("down", "temporary", "unknown"))
-    if latency and len(nodes) <= 12:
+    if latency and len(nodes) <= 8:
         for link in links:
             if link.latency_ms is None or link.a not in pos or link.b not in pos:
                 continue

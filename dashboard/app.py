@@ -1,0 +1,243 @@
+"""x0dash, the Textual app: one session (provider + poller), one drill engine, screens that draw what the
+workers hand them.
+
+The poll loop is a single worker: refresh the source, poll every agent, merge, post `MeshUpdated`, sleep the
+rest of the interval. The next cycle starts only when the last one ended, so polls never overlap and a slow
+agent costs at most its timeout; the UI keeps running between awaits and the header's data age keeps growing
+if a cycle stalls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from textual import on, work
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+
+from dashboard.drills.engine import DrillEngine, DrillPlan, DrillRefused, DrillStep
+from dashboard.drills.report import DEFAULT_REPORTS_DIR, save
+from dashboard.drills.scoring import SLO, DrillReport
+from dashboard.history import SessionHistory
+from dashboard.messages import DrillFinished, DrillStepped, MeshUpdated, SourceFailed
+from dashboard.models import AgentData, MeshView
+from dashboard.providers.base import Provider, ProviderError
+from dashboard.screens.base import MeshScreen
+from dashboard.screens.drills import DrillScreen
+from dashboard.screens.help import HelpScreen
+from dashboard.screens.node_detail import NodeDetailScreen
+from dashboard.screens.overview import OverviewScreen
+from dashboard.screens.source_error import SourceErrorScreen
+from dashboard.session import MeshSession
+
+STYLES = Path(__file__).parent / "styles"
+
+
+class X0Dash(App[int]):
+    TITLE = "x0dash"
+    CSS_PATH = [STYLES / "app.tcss", STYLES / "drills.tcss"]
+    BINDINGS = [
+        Binding("q", "quit", "Quit"),
+        Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("d", "drills", "Drills"),
+    ]
+
+    def __init__(self, provider: Provider, *, interval: float = 1.0, timeout: float = 1.5,
+                 down_after: float = 10.0, reports_dir: Path = DEFAULT_REPORTS_DIR, slo: SLO | None = None,
+                 default_duration: int = 10, clock: Callable[[], float] = time.time,
+                 autopoll: bool = True) -> None:
+        super().__init__()
+        self.clock = clock
+        self.interval = interval
+        self.reports_dir = reports_dir
+        self.slo = slo or SLO()
+        self.default_duration = default_duration
+        self.autopoll = autopoll
+        self.session = MeshSession(provider, timeout=timeout, down_after=down_after, clock=clock)
+        self.engine = DrillEngine(self.session, clock=clock)
+        self.session.listeners.append(lambda update: self.post_message(MeshUpdated(update)))
+        self.engine.listeners.append(lambda step: self.post_message(DrillStepped(step)))
+        self.view: MeshView | None = None
+        self.status_note: str | None = "starting the source…"
+        self.source_error: str | None = None
+        self.drill_steps: list[DrillStep] = []
+        self.last_report: DrillReport | None = None
+        self.last_report_paths: list[Path] = []
+        self.last_drill_error: str | None = None
+        self._closing = False
+
+    # ------------------------------------------------------------------------------------------------ setup
+    def get_default_screen(self) -> Screen[None]:
+        return OverviewScreen()
+
+    def on_mount(self) -> None:
+        if self.autopoll:
+            self.start_polling()
+
+    def start_polling(self) -> None:
+        self.source_error = None
+        self.status_note = "starting the source…"
+        self._poll_loop()
+
+    @work(exclusive=True, group="poll", exit_on_error=False)
+    async def _poll_loop(self) -> None:
+        if not self.session.started:
+            try:
+                await self.session.start()
+            except ProviderError as exc:
+                self.post_message(SourceFailed(str(exc)))
+                return
+        self.status_note = None
+        while True:
+            started = time.monotonic()
+            try:
+                await self.session.update()
+            except Exception as exc:  # keep polling: the next cycle may work, the operator sees why
+                self.log.error(f"poll cycle failed: {exc!r}")
+                self.notify(f"poll cycle failed: {type(exc).__name__}: {exc}", severity="error", timeout=5)
+            await asyncio.sleep(max(0.05, self.interval - (time.monotonic() - started)))
+
+    # ------------------------------------------------------------------------------------------------ data in
+    def apply_update(self, message: MeshUpdated) -> None:
+        """Hand a poll result to every screen (also used by tests to feed recorded data)."""
+        self.view = message.update.view
+        for screen in self.screen_stack:
+            if isinstance(screen, MeshScreen):
+                screen.show_update(message.update)
+
+    @on(MeshUpdated)
+    def _mesh_updated(self, message: MeshUpdated) -> None:
+        self.apply_update(message)
+
+    @on(SourceFailed)
+    def _source_failed(self, message: SourceFailed) -> None:
+        self.source_error = message.error
+        self.status_note = f"source failed: {message.error}"
+        self.push_screen(SourceErrorScreen(message.error))
+
+    @on(DrillStepped)
+    def _drill_stepped(self, message: DrillStepped) -> None:
+        self.drill_steps.append(message.step)
+        self._drill_changed()
+
+    @on(DrillFinished)
+    def _drill_finished(self, message: DrillFinished) -> None:
+        self.last_report, self.last_report_paths = message.report, message.paths
+        self.last_drill_error = message.error
+        if message.error:
+            self.notify(message.error, title="drill refused", severity="error", timeout=8)
+        elif message.report is not None:
+            verdict = "PASS" if message.report.passed else "FAIL"
+            self.notify(f"{verdict}; report saved to {message.paths[0].parent}", title="drill finished",
+                        severity="information" if message.report.passed else "error", timeout=8)
+        self._drill_changed()
+
+    def _drill_changed(self) -> None:
+        for screen in self.screen_stack:
+            if isinstance(screen, DrillScreen):
+                screen.drill_changed()
+            if isinstance(screen, MeshScreen):
+                screen.show_update(None)
+
+    # ------------------------------------------------------------------------------------------------ queries
+    @property
+    def drill_banner(self) -> str | None:
+        plan = self.engine.running
+        if plan is None:
+            return None
+        started = next((s.at - (s.t_s or 0.0) for s in self.drill_steps if s.t_s is not None), None)
+        since = f" t+{self.clock() - started:.0f} s" if started is not None else " preparing"
+        return f"{plan.kind} on {plan.target} ({plan.duration_s} s){since}"
+
+    @property
+    def history(self) -> SessionHistory:
+        return self.session.history
+
+    def agent_data(self, node_id: str) -> AgentData | None:
+        return self.session.poller.agents.get(node_id)
+
+    def watch_routes(self, node_id: str, on: bool) -> None:
+        if on:
+            self.session.poller.detail_nodes.add(node_id)
+        else:
+            self.session.poller.detail_nodes.discard(node_id)
+
+    # ------------------------------------------------------------------------------------------------ navigation
+    def open_node(self, node_id: str) -> None:
+        top = self.screen
+        if isinstance(top, NodeDetailScreen) and top.node_id == node_id:
+            return
+        screen = NodeDetailScreen(node_id)
+        self.push_screen(screen)
+        screen.call_after_refresh(screen.show_update, None)
+
+    def open_drills(self, target: str | None = None) -> None:
+        if isinstance(self.screen, DrillScreen):
+            return
+        self.push_screen(DrillScreen(target))
+
+    def action_drills(self) -> None:
+        if self.source_error is not None:
+            self.notify("no source: drills need a running mesh", severity="error")
+            return
+        self.open_drills()
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    async def action_quit(self) -> None:
+        if self._closing:
+            return
+        if self.engine.running is not None:
+            self.notify("aborting the running drill before quitting…", severity="warning")
+            self.engine.abort()
+            try:
+                await asyncio.wait_for(self.engine.fault_reverted.wait(), timeout=15)
+            except TimeoutError:
+                self.notify("the drill's fault could not be confirmed reverted", severity="error")
+        self._closing = True
+        self.status_note = "stopping…"
+        self.workers.cancel_all()
+        await self.session.close()
+        self.exit(0 if self.source_error is None else 3)
+
+    def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Drills", "pick a fault, a target and a duration; watch the mesh heal",
+                            self.action_drills)
+        yield SystemCommand("Help", "keys, states, sources, headless drills", self.action_help)
+        if self.view is not None:
+            for n in self.view.nodes:
+                yield SystemCommand(f"Node {n.id}", f"{n.state}: peers, routes, incidents and heal actions",
+                                    lambda node=n.id: self.open_node(node))
+                yield SystemCommand(f"Drill {n.id}", f"open drills with {n.id} as the target",
+                                    lambda node=n.id: self.open_drills(node))
+
+    # ------------------------------------------------------------------------------------------------ drills
+    def start_drill(self, plan: DrillPlan) -> None:
+        if self.engine.running is not None:
+            self.notify("a drill is already running", severity="error")
+            return
+        self.drill_steps = []
+        self.last_report, self.last_report_paths, self.last_drill_error = None, [], None
+        self._drill_changed()
+        self._run_drill(plan)
+
+    @work(exclusive=True, group="drill", exit_on_error=False)
+    async def _run_drill(self, plan: DrillPlan) -> None:
+        try:
+            report = await self.engine.run(plan)
+        except DrillRefused as exc:
+            self.post_message(DrillFinished(None, error=str(exc)))
+            return
+        try:
+            paths = await asyncio.to_thread(save, report, self.reports_dir)
+        except OSError as exc:
+            self.post_message(DrillFinished(report, error=f"drill done but the report could not be saved: {exc}"))
+            return
+        self.post_message(DrillFinished(report, paths=paths))

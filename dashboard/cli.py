@@ -1,0 +1,240 @@
+"""`x0dash`: the terminal dashboard, and `x0dash drill` for headless drills (CI, game days)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from dashboard.drills.engine import DRILL_KINDS, DURATION_RANGE, DrillEngine, DrillPlan, DrillRefused, DrillStep
+from dashboard.drills.report import DEFAULT_REPORTS_DIR, save, to_json, to_markdown
+from dashboard.drills.scoring import SLO
+from dashboard.providers.base import Provider, ProviderError
+from dashboard.session import MeshSession
+
+EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_SOURCE = 0, 1, 2, 3
+DEFAULT_LOCAL_NODES = 3
+
+DESCRIPTION = """\
+x0dash: watch an x0tta6bl4 mesh live (topology, node health, MAPE-K incidents and heal actions) and run
+failover drills that measure how fast the mesh detects and repairs a fault.
+
+Sources (pick one; default: a local mesh of 3 nodes, or Nomad when NOMAD_ADDR is set):
+  --local N          start a local mesh of N nodes for this session and stop it on exit
+                     (network namespaces when run as root, loopback otherwise)
+  --inventory FILE   an existing mesh described by an inventory file (x0-agent local-mesh --inventory FILE)
+  --nomad ADDR       a Nomad cluster (also NOMAD_ADDR, NOMAD_TOKEN, NOMAD_NAMESPACE, NOMAD_REGION,
+                     NOMAD_CACERT, NOMAD_CLIENT_CERT, NOMAD_CLIENT_KEY); --job names the mesh job
+
+Keys: enter node detail, / filter, d drills, a abort a drill, ? help, ctrl+p command palette, q quit.
+"""
+
+EPILOG = """\
+headless drills:
+  x0dash drill blackhole --target node-b --duration 10          prints a Markdown report
+  x0dash --inventory run/inventory.json drill partition --target node-a --json
+  kinds: blackhole (target silently drops its Yggdrasil traffic), partition (target cut off),
+         node-loss (the source stops the node; else the agent kills its Yggdrasil daemon)
+  exit status: 0 every SLO met and the mesh back to its steady state, 1 an SLO failed or the mesh did not
+  recover, 2 drill refused (unknown node, another drill running, no API token, mesh not steady), 3 the source
+  could not start. Reports are saved as JSON and Markdown under --reports-dir (default ./reports, or
+  $X0DASH_REPORTS).
+
+environment: X0_API_TOKEN (bearer token for drills when the source does not know it), X0DASH_REPORTS.
+"""
+
+
+def _positive(value: str) -> float:
+    try:
+        f = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if f <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return f
+
+
+def _nodes(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if not 1 <= n <= 26:
+        raise argparse.ArgumentTypeError(f"a local mesh has 1..26 nodes, got {n}")
+    return n
+
+
+def _duration(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"duration is whole seconds, got {value!r}") from None
+    lo, hi = DURATION_RANGE
+    if not lo <= n <= hi:
+        raise argparse.ArgumentTypeError(f"duration must be {lo}..{hi} s, got {n}")
+    return n
+
+
+def _add_common(p: argparse.ArgumentParser, *, sub: bool) -> None:
+    # Options valid before and after `drill`. In the subcommand they default to SUPPRESS so a value given
+    # before `drill` is not overwritten by the subparser's default (an argparse quirk).
+    d = argparse.SUPPRESS if sub else None
+    src = p.add_argument_group("source")
+    src.add_argument("--local", type=_nodes, metavar="N", default=d, help="start a local mesh of N nodes")
+    src.add_argument("--inventory", type=Path, metavar="FILE", default=d, help="read nodes from an inventory file")
+    src.add_argument("--nomad", metavar="ADDR", default=d, help="Nomad address (default $NOMAD_ADDR)")
+    src.add_argument("--job", metavar="JOB", default=d, help="Nomad job of the mesh (default x0-mesh)")
+    src.add_argument("--topology", default=d, metavar="T",
+                     help="--local: planned topology (full, ring, …; default full)")
+    src.add_argument("--mode", choices=("netns", "loopback"), default=d,
+                     help="--local: netns (root) or loopback (default: netns when root)")
+    src.add_argument("--run-dir", type=Path, metavar="DIR", default=d,
+                     help="--local: where the mesh keeps configs and logs (default: a temporary directory)")
+    opt = p.add_argument_group("polling and drills")
+    opt.add_argument("--interval", type=_positive, metavar="S", default=d, help="seconds between polls (1)")
+    opt.add_argument("--timeout", type=_positive, metavar="S", default=d, help="per-agent poll timeout (1.5)")
+    opt.add_argument("--reports-dir", type=Path, metavar="DIR", default=d,
+                     help=f"where drill reports go (default {DEFAULT_REPORTS_DIR})")
+    opt.add_argument("--detect-slo", type=_positive, metavar="S", default=d, help="SLO: time to detect (2)")
+    opt.add_argument("--repair-slo", type=_positive, metavar="S", default=d,
+                     help="SLO: time to repair after the fault ends (2)")
+    opt.add_argument("--recover-timeout", type=_positive, metavar="S", default=d,
+                     help="fail when the mesh is not back to its steady state this long after the fault (60)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="x0dash", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_common(p, sub=False)
+    subs = p.add_subparsers(dest="command", metavar="drill", title="commands", required=False)
+    d = subs.add_parser("drill", help="run one drill without the UI, print the report, exit 0 on pass",
+                        description="Run one drill against the chosen source without the UI, print the report "
+                                    "and exit non-zero when an SLO fails or the mesh does not recover.",
+                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d.add_argument("kind", choices=DRILL_KINDS, help="what to break")
+    d.add_argument("--target", required=True, metavar="NODE", help="node id to break (e.g. node-b)")
+    d.add_argument("--duration", type=_duration, default=10, metavar="S", help="seconds the fault lasts (10)")
+    d.add_argument("--report", type=Path, metavar="FILE",
+                   help="also write the report here (.md: Markdown, otherwise JSON)")
+    d.add_argument("--json", action="store_true", help="print the JSON report instead of Markdown")
+    d.add_argument("--steady-timeout", type=_positive, default=60.0, metavar="S",
+                   help="wait this long for the mesh's steady state before injecting (60)")
+    _add_common(d, sub=True)
+    return p
+
+
+def _num(args: argparse.Namespace, name: str, default: float) -> float:
+    value = getattr(args, name, None)
+    return default if value is None else float(value)
+
+
+def _reports_dir(args: argparse.Namespace) -> Path:
+    value = getattr(args, "reports_dir", None)
+    return DEFAULT_REPORTS_DIR if value is None else Path(value)
+
+
+def build_provider(args: argparse.Namespace, env: dict[str, str] | None = None) -> Provider:
+    """The source the options ask for (ProviderError with an operator message when they conflict)."""
+    env = dict(os.environ) if env is None else env
+    local, inventory, nomad, job = (getattr(args, k, None) for k in ("local", "inventory", "nomad", "job"))
+    chosen = [name for name, v in (("--local", local), ("--inventory", inventory), ("--nomad", nomad)) if v]
+    if len(chosen) > 1:
+        raise ProviderError(f"choose one source, not {' and '.join(chosen)}")
+    if job and (local or inventory):
+        raise ProviderError("--job applies to the Nomad source only")
+    if inventory:
+        from dashboard.providers.inventory import InventoryProvider
+
+        return InventoryProvider(inventory)
+    if nomad or job or (not local and env.get("NOMAD_ADDR")):
+        from dashboard.providers.nomad import NomadProvider
+
+        return NomadProvider(address=nomad, job=job)
+    from dashboard.providers.local import LocalProvider
+
+    return LocalProvider(int(local or DEFAULT_LOCAL_NODES), topology=getattr(args, "topology", None) or "full",
+                         mode=getattr(args, "mode", None), run_dir=getattr(args, "run_dir", None))
+
+
+def build_slo(args: argparse.Namespace) -> SLO:
+    base = SLO()
+    return SLO(detect_s=_num(args, "detect_slo", base.detect_s), repair_s=_num(args, "repair_slo", base.repair_s),
+               recover_timeout_s=_num(args, "recover_timeout", base.recover_timeout_s))
+
+
+def _print_step(step: DrillStep, out: TextIO) -> None:
+    t = "      " if step.t_s is None else f"{step.t_s:+6.2f}s"
+    print(f"[{t}] {step.what}", file=out, flush=True)
+
+
+async def run_headless(provider: Provider, plan: DrillPlan, *, reports_dir: Path, report_file: Path | None,
+                       as_json: bool, poll_timeout: float = 1.5, steady_timeout: float = 60.0,
+                       out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    session = MeshSession(provider, timeout=poll_timeout)
+    try:
+        try:
+            await session.start()
+        except ProviderError as exc:
+            print(f"x0dash: the source could not start: {exc}", file=err)
+            return EXIT_SOURCE
+        engine = DrillEngine(session, steady_timeout=steady_timeout)
+        engine.listeners.append(lambda step: _print_step(step, err))
+        try:
+            report = await engine.run(plan)
+        except DrillRefused as exc:
+            print(f"x0dash: drill refused: {exc}", file=err)
+            return EXIT_REFUSED
+        paths = save(report, reports_dir, report_file)
+        out.write(to_json(report).decode() if as_json else to_markdown(report))
+        out.flush()
+        print(f"x0dash: report saved: {', '.join(map(str, paths))}", file=err)
+        return EXIT_OK if report.passed else EXIT_FAILED
+    finally:
+        await session.close()
+
+
+async def _headless_main(args: argparse.Namespace, provider: Provider) -> int:
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    if task is not None:
+        # SIGTERM (CI timeouts, systemd) must revert the fault and stop a local mesh like Ctrl-C does.
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    plan = DrillPlan(kind=args.kind, target=args.target, duration_s=args.duration, slo=build_slo(args))
+    return await run_headless(provider, plan, reports_dir=_reports_dir(args), report_file=args.report,
+                              as_json=args.json, poll_timeout=_num(args, "timeout", 1.5),
+                              steady_timeout=args.steady_timeout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        provider = build_provider(args)
+    except ProviderError as exc:
+        print(f"x0dash: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    try:
+        if args.command == "drill":
+            try:
+                return asyncio.run(_headless_main(args, provider))
+            except (KeyboardInterrupt, asyncio.CancelledError):
+                print("x0dash: interrupted; the fault was reverted", file=sys.stderr)
+                return 130
+        from dashboard.app import X0Dash
+
+        app = X0Dash(provider, interval=_num(args, "interval", 1.0), timeout=_num(args, "timeout", 1.5),
+                     reports_dir=_reports_dir(args), slo=build_slo(args))
+        code = app.run()
+        if app.source_error:
+            print(f"x0dash: the source could not start: {app.source_error}", file=sys.stderr)
+            return EXIT_SOURCE
+        return code or 0
+    finally:
+        provider.stop()  # idempotent; covers a crash or Ctrl-C that skipped the app's own shutdown
+
+
+if __name__ == "__main__":
+    sys.exit(main())

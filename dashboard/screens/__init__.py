@@ -1,0 +1,1 @@
+"""x0dash screens, one module each."""

@@ -1,0 +1,57 @@
+"""Help (`?`): keys, sources, what the colours mean, headless drills."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Markdown
+
+HELP = """\
+# x0dash
+
+## Keys
+| key | where | what |
+|---|---|---|
+| `enter` | overview | open the node under the cursor |
+| `/` | overview | filter nodes and events (id, state, address); `esc` clears |
+| `d` | anywhere | drills: pick kind, target, duration; confirm; watch; `a` aborts |
+| `a` | drills | abort the running drill: the fault is reverted at once |
+| `esc` | detail, drills | back |
+| `ctrl+p` | anywhere | command palette (jump to a node, start drills, help) |
+| `?` | anywhere | this help |
+| `q` | anywhere | quit (a local mesh started by `--local` is stopped) |
+
+## States
+Nodes: **up** (agent answers, healthy), **degraded** (agent answers, a check fails, e.g. Yggdrasil down),
+**silent** (no answer lately; its last data is shown with its age), **down** (connection refused, or silent
+for 10 s), **unknown** (not polled yet, or the source does not say how to reach it).
+
+Links, from both ends' own peer lists: **up** (green), **silent** (yellow: one end still lists it up, the other
+lost it, or MAPE-K finds the peer unreachable), **down** (red, dotted), **temporary** (cyan: a stand-in link
+MAPE-K added for a lost planned peer), **unknown** (grey: neither end answered).
+
+## Sources
+`x0dash --local N` starts a local mesh for the session (network namespaces as root, loopback otherwise) and
+stops it on exit. `x0dash --inventory FILE` watches a mesh described by an inventory file
+(`x0-agent local-mesh --inventory FILE`). `x0dash --nomad ADDR --job JOB` (or `NOMAD_ADDR`) reads a Nomad job.
+
+## Drills
+Kinds: **blackhole** (the target silently drops its Yggdrasil traffic), **partition** (the target is cut off),
+**node loss** (the source stops the node, or the agent kills its Yggdrasil daemon). The report gives time to
+detect and to repair per observer from the agents' own records, the steady state before and after, and
+pass/fail against the SLOs; it is saved as JSON and Markdown under the reports directory.
+Headless: `x0dash drill blackhole --target node-b --duration 10` (exit 0 pass, 1 fail, 2 refused).
+"""
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,q,question_mark", "close", "Close")]
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="help-box"):
+            yield Markdown(HELP)
+
+    def action_close(self) -> None:
+        self.dismiss()

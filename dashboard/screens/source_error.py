@@ -1,0 +1,32 @@
+"""Shown when the source cannot start (no local mesh, unreadable inventory, Nomad refusing): the reason,
+and retry or quit. Never a traceback."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Label, Static
+
+
+class SourceErrorScreen(Screen[None]):
+    BINDINGS = [
+        Binding("r", "retry", "Retry"),
+        Binding("q", "app.quit", "Quit"),
+    ]
+
+    def __init__(self, error: str) -> None:
+        super().__init__()
+        self.error = error
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="source-error-box"):
+            yield Label("x0dash could not start its source", id="source-error-title")
+            yield Static(self.error, id="source-error")
+            yield Static("r: try again   q: quit", id="source-error-keys")
+        yield Footer()
+
+    def action_retry(self) -> None:
+        self.dismiss()
+        self.app.start_polling()  # type: ignore[attr-defined]

@@ -1,0 +1,121 @@
+"""The node table: one row per node, updated in place (only changed cells) so the cursor stays put and a
+100-node mesh costs little per poll. Nomad columns appear when the source is Nomad."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.text import Text
+from textual.binding import Binding
+from textual.widgets import DataTable
+
+from dashboard.models import NodeView
+from dashboard.widgets.styles import NODE_STYLE, NODE_SYMBOL, fmt_age, fmt_ms
+
+BASE_COLUMNS = (("node", "node"), ("health", "health"), ("address", "Yggdrasil address"), ("peers", "peers"),
+                ("incidents", "incidents"), ("rps", "req/s"), ("p99", "p99"), ("age", "data age"))
+NOMAD_COLUMNS = (("alloc", "alloc"), ("nomad", "alloc status"), ("host", "Nomad node"))
+
+
+def matches(node: NodeView, text: str) -> bool:
+    """The `/` filter: a case-insensitive substring of the node id, state, address, Nomad node or why."""
+    if not text:
+        return True
+    t = text.lower()
+    hay = [node.id, node.state, node.address or "", node.detail]
+    if node.nomad is not None:
+        hay += [node.nomad.node_name or "", node.nomad.alloc_name, node.nomad.client_status]
+    return any(t in h.lower() for h in hay)
+
+
+def row_cells(n: NodeView) -> dict[str, str | Text]:
+    planned = "?" if n.peers_planned is None else n.peers_planned
+    peers = "-" if n.peers_up is None else f"{n.peers_up}/{planned}"
+    if n.peers_up is not None and n.peers_planned is not None and n.peers_up < n.peers_planned:
+        peers_cell: str | Text = Text(peers, "yellow")
+    else:
+        peers_cell = peers
+    age_style = "" if n.state in ("up", "degraded") else "bold red"
+    cells: dict[str, str | Text] = {
+        "node": Text(n.id, "bold"),
+        "health": Text(f"{NODE_SYMBOL[n.state]} {n.state}", NODE_STYLE[n.state]),
+        "address": n.address or "-",
+        "peers": peers_cell,
+        "incidents": Text(str(n.incidents_active), "bold yellow") if n.incidents_active else "0",
+        "rps": "-" if n.req_rate is None else f"{n.req_rate:.1f}",
+        "p99": fmt_ms(n.p99_ms),
+        "age": Text(fmt_age(n.age_s), age_style),
+    }
+    if n.nomad is not None:
+        cells["alloc"] = n.nomad.alloc_id[:8]
+        cells["nomad"] = f"{n.nomad.client_status}/{n.nomad.desired_status}"
+        cells["host"] = n.nomad.node_name or n.nomad.node_id[:8]
+    return cells
+
+
+def _same(a: str | Text, b: str | Text) -> bool:
+    # rich's Text equality ignores the base style; a cell that only changes colour must still be redrawn.
+    if isinstance(a, Text) and isinstance(b, Text):
+        return a.plain == b.plain and str(a.style) == str(b.style)
+    return a == b
+
+
+class NodeTable(DataTable[str | Text]):
+    # DataTable's own enter binding is hidden; this one says in the footer what enter does here.
+    BINDINGS = [Binding("enter", "select_cursor", "Node detail")]
+    DEFAULT_CSS = """
+    NodeTable { height: auto; max-height: 50%; }
+    """
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id, cursor_type="row", zebra_stripes=True)
+        self._rows: dict[str, dict[str, str | Text]] = {}
+        self._nomad = False
+
+    def on_mount(self) -> None:
+        for key, label in BASE_COLUMNS:
+            self.add_column(label, key=key)
+
+    @property
+    def node_ids(self) -> list[str]:
+        return list(self._rows)
+
+    @property
+    def selected_node(self) -> str | None:
+        if not self._rows or self.cursor_row < 0:
+            return None
+        try:
+            return str(self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value)
+        except Exception:  # empty table / cursor out of range after a filter
+            return None
+
+    def show(self, nodes: Sequence[NodeView], filter_text: str = "") -> None:
+        if not self._nomad and any(n.nomad is not None for n in nodes):
+            self._nomad = True
+            for key, label in NOMAD_COLUMNS:
+                self.add_column(label, key=key)
+            for node_id in self._rows:
+                for key, _ in NOMAD_COLUMNS:
+                    self.update_cell(node_id, key, "-")
+        wanted = [n for n in nodes if matches(n, filter_text)]
+        wanted_ids = [n.id for n in wanted]
+        columns = [k for k, _ in BASE_COLUMNS] + ([k for k, _ in NOMAD_COLUMNS] if self._nomad else [])
+        if wanted_ids != list(self._rows):
+            selected = self.selected_node
+            self.clear()
+            self._rows = {}
+            for n in wanted:
+                cells = row_cells(n)
+                self.add_row(*(cells.get(c, "-") for c in columns), key=n.id)
+                self._rows[n.id] = cells
+            if selected in self._rows:
+                self.move_cursor(row=wanted_ids.index(selected))
+            return
+        for n in wanted:
+            cells = row_cells(n)
+            old = self._rows[n.id]
+            for c in columns:
+                value = cells.get(c, "-")
+                if not _same(old.get(c, "-"), value):
+                    self.update_cell(n.id, c, value)
+            self._rows[n.id] = cells
