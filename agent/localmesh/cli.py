@@ -175,7 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rc = 0
     started = time.monotonic()
     try:
-        print(f"{PROG}: starting {args.nodes} nodes ({mesh.mode}, {args.topology}) ...", flush=True)
+        plural = "s" if args.nodes != 1 else ""
+        print(f"{PROG}: starting {args.nodes} node{plural} ({mesh.mode}, {args.topology}) ...", flush=True)
         mesh.start()
         print(f"{PROG}: mesh {mesh.name} up in {time.monotonic() - started:.1f} s", flush=True)
         print(format_table(mesh), flush=True)

@@ -256,6 +256,9 @@ class LocalMesh:
             self._state = "starting"
             try:
                 self._start()
+            except OSError as exc:
+                self.stop()
+                raise LocalMeshError(f"cannot start the mesh: {exc}") from exc
             except BaseException:
                 self.stop()
                 raise

@@ -8,7 +8,8 @@ owner's pid and process start time. So:
   never touches a live one.
 
 State directory: /run/x0tta6bl4/localmesh as root, else $XDG_RUNTIME_DIR/x0tta6bl4/localmesh or
-/tmp/x0tta6bl4-<uid>/localmesh. `X0_LOCALMESH_STATE_DIR` overrides it.
+/tmp/x0tta6bl4-<uid>/localmesh. It is deliberately not configurable: `--cleanup` treats our namespaces without a
+record as leftovers, which is only safe when every mesh of this user records itself in the same place.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from agent.localmesh import naming
 log = logging.getLogger(__name__)
 
 SUBNET_BASE = ipaddress.IPv4Network("10.213.0.0/16")
-STATE_DIR_ENV = "X0_LOCALMESH_STATE_DIR"
 
 
 class MeshRecord(msgspec.Struct, kw_only=True):
@@ -64,9 +64,6 @@ class MeshRecord(msgspec.Struct, kw_only=True):
 
 
 def state_dir() -> Path:
-    override = os.environ.get(STATE_DIR_ENV)
-    if override:
-        return Path(override)
     if os.geteuid() == 0:
         return Path("/run/x0tta6bl4/localmesh")
     runtime = os.environ.get("XDG_RUNTIME_DIR")
