@@ -13,6 +13,7 @@ Events are only invalidations: `on_change(frame)` tells the provider to re-read 
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -69,7 +70,7 @@ class EventStream:
         with self._lock:
             resp = self._resp
         if resp is not None:
-            resp.close()  # unblocks the reader's socket read
+            _interrupt(resp)
         if self._thread is not None:
             self._thread.join(timeout)
         self.live = False
@@ -136,3 +137,18 @@ class EventStream:
                 return True
             time.sleep(0.02)
         return self.live
+
+
+def _interrupt(resp: requests.Response) -> None:
+    """Wake the reader thread blocked in recv(): Response.close() from another thread waits for that read to end
+    (up to the 45 s read timeout); shutting the socket down makes recv return at once."""
+    conn = getattr(resp.raw, "_connection", None)
+    sock = getattr(conn, "sock", None)
+    if sock is None:
+        fp = getattr(resp.raw, "_fp", None)
+        sock = getattr(getattr(getattr(fp, "fp", None), "raw", None), "_sock", None)
+    if isinstance(sock, socket.socket):
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed
