@@ -20,6 +20,10 @@ lint:
 demo nodes="3":
     x0dash --local {{nodes}}
 
-# start a local mesh without the dashboard (Ctrl-C stops it)
-mesh nodes="3" topology="full":
-    x0-agent local-mesh --nodes {{nodes}} --topology {{topology}} --inventory run/inventory.json
+# start a local mesh without the dashboard (Ctrl-C stops it); extra args go to local-mesh, e.g. `just mesh 3 ring --loopback`
+mesh nodes="3" topology="full" *args:
+    x0-agent local-mesh --nodes {{nodes}} --topology {{topology}} --inventory run/inventory.json {{args}}
+
+# remove what crashed local meshes left behind (namespaces, veths, bridges, processes, sockets)
+mesh-cleanup:
+    x0-agent local-mesh --cleanup
