@@ -67,7 +67,7 @@ def test_agent_that_dies_at_start_fails_start_and_leaves_nothing(
     dying = [sys.executable, "-c", "import sys; print('agent refuses to start'); sys.exit(3)"]
     mesh = LocalMesh(MeshOptions(nodes=2, mode="netns", run_dir=tmp_path, agent_command=dying))
     with pytest.raises(
-        LocalMeshError, match=r"(?s)node-a: agent exited with code 3 .*\n    agent refuses to start"
+        LocalMeshError, match=r"(?s)node-[ab]: agent exited with code 3 .*\n    agent refuses to start"
     ):
         mesh.start()
     assert leftovers(mesh.id, mesh.mesh_dir) == []
