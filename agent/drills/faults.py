@@ -97,13 +97,35 @@ class Nft:
         return True
 
 
+# The kernel's initial network namespace has this fixed inode (PROC_NET_INIT_INO) on current kernels.
+_INIT_NET_INO = 0xEFFFFFF9
+
+
 def in_own_netns() -> bool:
-    """False when this process shares the host's (PID 1's) network namespace."""
+    """True only when this process is surely NOT in the host's initial network namespace: a drill there would cut
+    every mesh node on the host. When in doubt, False (refuse)."""
     try:
-        return os.stat("/proc/self/ns/net").st_ino != os.stat("/proc/1/ns/net").st_ino
+        ino = os.stat("/proc/self/ns/net").st_ino
     except OSError:
-        # /proc/1 unreadable (e.g. a container without host PID): we cannot be in the host namespace then.
-        return True
+        return False
+    if ino == _INIT_NET_INO:
+        return False
+    try:
+        return ino != os.stat("/proc/1/ns/net").st_ino
+    except OSError:
+        pass  # PID 1 hidden (sandbox, hidepid): fall back to named namespaces
+    try:
+        named = os.scandir("/var/run/netns")
+    except OSError:
+        return False
+    with named:
+        for entry in named:
+            try:
+                if os.stat(entry.path).st_ino == ino:
+                    return True  # an `ip netns` namespace, like x0-agent local-mesh creates
+            except OSError:
+                continue
+    return False
 
 
 def has_net_admin() -> bool:
@@ -120,7 +142,8 @@ def has_net_admin() -> bool:
 def missing_for_net_faults(nft: Nft, *, check_namespace: bool = True) -> list[str]:
     """Everything that stops a network fault from being applied; empty when it can be."""
     missing: list[str] = []
-    if (nft.binary or nft_binary()) is None:
+    binary = nft.binary or nft_binary()
+    if binary is None or not os.access(binary, os.X_OK):
         missing.append("the nft binary is not installed (apt-get install nftables)")
     if not has_net_admin():
         missing.append("the agent lacks CAP_NET_ADMIN (run it as root or grant cap_net_admin)")
@@ -170,12 +193,12 @@ def fault_script(kind: NetFault, ports: Iterable[int], note: str) -> str:
         for proto, verdict in (("tcp", tcp), ("udp", udp))
         for direction in ("dport", "sport")
     )
-    # A partition must be loud: the resets our own reject (and kill_mesh_sockets) send leave through the output
-    # hook, and would otherwise be swallowed by the rules below, leaving the far end to time out as if silent.
-    let_resets_out = "        tcp flags & rst == rst accept\n" if kind == "partition" else ""
+    # A partition must be loud: the resets our own reject (and kill_mesh_sockets) send pass these hooks too, and
+    # would otherwise be swallowed by the rules below, leaving both ends to time out as if silent.
+    let_resets_pass = "        tcp flags & rst == rst accept\n" if kind == "partition" else ""
     chains = "\n".join(
         f"    chain {hook} {{\n        type filter hook {hook} priority -150; policy accept;\n"
-        f"{let_resets_out if hook == 'output' else ''}{rules}\n    }}"
+        f"{let_resets_pass}{rules}\n    }}"
         for hook in ("input", "output")
     )
     return (
@@ -221,7 +244,8 @@ def hold_table(member: str) -> str:
 
 
 def hold_script(member: str, uri: str) -> str:
-    """Refuse this node's own TCP dials to `uri` (one peer's listen address and port), nothing else."""
+    """Refuse this node's own new TCP dials to `uri` (one peer's listen address and port), nothing else: only
+    SYNs match, so the FIN of the link being removed still reaches the peer and it drops its end at once."""
     parts = urlsplit(uri)
     host, port = parts.hostname, parts.port
     if not host or not port:
@@ -234,7 +258,7 @@ def hold_script(member: str, uri: str) -> str:
         f"delete table {FAMILY} {table}\n"
         f"table {FAMILY} {table} {{\n"
         f"    chain output {{\n        type filter hook output priority -150; policy accept;\n"
-        f"        {match} tcp dport {port} reject with tcp reset\n    }}\n}}\n"
+        f"        {match} tcp dport {port} tcp flags & (syn | ack) == syn reject with tcp reset\n    }}\n}}\n"
     )
 
 

@@ -7,8 +7,10 @@ body is parsed: without a valid token even a malformed body gets 401. A bad body
 from __future__ import annotations
 
 from litestar import Controller, delete, get, post
+from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException, NotFoundException
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_409_CONFLICT
 
 from agent.api.schemas import ErrorBody
@@ -47,14 +49,14 @@ class DrillsController(Controller):
             ),
         },
     )
-    async def start(self, data: DrillRequest, drills: DrillManager) -> Drill:
+    async def start(self, data: JSONBody[DrillRequest], drills: NamedDependency[DrillManager]) -> Drill:
         try:
             return await drills.start(data.kind, data.duration_s)
         except (FaultUnavailable, DrillConflict) as exc:
             raise Conflict(detail=str(exc)) from None
 
     @get("", summary="Active and past drills of this node", sync_to_thread=False)
-    def list_drills(self, drills: DrillManager) -> DrillList:
+    def list_drills(self, drills: NamedDependency[DrillManager]) -> DrillList:
         return drills.list()
 
     @delete(
@@ -64,7 +66,7 @@ class DrillsController(Controller):
         summary="Abort a drill and revert its fault now",
         responses={**_ERRORS, 404: ResponseSpec(data_container=ErrorBody, description="No such drill")},
     )
-    async def abort(self, drill_id: str, drills: DrillManager) -> Drill:
+    async def abort(self, drill_id: FromPath[str], drills: NamedDependency[DrillManager]) -> Drill:
         try:
             return await drills.abort(drill_id)
         except DrillNotFound as exc:

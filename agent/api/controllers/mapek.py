@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated
 
 from litestar import Controller, get
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import QueryParameter
 
 from agent.mapek.schemas import ActionList, IncidentList, MapekStatus
 
@@ -18,7 +19,9 @@ if TYPE_CHECKING:
 
 Since = Annotated[
     float,
-    Parameter(query="since", ge=0, description="unix seconds; items detected/resolved (or taken) at or after it"),
+    QueryParameter(
+        name="since", ge=0, description="unix seconds; items detected/resolved (or taken) at or after it"
+    ),
 ]
 
 
@@ -27,13 +30,13 @@ class MapekController(Controller):
     tags = ["mapek"]
 
     @get("", summary="MAPE-K loop state, last tick, phase timings, active incidents", sync_to_thread=False)
-    def status(self, mapek: MapekLoop) -> MapekStatus:
+    def status(self, mapek: NamedDependency[MapekLoop]) -> MapekStatus:
         return mapek.status()
 
     @get("/incidents", summary="Incidents detected or resolved since a time", sync_to_thread=False)
-    def incidents(self, mapek: MapekLoop, since: Since = 0.0) -> IncidentList:
+    def incidents(self, mapek: NamedDependency[MapekLoop], since: Since = 0.0) -> IncidentList:
         return IncidentList(incidents=mapek.incidents(since))
 
     @get("/actions", summary="Heal actions taken since a time, with outcomes", sync_to_thread=False)
-    def actions(self, mapek: MapekLoop, since: Since = 0.0) -> ActionList:
+    def actions(self, mapek: NamedDependency[MapekLoop], since: Since = 0.0) -> ActionList:
         return ActionList(actions=mapek.kn.actions_since(since))
