@@ -27,3 +27,7 @@ mesh nodes="3" topology="full" *args:
 # remove what crashed local meshes left behind (namespaces, veths, bridges, processes, sockets)
 mesh-cleanup:
     x0-agent local-mesh --cleanup
+
+# start `nomad agent -dev`, run the mesh job (3 nodes) and open x0dash on it (needs the nomad binary)
+nomad-dev:
+    nomad/dev-up.sh

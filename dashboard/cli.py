@@ -153,7 +153,7 @@ def build_provider(args: argparse.Namespace, env: dict[str, str] | None = None) 
     if nomad or job or (not local and env.get("NOMAD_ADDR")):
         from dashboard.providers.nomad import NomadProvider
 
-        return NomadProvider(address=nomad, job=job)
+        return NomadProvider(address=nomad, job=job, env=env)
     from dashboard.providers.local import LocalProvider
 
     return LocalProvider(int(local or DEFAULT_LOCAL_NODES), topology=getattr(args, "topology", None) or "full",
