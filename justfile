@@ -31,3 +31,7 @@ mesh-cleanup:
 # start `nomad agent -dev`, run the mesh job (3 nodes) and open x0dash on it (needs the nomad binary)
 nomad-dev:
     nomad/dev-up.sh
+
+# local mesh + a real Prometheus (prometheus/prometheus.yml) scraping it; prints where to look and how to add Grafana
+observe nodes="3" *args:
+    python prometheus/observe.py --nodes {{nodes}} {{args}}
