@@ -212,7 +212,8 @@ def build_timeline(fault: FaultWindow, observers: Sequence[ObserverScore], incid
     if recovered_at is not None:
         entries.append(TimelineEntry(at=recovered_at, t_s=recovered_at - t0, node=None,
                                      what="full recovery: every observer's incidents about the target resolved"))
-    entries.sort(key=lambda e: (e.at, e.what))
+    # Full recovery is the last word at its instant (it is the max of the resolutions it summarizes).
+    entries.sort(key=lambda e: (e.at, e.what.startswith("full recovery"), e.what))
     return entries
 
 

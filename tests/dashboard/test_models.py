@@ -1,0 +1,118 @@
+"""merge(): node and link states from the agents' own replies (pure)."""
+
+from __future__ import annotations
+
+from dashboard.events import view_events
+from dashboard.models import absorb_incidents, merge, node_state
+
+from .factories import agent, incident, peer, snapshot
+
+FULL = [("node-a", "node-b"), ("node-a", "node-c"), ("node-b", "node-c")]
+
+
+def healthy_mesh() -> dict:
+    return {
+        "node-a": agent("node-a", [peer("node-b", latency_ms=2.0), peer("node-c")]),
+        "node-b": agent("node-b", [peer("node-a", latency_ms=4.0), peer("node-c")]),
+        "node-c": agent("node-c", [peer("node-a"), peer("node-b")]),
+    }
+
+
+def link(view, a, b):
+    return next(lk for lk in view.links if {lk.a, lk.b} == {a, b})
+
+
+def test_healthy_mesh_all_up_with_latency_averaged() -> None:
+    view = merge(snapshot("node-a", "node-b", "node-c", links=FULL), healthy_mesh(), 101.0)
+    assert [n.state for n in view.nodes] == ["up", "up", "up"]
+    assert (view.nodes_healthy, view.links_up, view.links_planned) == (3, 3, 3)
+    assert link(view, "node-a", "node-b").latency_ms == 3.0
+    assert link(view, "node-b", "node-c").latency_ms is None
+
+
+def test_one_side_up_other_side_lost_is_silent() -> None:
+    agents = healthy_mesh()
+    # Blackhole: node-a's daemon still lists node-b, node-b already dropped node-a.
+    agents["node-b"] = agent("node-b", [peer("node-c")], missing=["node-a"])
+    view = merge(snapshot("node-a", "node-b", "node-c", links=FULL), agents, 101.0)
+    ab = link(view, "node-a", "node-b")
+    assert ab.state == "silent" and "no link" in ab.detail
+    assert ab.latency_ms == 2.0  # node-a still reports it
+    assert view.links_up == 2
+
+
+def test_mapek_unreachable_marks_an_up_link_silent() -> None:
+    agents = healthy_mesh()
+    inc = incident("i1", "member_unreachable", "node-b", 100.0)
+    agents["node-a"] = agent("node-a", [peer("node-b"), peer("node-c")], incidents=[inc])
+    agents["node-b"].ok = False  # node-b's agent cannot be asked: only node-a's view counts
+    agents["node-b"].last_ok_at = 99.0
+    view = merge(snapshot("node-a", "node-b", "node-c", links=FULL), agents, 101.0)
+    assert link(view, "node-a", "node-b").state == "silent"
+    assert view.node("node-a").incidents_active == 1
+
+
+def test_planned_link_nobody_lists_is_down_and_unknown_without_answers() -> None:
+    agents = healthy_mesh()
+    agents["node-a"] = agent("node-a", [peer("node-b")], missing=["node-c"])
+    agents["node-c"] = agent("node-c", [peer("node-b")], missing=["node-a"])
+    view = merge(snapshot("node-a", "node-b", "node-c", links=FULL), agents, 101.0)
+    assert link(view, "node-a", "node-c").state == "down"
+    for a in agents.values():
+        a.ok = False
+    view = merge(snapshot("node-a", "node-b", "node-c", links=FULL), agents, 101.0)
+    assert {lk.state for lk in view.links} == {"unknown"}
+
+
+def test_temporary_stand_in_link() -> None:
+    agents = healthy_mesh()
+    agents["node-a"] = agent("node-a", [peer("node-b"), peer("node-c", planned=False, temporary=True)])
+    agents["node-c"] = agent("node-c", [peer("node-b"), peer("node-a", planned=False, temporary=True)])
+    view = merge(snapshot("node-a", "node-b", "node-c", links=[("node-a", "node-b"), ("node-b", "node-c")]),
+                 agents, 101.0)
+    ac = link(view, "node-a", "node-c")
+    assert (ac.state, ac.planned) == ("temporary", False)
+    assert view.links_temporary == 1 and view.links_planned == 2
+
+
+def test_planned_links_learned_from_agents_when_source_has_none() -> None:
+    view = merge(snapshot("node-a", "node-b", "node-c"), healthy_mesh(), 101.0)
+    assert view.links_planned == 3
+
+
+def test_node_states() -> None:
+    a = agent("node-a", [])
+    assert node_state(a, 101.0, 10.0)[0] == "up"
+    a = agent("node-a", [], healthy=False)
+    state, detail = node_state(a, 101.0, 10.0)
+    assert state == "degraded" and "admin socket unreachable" in detail
+    a = agent("node-a", [], ok=False, error_kind="timeout", last_ok_at=98.0)
+    state, detail = node_state(a, 101.0, 10.0)
+    assert state == "silent" and "3.0 s ago" in detail
+    assert node_state(a, 120.0, 10.0)[0] == "down"  # silent for longer than down_after
+    a = agent("node-a", [], ok=False, error_kind="refused", last_ok_at=100.5)
+    assert node_state(a, 101.0, 10.0)[0] == "down"  # nothing listens any more
+    a = agent("node-a", [], ok=False, error_kind="timeout", last_ok_at=None)
+    assert node_state(a, 101.0, 10.0)[0] == "down"
+
+
+def test_view_events_report_transitions_once() -> None:
+    snap = snapshot("node-a", "node-b", "node-c", links=FULL)
+    first = merge(snap, healthy_mesh(), 101.0)
+    assert view_events(None, first) == []  # a healthy start says nothing
+    agents = healthy_mesh()
+    agents["node-c"].ok, agents["node-c"].error_kind, agents["node-c"].error = False, "refused", "cannot connect"
+    second = merge(snap, agents, 102.0)
+    texts = [e.text for e in view_events(first, second)]
+    assert any(t.startswith("node-c up → down") for t in texts)
+    assert view_events(second, merge(snap, agents, 103.0)) == []
+
+
+def test_absorb_incidents_reports_open_and_resolve_once() -> None:
+    a = agent("node-a", [])
+    news = absorb_incidents(a, [incident("i1", "peer_lost", "node-b", 100.0)])
+    assert [w for _, w in news] == ["opened"]
+    assert absorb_incidents(a, [incident("i1", "peer_lost", "node-b", 100.0)]) == []
+    news = absorb_incidents(a, [incident("i1", "peer_lost", "node-b", 100.0, 102.5)])
+    assert [w for _, w in news] == ["resolved"]
+    assert a.cursor == 102.5

@@ -1,0 +1,106 @@
+"""Drill scoring from the agents' own timestamps (pure)."""
+
+from __future__ import annotations
+
+from pytest import approx
+
+from dashboard.drills.report import from_json, to_json, to_markdown
+from dashboard.drills.scoring import SLO, ActionSeen, FaultWindow, IncidentSeen, SteadyState, returned_to, score
+
+T0 = 1000.0
+
+
+def steady(links_up: int = 3, nodes_up: int = 3, reach: int = 3) -> SteadyState:
+    return SteadyState(taken_at=T0, nodes_up=nodes_up, nodes_total=3, links_up=links_up, links_planned=3,
+                       links_not_up=[], nodes_not_up=[],
+                       reachability={n: [reach, 3] for n in ("node-a", "node-b", "node-c")})
+
+
+def fault(ended: float | None = T0 + 5.0, aborted: bool = False) -> FaultWindow:
+    return FaultWindow(kind="blackhole", method="agent drill blackhole", target="node-b", duration_s=5,
+                       started_at=T0, ended_at=ended, clock="agent", drill_id="d1", aborted=aborted)
+
+
+def inc(observer: str, detected: float, resolved: float | None, *, subject: str = "node-b",
+        kind: str = "peer_silent", iid: str | None = None) -> IncidentSeen:
+    return IncidentSeen(observer=observer, id=iid or f"{observer}-{kind}-{detected}", kind=kind, subject=subject,
+                        detected_at=detected, resolved_at=resolved)
+
+
+DEFAULT_SLO = SLO()
+
+
+def run(incidents, *, after=None, f=None, slo=DEFAULT_SLO, actions=()):
+    return score(source="test", fault=f or fault(), aliases={"node-b", "key-b"}, observers=["node-a", "node-c"],
+                 incidents=incidents, actions=list(actions), before=steady(),
+                 after=steady() if after is None else after, steady_confirmed_at=T0 + 7, slo=slo,
+                 created_at=T0 + 8)
+
+
+def test_pass_with_times_from_records() -> None:
+    r = run([inc("node-a", T0 + 1.2, T0 + 6.0), inc("node-c", T0 + 0.8, T0 + 6.5),
+             inc("node-a", T0 + 1.5, T0 + 6.9, kind="member_unreachable")])
+    a, c = r.observers
+    assert (a.detect_s, a.repair_s) == (approx(1.2), approx(1.9))
+    assert (a.detected_by, a.incidents) == ("peer_silent", 2)
+    assert (c.detect_s, c.repair_s) == (approx(0.8), approx(1.5))
+    assert r.passed and r.failures == []
+    assert r.recovered_at == T0 + 6.9 and r.recovery_s == approx(1.9)
+    whats = [e.what for e in r.timeline]
+    assert whats[0].startswith("fault injected") and whats[-1].startswith("full recovery")
+
+
+def test_slo_failures_are_named() -> None:
+    r = run([inc("node-a", T0 + 3.0, T0 + 6.0), inc("node-c", T0 + 0.5, T0 + 9.0)])
+    assert not r.passed
+    assert any("node-a detected after 3.00 s" in f for f in r.failures)
+    assert any("node-c repaired 4.00 s after" in f for f in r.failures)
+    assert run([inc("node-a", T0 + 3.0, T0 + 6.0), inc("node-c", T0 + 0.5, T0 + 9.0)],
+               slo=SLO(detect_s=5, repair_s=5)).passed
+
+
+def test_observer_that_never_detected_and_unresolved_incident_fail() -> None:
+    r = run([inc("node-a", T0 + 1.0, None)])
+    assert not r.passed
+    assert "node-c never detected the fault" in r.failures
+    assert any("node-a: incidents about node-b not resolved" in f for f in r.failures)
+    assert r.recovered_at is None
+
+
+def test_unrelated_and_earlier_incidents_do_not_count() -> None:
+    r = run([inc("node-a", T0 - 30, T0 - 20), inc("node-a", T0 + 0.2, T0 + 6, subject="node-c"),
+             inc("node-a", T0 + 1.0, T0 + 6), inc("node-c", T0 + 1.0, T0 + 6, subject="key-b")])
+    assert r.observers[0].incidents == 1 and r.observers[0].detect_s == 1.0
+    assert r.observers[1].detect_s == 1.0  # matched by the target's key
+
+
+def test_healed_during_fault_counts_as_repaired_in_time() -> None:
+    r = run([inc("node-a", T0 + 1, T0 + 3), inc("node-c", T0 + 1, T0 + 3)])
+    assert r.observers[0].repair_s == -2.0 and r.observers[0].repair_ok
+    assert "healed before the fault ended" in r.observers[0].note
+    assert r.recovered_at == T0 + 5.0  # not whole while the fault is on
+
+
+def test_not_back_to_steady_state_fails() -> None:
+    r = run([inc("node-a", T0 + 1, T0 + 6), inc("node-c", T0 + 1, T0 + 6)], after=steady(links_up=2))
+    assert not r.passed and not r.recovered
+    assert any("did not return to its steady state" in f for f in r.failures)
+    assert returned_to(steady(links_up=2), steady(links_up=2))  # not blamed for what was already broken
+    assert not returned_to(steady(), steady(reach=2))
+
+
+def test_never_reverted_and_aborted() -> None:
+    r = run([inc("node-a", T0 + 1, None), inc("node-c", T0 + 1, None)], f=fault(ended=None))
+    assert "the fault was never reverted" in r.failures
+    r = run([inc("node-a", T0 + 1, T0 + 3), inc("node-c", T0 + 1, T0 + 3)], f=fault(ended=T0 + 2, aborted=True))
+    assert "aborted by the operator" in r.failures
+
+
+def test_report_round_trip_and_markdown() -> None:
+    act = ActionSeen(observer="node-a", id="a1", at=T0 + 1.5, action="redial", target="node-b", outcome="ok")
+    r = run([inc("node-a", T0 + 1.2, T0 + 6.0), inc("node-c", T0 + 0.8, T0 + 6.5)], actions=[act])
+    assert from_json(to_json(r)) == r
+    md = to_markdown(r)
+    assert md.startswith("# Drill blackhole on node-b: PASS")
+    assert "| node-a | peer_silent | 1.20 s | +1.00 s | 1 | 1 | ok |" in md
+    assert "heal action by node-a: redial node-b ok" in md
