@@ -193,7 +193,12 @@ class NomadProvider(Provider):
         view = build_view(job, allocs, nodes, registrations, self._alloc_urls)
         if view.need_ports:
             for alloc_id in view.need_ports:
-                url = alloc_api_url(client.allocation(alloc_id))
+                try:
+                    url = alloc_api_url(client.allocation(alloc_id))
+                except NomadError as exc:
+                    if exc.kind != "not_found":  # garbage-collected since the list was read: no URL, no failure
+                        raise
+                    continue
                 if url:
                     self._alloc_urls[alloc_id] = url
             view = build_view(job, allocs, nodes, registrations, self._alloc_urls)

@@ -289,3 +289,18 @@ def test_undo_drain_keeps_a_node_that_was_ineligible_before(fake_nomad: FakeNoma
         assert json.loads(fake_nomad.seen("POST", f"/v1/node/{n0}/drain")[1].body)["MarkEligible"] is False
     finally:
         p.stop()
+
+
+def test_allocation_collected_between_list_and_read_is_not_a_failure(fake_nomad: FakeNomad,
+                                                                     mesh: LocalMesh) -> None:
+    c = cluster_for(mesh)
+    c.regs.pop(1)
+    c.serve(fake_nomad)
+    fake_nomad.set("GET", f"/v1/allocation/{c.allocs[1]['ID']}", "alloc not found", status=404)
+    p = provider_for(fake_nomad)
+    try:
+        snap = p.refresh()
+    finally:
+        p.stop()
+    assert snap.ok, snap.detail
+    assert snap.nodes[1].id == "node-b" and snap.nodes[1].agent_url is None
