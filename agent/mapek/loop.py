@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("x0.mapek")
 
 PHASES = ("monitor", "analyze", "plan", "execute")
+# Down links this node dials have their peering port checked this often between ticks, so a redial follows the
+# peer's return within a fraction of a second instead of waiting for the next tick.
+PORT_WATCH_S = 0.25
 
 
 class MapekLoop:
@@ -55,6 +58,8 @@ class MapekLoop:
         self._monitor: MapekMonitor | None = None
         self._executor: Executor | None = None
         self._members_gen = -1
+        self._wake = asyncio.Event()
+        self._watch: asyncio.Task[None] | None = None
         # A closure, not a bound method: Litestar deep-copies handlers and dependencies at registration, and a
         # copied bound method would serve a copy of this loop that never runs.
         def provide() -> MapekLoop:
@@ -91,6 +96,7 @@ class MapekLoop:
         for kind in INCIDENT_KINDS:
             agent.metrics.mapek_incidents_active.labels(kind=kind).set(0)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="x0-mapek")
+        self._watch = asyncio.get_running_loop().create_task(self._watch_ports(), name="x0-mapek-ports")
         log.info(
             "MAPE-K running every %g s (degree %d, probe timeout %g s)",
             self.interval,
@@ -99,10 +105,11 @@ class MapekLoop:
         )
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        for task in (self._watch, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         if self._executor is not None:
             await self._executor.aclose()
         if self._monitor is not None:
@@ -113,25 +120,46 @@ class MapekLoop:
         self.running = True
         try:
             next_at = time.monotonic()
+            react = False
             while True:
                 try:
-                    await self.run_tick()
+                    await self.run_tick(react=react)
                 except asyncio.CancelledError:
                     raise
                 except Exception:
                     # A bug in one tick must not end self-healing for good; it is logged with its traceback.
                     log.exception("MAPE-K tick %d failed", self.tick)
-                next_at += self.interval
+                if not react:
+                    next_at += self.interval
                 now = time.monotonic()
                 if next_at < now:
                     next_at = now  # overran: start the next tick at once rather than bursting to catch up
-                await asyncio.sleep(next_at - now)
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), next_at - now)
+                    react = True  # a peering port answered: react now, the regular schedule is kept
+                except TimeoutError:
+                    react = False
         finally:
             self.running = False
 
+    async def _watch_ports(self) -> None:
+        monitor = self._monitor
+        assert monitor is not None
+        while True:
+            await asyncio.sleep(PORT_WATCH_S)
+            try:
+                answering = await monitor.ports_answering(self.kn)
+            except Exception:
+                log.exception("peering-port watch failed")
+                continue
+            if answering:
+                log.info("peering port of %s answers again: reacting now", ", ".join(answering))
+                self._wake.set()
+
     # --- one tick -------------------------------------------------------------------------------------------
 
-    async def run_tick(self) -> None:
+    async def run_tick(self, *, react: bool = False) -> None:
         agent, monitor, executor = self._agent, self._monitor, self._executor
         assert agent is not None and monitor is not None and executor is not None
         kn = self.kn
@@ -143,7 +171,7 @@ class MapekLoop:
             kn.set_members(agent.members.members)
 
         t0 = time.perf_counter()
-        obs = await monitor.observe(kn)
+        obs = await monitor.observe(kn, react=react)
         t1 = time.perf_counter()
         kn.observe(obs)
         findings = analyze(obs, kn)

@@ -109,13 +109,16 @@ class MapekMonitor:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def observe(self, kn: Knowledge) -> Observation:
+    async def observe(self, kn: Knowledge, *, react: bool = False) -> Observation:
+        """One observation. `react`: a reaction tick (a peering port just answered): only the daemon and the
+        peering ports are read, so the redial is not held up by slow overlay probes; the last probe results
+        stand for the rest."""
         try:
             before_raw = await self.admin.get_peers()
         except AdminError as exc:
             return Observation(at=time.time(), daemon_ok=False, daemon_error=f"{type(exc).__name__}: {exc}")
         before = merge_links(before_raw, self.member_of)
-        targets, self._rotation = probe_set(kn, self._rotation, self.fanout)
+        targets, self._rotation = ([], self._rotation) if react else probe_set(kn, self._rotation, self.fanout)
         members = kn.members
         jobs = []
         for m in targets:
@@ -166,6 +169,13 @@ class MapekMonitor:
         return Probe(
             member=member, path=path, ok=True, at=at, rtt_s=rtt, daemon_up=daemon_up, api_version=api_version
         )
+
+    async def ports_answering(self, kn: Knowledge) -> list[str]:
+        """Dial targets whose last recorded port probe failed and whose port answers now."""
+        waiting = [m for m in dial_targets(kn) if (st := kn.state(m)).dial is not None and not st.dial.ok]
+        uris = {m: kn.members.by_id[m].listen_uri for m in waiting if m in kn.members.by_id}
+        jobs = [self._dial_probe(m, uri) for m, uri in uris.items() if uri]
+        return [p.member for p in await asyncio.gather(*jobs) if p.ok] if jobs else []
 
     async def _dial_probe(self, member: str, listen_uri: str) -> Probe:
         at = time.time()
