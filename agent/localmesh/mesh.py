@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
@@ -174,6 +174,21 @@ class _ExitGuard:
     @staticmethod
     def _on_sigterm(signum: int, frame: FrameType | None) -> None:
         raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM/SIGHUP while tearing down (main thread): a second Ctrl-C must not cut a teardown in
+    half. Held signals are delivered, and their handlers run, right after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class LocalMesh:
@@ -516,11 +531,12 @@ class LocalMesh:
     def stop(self) -> list[str]:
         """Stop every process and remove every namespace, veth, bridge, nft table, socket and owned file.
         Idempotent. Returns what could not be removed (also logged; `--cleanup` retries it later)."""
-        with self._lock:
+        with self._lock, _signals_held():
             if self._state == "stopped":
                 return []
             self._state = "stopping"
             problems: list[str] = []
+            destroyed = False
             try:
                 # Agents first, politely: each one stops the daemon it supervises.
                 live = [p for p in self._procs.values() if p.poll() is None]
@@ -533,13 +549,15 @@ class LocalMesh:
                 try:
                     if self._record is not None:
                         problems = cleanup.destroy(self._record)
+                    destroyed = True
                 finally:
                     for p in self._procs.values():
                         with contextlib.suppress(subprocess.TimeoutExpired):
                             p.wait(2.0)
-                    self._procs.clear()
-                    self._unguard()
-                    self._state = "stopped"
+                    if destroyed:  # otherwise a later stop() (atexit at the latest) tries again
+                        self._procs.clear()
+                        self._unguard()
+                        self._state = "stopped"
             for problem in problems:
                 log.warning("local mesh %s teardown: %s", self._record.id if self._record else "?", problem)
             return problems
