@@ -165,3 +165,13 @@ def test_cleanup_removes_a_dead_owners_mesh_and_keeps_a_live_one(
         with http_client() as client:
             assert client.get(f"{node.agent_url}/health").status_code == 200
     assert leftovers(live.id, live.mesh_dir) == []
+
+
+def test_deep_run_dir_puts_sockets_in_a_short_dir_and_removes_it(require_yggdrasil: str, tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)  # admin.sock here would not fit in a UNIX socket path (108 bytes)
+    with LocalMesh(MeshOptions(nodes=1, mode="loopback", run_dir=deep)) as mesh:
+        sock = mesh.node("node-a").admin_endpoint.removeprefix("unix://")
+        assert sock == f"/tmp/x0-{mesh.id}/a.sock" and Path(sock).is_socket()
+        assert mesh.daemon_pid("node-a") is not None
+    assert not Path(sock).parent.exists()
+    assert leftovers(mesh.id, mesh.mesh_dir) == []
