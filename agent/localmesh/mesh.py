@@ -62,7 +62,14 @@ _AGENT_PREFIXES = ("YGGDRASIL_", "X0_")
 
 
 def default_mode() -> Mode:
-    return "netns" if os.geteuid() == 0 else "loopback"
+    """netns when we can build namespaces (root and iproute2), loopback otherwise."""
+    if os.geteuid() != 0:
+        return "loopback"
+    try:
+        netns.ip_binary()
+    except netns.NetnsError:
+        return "loopback"
+    return "netns"
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
@@ -297,7 +304,10 @@ class LocalMesh:
                 raise LocalMeshError(
                     "netns mode needs root (network namespaces, veths, a bridge); run as root or use --loopback"
                 )
-            netns.ip_binary()
+            try:
+                netns.ip_binary()
+            except netns.NetnsError as exc:
+                raise LocalMeshError(str(exc)) from None
         try:
             binary = find_yggdrasil_binary(opts.yggdrasil_bin or os.environ.get("YGGDRASIL_BIN") or None)
         except YggdrasilBinaryMissing as exc:
