@@ -30,6 +30,7 @@ from agent.api.controllers.mesh import MeshController
 from agent.api.controllers.metrics import MetricsController
 from agent.api.errors import EXCEPTION_HANDLERS
 from agent.api.middleware import RequestTimer
+from agent.api.responses import ResponseCache
 from agent.monitor import Monitor
 from agent.peering import Peering
 from agent.settings import Settings
@@ -151,7 +152,7 @@ def create_app(
         handlers.extend(ext.route_handlers)
     app = Litestar(
         route_handlers=handlers,
-        state=State({"agent": agent}),
+        state=State({"agent": agent, "responses": ResponseCache()}),
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=OpenAPIConfig(

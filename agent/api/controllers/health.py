@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from litestar import Controller, Response, get
-from litestar.datastructures import State
+from litestar import Controller, get
 from litestar.openapi.datastructures import ResponseSpec
 
+from agent.api.responses import JSONResponse
 from agent.api.schemas import Health
 
 
@@ -20,13 +20,15 @@ class HealthController(Controller):
         "`monitor` (snapshot task alive), `members` (members file readable), `peers` (at least one planned "
         "peer up when the node has planned peers). 503 when any check fails.",
         responses={
+            200: ResponseSpec(data_container=Health, description="Every check passed"),
             503: ResponseSpec(
-                data_container=Health,
-                description="A check failed; `checks[].name`/`detail` say which and why",
-            )
+                data_container=Health, description="A check failed; `checks[].name`/`detail` say which and why"
+            ),
         },
         sync_to_thread=False,
     )
-    def health(self, state: State) -> Response[Health]:
+    def health(self) -> JSONResponse:
+        # `owner` is the app this controller is registered on; its state holds the agent (see agent.api.app).
+        state = self.owner.state
         body, code = state.agent.health()
-        return Response(body, status_code=code)
+        return state.responses.health.response(body, code)

@@ -106,8 +106,9 @@ def test_routes_list_the_other_members(mesh: LocalMesh) -> None:
     assert wait_for(routes_complete, timeout=15, interval=0.25), logs(mesh)
     routes = msgspec.json.decode(get(mesh, "node-a", "/mesh/routes").content, type=MeshRoutes)
     hops = {r.node_id: r.next_hop_node_id for r in routes.routes if r.kind == "path"}
-    # in a full mesh every member is a direct peer: its own next hop
-    assert hops == {"node-b": "node-b", "node-c": "node-c"}, routes
+    # 0.4 source routes follow the spanning tree, so even in a full mesh the next hop can be the other peer;
+    # it is always one of node-a's peers, named by member id.
+    assert set(hops) == {"node-b", "node-c"} and set(hops.values()) <= {"node-b", "node-c"}, routes
 
 
 def test_metrics_pass_promtool(mesh: LocalMesh, require_prometheus: tuple[str, str]) -> None:
@@ -157,9 +158,13 @@ def test_killed_daemon_turns_health_503_within_2s_then_back(mesh: LocalMesh) -> 
     assert back, f"no 200 after restart\n{logs(mesh)}"
     new_pid = mesh.daemon_pid("node-b")
     assert new_pid is not None and new_pid != pid
+
     # The restarted daemon re-dials its planned link (node-b dials node-c).
-    peers = msgspec.json.decode(get(mesh, "node-b", "/mesh/peers").content, type=MeshPeers)
-    assert "node-c" in {p.node_id for p in peers.peers if p.up}, peers
+    def c_up() -> bool:
+        peers = msgspec.json.decode(get(mesh, "node-b", "/mesh/peers").content, type=MeshPeers)
+        return "node-c" in {p.node_id for p in peers.peers if p.up}
+
+    assert wait_for(c_up, timeout=5), logs(mesh)
 
 
 def _bump_mtime(path: Path) -> None:
@@ -193,7 +198,9 @@ def test_bad_members_file_keeps_previous_members_and_shows_in_health(mesh: Local
 
 
 def test_members_change_is_picked_up(mesh: LocalMesh) -> None:
-    """Dropping the planned link a-c: both stop expecting it, and node-a (the dialer) removes it."""
+    """Dropping the planned link a-c: both stop expecting it, node-a (the dialer) removes the peer it added, and
+    a remaining a-c link is no longer shown as planned. (0.4.7 may re-dial a removed runtime peer once on its own,
+    reference §1.5, so the link itself is not asserted gone.) Restoring the file restores the plan."""
     path = mesh.members_path
     assert path is not None
     good = path.read_bytes()
@@ -207,15 +214,18 @@ def test_members_change_is_picked_up(mesh: LocalMesh) -> None:
                 lambda node_id=node_id: get(mesh, node_id, "/mesh/status").json()["peers_expected"] == 1, timeout=5
             )
             assert expected_one, logs(mesh)
-
-        def c_link_gone() -> bool:
-            return "node-c" not in {p["node_id"] for p in get(mesh, "node-a", "/mesh/peers").json()["peers"]}
-
-        assert wait_for(c_link_gone, timeout=5), get(mesh, "node-a", "/mesh/peers").text
+        peers = get(mesh, "node-a", "/mesh/peers").json()["peers"]
+        assert all(not p["planned"] for p in peers if p["node_id"] == "node-c"), peers
+        assert wait_for(lambda: "removePeer" in mesh.node("node-a").log_path.read_text(), timeout=5), logs(mesh)
     finally:
         path.write_bytes(good)
         _bump_mtime(path)
-    assert wait_for(lambda: get(mesh, "node-a", "/mesh/status").json()["peers_up"] == 2, timeout=8), logs(mesh)
+
+    def a_planned_peers_up() -> bool:
+        peers = get(mesh, "node-a", "/mesh/peers").json()["peers"]
+        return {p["node_id"] for p in peers if p["up"] and p["planned"]} == {"node-b", "node-c"}
+
+    assert wait_for(a_planned_peers_up, timeout=8), logs(mesh)
 
 
 def test_agents_stop_with_their_daemons(mesh: LocalMesh) -> None:
