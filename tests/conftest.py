@@ -34,7 +34,7 @@ def require_root() -> None:
         pytest.skip("iproute2 `ip` not found")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")  # session: module-scoped mesh fixtures for drills depend on it
 def require_nft(require_root: None) -> str:
     path = _nft_binary()
     if path is None:
@@ -42,7 +42,7 @@ def require_nft(require_root: None) -> str:
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")  # session: module-scoped Prometheus fixtures depend on it
 def require_prometheus() -> tuple[str, str]:
     prom, promtool = shutil.which("prometheus"), shutil.which("promtool")
     if prom is None or promtool is None:

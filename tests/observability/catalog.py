@@ -198,3 +198,41 @@ def grafana_values(mesh: str, node: str, path: str) -> dict[str, str]:
         "__interval": "15s",
         "__range": "1h",
     }
+
+
+def observe_module() -> Any:
+    """prometheus/observe.py (a script, not a package module): its `Prometheus` process helper and renderers."""
+    import importlib.util
+    import sys
+
+    name = "x0_observe"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, PROM_DIR / "observe.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def render_test_config(directory: Path, sd_file: Path, interval: str = "1s", alert_for: str = "1s") -> Path:
+    """The shipped local config with a test scrape/evaluation interval, the mesh's own file_sd file, and the
+    shipped rules with every alert's `for` shortened (expressions untouched), written under `directory`."""
+    cfg = load_yaml(LOCAL_CONFIG)
+    cfg["global"].update(scrape_interval=interval, scrape_timeout=interval, evaluation_interval=interval)
+    (sd,) = cfg["scrape_configs"][0]["file_sd_configs"]
+    sd["files"] = [str(sd_file)]
+    rule_paths = []
+    for path, doc in zip(RULE_FILES, rule_docs(), strict=True):
+        for group in doc["groups"]:
+            for rule in group["rules"]:
+                if "alert" in rule and "for" in rule:
+                    rule["for"] = alert_for
+        out = directory / "rules" / path.name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(yaml.safe_dump(doc, sort_keys=False))
+        rule_paths.append(str(out))
+    cfg["rule_files"] = rule_paths
+    config = directory / "prometheus-test.yml"
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return config
