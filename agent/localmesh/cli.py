@@ -35,9 +35,9 @@ modes:
   --netns     (default as root) every node gets its own network namespace x0-<id>-<letter> with lo, eth0 on a
               private bridge x0b<id> (subnet 10.213.N.0/24: the host is .254, node-a .1, node-b .2, ...) and the
               daemon's TUN ygg0. Daemon and agent run inside the namespace. Every node uses the same ports:
-              agent {NETNS_AGENT_PORT}, Yggdrasil tls:// {NETNS_LISTEN_PORT} (or --base-port P and P+1). Agents are
-              reachable from the host at http://10.213.N.i:{NETNS_AGENT_PORT} and from each other over their
-              Yggdrasil addresses. Namespaces have no default route: nothing leaves the machine.
+              agent {NETNS_AGENT_PORT}, Yggdrasil tls:// {NETNS_LISTEN_PORT} (--base-port P: P and P+1). The host
+              reaches agents at http://10.213.N.i:{NETNS_AGENT_PORT}; nodes reach each other's agents over their
+              Yggdrasil addresses too. Namespaces have no default route: nothing leaves the machine.
   --loopback  (default without root) daemons without TUN (IfName "none") listening on 127.0.0.1, agents on
               127.0.0.1. Ports are free ones picked by the kernel, or with --base-port P: agents P..P+N-1,
               daemons P+N..P+2N-1 (all must be free). No overlay traffic and no network faults in this mode.
@@ -51,16 +51,20 @@ files (in --run-dir/local-<id>/ unless said otherwise):
   inventory.json          --inventory FILE moves it; mode 0600: it holds the API token (section 4);
                           x0dash reads it: x0dash --inventory FILE
   prometheus-targets.json beside the inventory: Prometheus file_sd targets, labels node_id and mesh
-  node-x/yggdrasil.conf   keys and config (0600); node-x/agent.log the agent's (and its daemon's) log
+                          (`just mesh` writes run/inventory.json, so run/prometheus-targets.json)
+  node-x/yggdrasil.conf   keys and config (0600)
+  node-x/agent.log        the agent's log; node-x/yggdrasil.log the daemon's
   Logs and configs stay after the mesh stops; the inventory, targets and sockets are removed.
 
-API token: X0_API_TOKEN from the environment, else a random one; it is in the inventory and every agent gets it
-(needed for drills: POST /drills).
+environment:
+  X0_API_TOKEN   bearer token given to every agent and written to the inventory (default: a random one);
+                 needed for drills (POST /drills)
+  YGGDRASIL_BIN  daemon binary (default: yggdrasil on PATH, then /usr/sbin/yggdrasil)
 
 cleanup:
-  Stopping normally leaves nothing behind. After a crash (e.g. SIGKILL), `{PROG} --cleanup` removes the processes,
-  namespaces, veths, bridges and sockets of every mesh whose owner process is gone; meshes whose owner is running
-  are never touched.
+  Stopping normally leaves nothing behind. After a crash (e.g. SIGKILL), `{PROG} --cleanup`
+  removes the processes, namespaces, veths, bridges and sockets of every mesh whose owner process is gone;
+  meshes whose owner is running are never touched.
 
 exit status: 0 stopped cleanly (Ctrl-C/SIGTERM), 1 could not start or left something behind, 2 bad arguments.
 

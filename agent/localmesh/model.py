@@ -70,4 +70,4 @@ class NodeHandle:
     listen_port: int
     dir: Path  # <mesh dir>/node-a
     config_path: Path  # yggdrasil.conf (0600, holds the private key)
-    log_path: Path  # the agent's stdout/stderr (the supervised daemon logs through the agent)
+    log_path: Path  # the agent's stdout/stderr; its daemon logs to yggdrasil.log beside the config
