@@ -24,6 +24,10 @@ demo nodes="3":
 mesh nodes="3" topology="full" *args:
     x0-agent local-mesh --nodes {{nodes}} --topology {{topology}} --inventory run/inventory.json {{args}}
 
+# agent HTTP speed vs a minimal Litestar app, and agent memory (needs wrk); e.g. `just agent-bench --rss-after 600`
+agent-bench *args:
+    python bench/agent_http.py {{args}}
+
 # remove what crashed local meshes left behind (namespaces, veths, bridges, processes, sockets)
 mesh-cleanup:
     x0-agent local-mesh --cleanup
