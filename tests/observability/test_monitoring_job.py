@@ -3,12 +3,13 @@ tested files, survive consul-template, and Grafana's password can only come from
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
-import hcl2
 import pytest
+import yaml
+
+from tests.nomad import jobspec as js
 
 from .catalog import GRAFANA_DIR, NOMAD_CONFIG, REPO, RULE_FILES, load_yaml
 
@@ -16,48 +17,37 @@ JOB_FILE = REPO / "nomad" / "monitoring.nomad.hcl"
 # template fields: reference/nomad.md §3.5 and Nomad's template.mdx (delimiters, perms) and jobspec2 fixture
 # template-err-missing-key.hcl (error_on_missing_key).
 TEMPLATE_FIELDS = {
-    "destination",
-    "data",
-    "change_mode",
-    "change_signal",
-    "splay",
-    "env",
-    "once",
-    "wait",
-    "left_delimiter",
-    "right_delimiter",
-    "perms",
-    "error_on_missing_key",
-}
+    "destination", "data", "change_mode", "change_signal", "splay", "env", "once", "wait",
+    "left_delimiter", "right_delimiter", "perms", "error_on_missing_key",
+}  # fmt: skip
 CHANGE_MODES = {"restart", "signal", "noop", "script"}
 _FILE_CALL = re.compile(r'file\("\$\{var\.repo_dir\}/([^"]+)"\)')
 
 
-def unquote(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str) and value.startswith('"') else value
-
-
-def unwrap(block: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    ((label, body),) = block.items()
-    return unquote(label), body
-
-
 @pytest.fixture(scope="module")
 def job() -> dict[str, Any]:
-    doc = hcl2.load(JOB_FILE.open())
-    name, body = unwrap(doc["job"][0])
-    body["name"] = name
-    body["locals"] = {k: unquote(v) for b in doc["locals"] for k, v in b.items() if not k.startswith("__")}
-    body["groups"] = dict(unwrap(g) for g in body["group"])
-    return body
+    doc = js.load(JOB_FILE)
+    name, body = js.job_block(doc)
+    return {
+        "name": name,
+        "body": body,
+        "vars": js.declared_vars(doc),
+        "locals": js.locals_of(doc),
+        "groups": js.groups(body),
+    }
 
 
 def tasks(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {n: t for g in job["groups"].values() for n, t in (unwrap(b) for b in g["task"])}
+    return {n: t for g in job["groups"].values() for n, t in js.tasks(g).items()}
 
 
 def templates(job: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return [(name, t) for name, task in tasks(job).items() for t in task.get("template", [])]
+
+
+def inline(job: dict[str, Any], t: dict[str, Any]) -> str:
+    """An inline (heredoc) template's text as Nomad receives it."""
+    return js.evaluate(t["data"], job["vars"], job["locals"])
 
 
 def render_data(job: dict[str, Any], data: str) -> str | None:
@@ -76,25 +66,25 @@ def render_data(job: dict[str, Any], data: str) -> str | None:
 
 def test_job_shape(job: dict[str, Any]) -> None:
     assert job["name"] == "x0-monitoring"
-    assert unquote(job["type"]) == "service"
+    assert job["body"]["type"] == "service"
     assert set(job["groups"]) == {"prometheus", "grafana"}
-    assert {n: unquote(t["driver"]) for n, t in tasks(job).items()} == {
+    assert {n: t["driver"] for n, t in tasks(job).items()} == {
         "prometheus": "docker",
         "grafana": "docker",
     }
     for name, group in job["groups"].items():
         (service,) = group["service"]
-        assert unquote(service["provider"]) == "nomad", name
+        assert service["provider"] == "nomad", name
         (check,) = service["check"]
-        assert unquote(check["type"]) == "http", name
+        assert check["type"] == "http", name
 
 
 def test_templates_use_only_documented_fields(job: dict[str, Any]) -> None:
     for task, t in templates(job):
         fields = {k for k in t if not k.startswith("__")}
         assert fields <= TEMPLATE_FIELDS, (task, fields - TEMPLATE_FIELDS)
-        assert unquote(t.get("change_mode", '"restart"')) in CHANGE_MODES
-        if unquote(t.get("change_mode", '"restart"')) == "signal":
+        assert t.get("change_mode", "restart") in CHANGE_MODES
+        if t.get("change_mode") == "signal":
             assert "change_signal" in t and not t.get("env"), task  # signal + env is a validation error
 
 
@@ -104,10 +94,10 @@ def test_templates_render_the_tested_files(job: dict[str, Any]) -> None:
         text = render_data(job, t["data"])
         if text is None:
             continue
-        rendered[unquote(t["destination"])] = text
+        rendered[t["destination"]] = text
         # The files carry their own {{ }} (alert annotations, Grafana legends): other delimiters, which the
         # files themselves must not contain (except the address expression we put there on purpose).
-        left, right = unquote(t["left_delimiter"]), unquote(t["right_delimiter"])
+        left, right = t["left_delimiter"], t["right_delimiter"]
         assert (left, right) != ("{{", "}}"), t["destination"]
         repo_text = (REPO / _FILE_CALL.search(t["data"]).group(1)).read_text()  # type: ignore[union-attr]
         assert left not in repo_text and right not in repo_text, t["destination"]
@@ -118,7 +108,7 @@ def test_templates_render_the_tested_files(job: dict[str, Any]) -> None:
         == (GRAFANA_DIR / "dashboards/mesh-overview.json").read_text()
     )
     assert rendered["local/dashboards/node.json"] == (GRAFANA_DIR / "dashboards/node.json").read_text()
-    prom = load_yaml_text(rendered["local/prometheus.yml"])
+    prom = yaml.safe_load(rendered["local/prometheus.yml"])
     assert prom["scrape_configs"][0]["nomad_sd_configs"][0]["server"] == "http://10.0.0.9:4646"
     assert prom == load_yaml(NOMAD_CONFIG) | {"scrape_configs": prom["scrape_configs"]}
     # rule_files are relative to the config file, i.e. local/: both rule templates land there.
@@ -127,43 +117,43 @@ def test_templates_render_the_tested_files(job: dict[str, Any]) -> None:
         "local/rules/x0-alerts.yml",
     }
     # Grafana: provisioning under GF_PATHS_PROVISIONING, dashboards where X0_DASHBOARDS_DIR points.
-    env = {k: unquote(v) for k, v in tasks(job)["grafana"]["env"][0].items() if not k.startswith("__")}
+    (env,) = tasks(job)["grafana"]["env"]
     assert env["GF_PATHS_PROVISIONING"] == "/local/provisioning"
     assert "local/provisioning/datasources/x0-prometheus.yml" in rendered
     assert "local/provisioning/dashboards/x0tta6bl4.yml" in rendered
     assert env["X0_DASHBOARDS_DIR"] == "/local/dashboards"
 
 
-def load_yaml_text(text: str) -> Any:
-    import yaml
-
-    return yaml.safe_load(text)
-
-
 def test_default_nomad_address_is_the_clients_own(job: dict[str, Any]) -> None:
     expr = job["locals"]["nomad_addr"]
-    assert 'env \\"attr.unique.network.ip-address\\"' in expr and "[%" in expr
+    assert expr.endswith('"http://[% env \\"attr.unique.network.ip-address\\" %]:4646"}'), expr
 
 
 def test_grafana_admin_password_only_from_the_nomad_variable(job: dict[str, Any]) -> None:
     grafana = tasks(job)["grafana"]
-    env = {k: unquote(v) for k, v in grafana["env"][0].items() if not k.startswith("__")}
+    (env,) = grafana["env"]
     assert not any("PASSWORD" in k for k in env), "a password in the job's env block"
     secret = [t for t in grafana["template"] if "GF_SECURITY_ADMIN_PASSWORD" in t["data"]]
     assert len(secret) == 1
     (t,) = secret
     assert t["env"] is True and t["error_on_missing_key"] is True
-    assert unquote(t["destination"]).startswith("secrets/")
-    assert 'nomadVar "${local.secrets_var}"' in t["data"]  # python-hcl2 leaves the interpolation as written
-    assert job["locals"]["secrets_var"] == f"nomad/jobs/{job['name']}"  # readable by the job's own tasks
+    assert t["destination"].startswith("secrets/")
+    # Readable by the job's own tasks through the default workload-identity policy.
+    assert inline(job, t).strip() == (
+        '{{ with nomadVar "nomad/jobs/x0-monitoring" }}'
+        "GF_SECURITY_ADMIN_PASSWORD={{ .grafana_admin_password }}{{ end }}"
+    )
     text = JOB_FILE.read_text()
     assert not re.search(r"(?i)admin_password\s*[=:]\s*\"?admin\b", text)
     assert "GF_SECURITY_ADMIN_PASSWORD=admin" not in text
 
 
 def test_grafana_finds_prometheus_through_its_service(job: dict[str, Any]) -> None:
-    prom_service = job["locals"]["prometheus_service"]
     (service,) = job["groups"]["prometheus"]["service"]
-    assert unquote(service["name"]) == "${local.prometheus_service}" or unquote(service["name"]) == prom_service
-    url = [t for t in tasks(job)["grafana"]["template"] if "X0_PROMETHEUS_URL" in t["data"]]
-    assert len(url) == 1 and "nomadService 1" in url[0]["data"] and url[0]["env"] is True
+    name = js.evaluate(service["name"], job["vars"], job["locals"])
+    (url,) = [t for t in tasks(job)["grafana"]["template"] if "X0_PROMETHEUS_URL" in t["data"]]
+    assert url["env"] is True
+    assert inline(job, url).strip() == (
+        f'{{{{ range nomadService 1 (env "NOMAD_ALLOC_ID") "{name}" }}}}'
+        "X0_PROMETHEUS_URL=http://{{ .Address }}:{{ .Port }}{{ end }}"
+    )
