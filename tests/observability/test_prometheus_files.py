@@ -9,11 +9,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import hcl2
 import pytest
 import yaml
 
 from agent.localmesh.files import sd_path_for
+from tests.nomad import jobspec as js
 
 from .catalog import (
     LOCAL_CONFIG,
@@ -63,7 +63,7 @@ NOMAD_SD_FIELDS = {
     "follow_redirects",
 }
 NOMAD_SERVICE_SAMPLE = Path("/work/shared/reference/nomad-api/service.json")
-MESH_JOB = REPO / "nomad" / "mesh.nomad.hcl"
+MESH_JOB = js.JOB_FILE
 
 
 def run(argv: list[str], cwd: Path = PROM_DIR) -> subprocess.CompletedProcess[str]:
@@ -188,16 +188,10 @@ def test_grafana_datasource_interval_matches_scrape_interval() -> None:
 # ------------------------------------------------------------------------------------------------ Nomad variant
 
 
-def hcl_str(value: str) -> str:
-    """python-hcl2 keeps string literals quoted."""
-    return json.loads(value) if value.startswith('"') else value
-
-
 def mesh_job() -> dict[str, Any]:
-    doc = hcl2.load(MESH_JOB.open())
-    locals_ = {k: hcl_str(v) for block in doc["locals"] for k, v in block.items() if not k.startswith("__")}
-    (job_name,) = (hcl_str(k) for k in doc["job"][0])
-    return {"locals": locals_, "job": job_name}
+    doc = js.load(MESH_JOB)
+    name, _ = js.job_block(doc)
+    return {"locals": js.locals_of(doc), "job": name}
 
 
 def normalize_node_name(raw: str) -> str:
