@@ -114,13 +114,15 @@ class _Background:
                 await ext.stop()
             except Exception:
                 log.exception("stopping extension %s failed", type(ext).__name__)
+        # The daemon first, gracefully (SIGTERM; its loop then ends by itself): cancelling the supervisor task
+        # first would make it SIGKILL the daemon as if the agent had crashed.
+        if self.agent.supervisor is not None:
+            await self.agent.supervisor.close()
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self.agent.supervisor is not None:
-            await self.agent.supervisor.close()
 
 
 def create_app(

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import msgspec
 from litestar import Controller, get
 from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
 
 from agent.api.errors import ServiceUnavailable
-from agent.api.responses import JSONResponse, json_response
+from agent.api.responses import CachedJSON, JSONResponse, json_response
 from agent.api.schemas import ErrorBody, MeshPeers, MeshRoutes, MeshStatus
 
 _NO_SNAPSHOT = ResponseSpec(data_container=ErrorBody, description="The daemon has not been read successfully yet")
 
 
-def _unavailable(state: State) -> ServiceUnavailable:
-    agent = state.agent
-    why = f": {type(agent.last_error).__name__}: {agent.last_error}" if agent.last_error is not None else ""
-    return ServiceUnavailable(detail=f"no daemon snapshot yet{why}")
+def _served(state: State, view: msgspec.Struct | None, cache: CachedJSON | None = None) -> JSONResponse:
+    """The view as JSON (replayed from `cache` while unchanged), or 503 when no snapshot was ever taken."""
+    if view is None:
+        agent = state.agent
+        why = f": {type(agent.last_error).__name__}: {agent.last_error}" if agent.last_error is not None else ""
+        raise ServiceUnavailable(detail=f"no daemon snapshot yet{why}")
+    return cache.response(view) if cache is not None else json_response(view)
 
 
 class MeshController(Controller):
@@ -37,10 +41,8 @@ class MeshController(Controller):
     )
     def status(self) -> JSONResponse:
         state = self.owner.state
-        view = state.agent.mesh_status()  # uptime and snapshot age change with every request: encoded each time
-        if view is None:
-            raise _unavailable(state)
-        return json_response(view)
+        # uptime and snapshot age change with every request: encoded each time, not cached
+        return _served(state, state.agent.mesh_status())
 
     @get(
         "/peers",
@@ -53,10 +55,7 @@ class MeshController(Controller):
     )
     def peers(self) -> JSONResponse:
         state = self.owner.state
-        view = state.agent.mesh_peers()
-        if view is None:
-            raise _unavailable(state)
-        return state.responses.peers.response(view)
+        return _served(state, state.agent.mesh_peers(), state.responses.peers)
 
     @get(
         "/routes",
@@ -69,7 +68,4 @@ class MeshController(Controller):
     )
     def routes(self) -> JSONResponse:
         state = self.owner.state
-        view = state.agent.mesh_routes()
-        if view is None:
-            raise _unavailable(state)
-        return state.responses.routes.response(view)
+        return _served(state, state.agent.mesh_routes(), state.responses.routes)

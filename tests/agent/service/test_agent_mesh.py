@@ -240,6 +240,9 @@ def test_agents_stop_with_their_daemons(mesh: LocalMesh) -> None:
         assert wait_for(lambda agent=agent: not _alive(agent), timeout=8)
     log = mesh.node("node-a").log_path.read_text()
     assert "Application shutdown complete" in log and "Traceback" not in log
+    # SIGTERM to the agent stops its daemon gracefully (the daemon logs its own orderly stop).
+    daemon_log = (mesh.node("node-a").config_path.parent / "yggdrasil.log").read_text()
+    assert "Stopping..." in daemon_log and "Stopped" in daemon_log, daemon_log[-500:]
 
 
 def _alive(pid: int) -> bool:
