@@ -215,9 +215,13 @@ def observe_module() -> Any:
     return sys.modules[name]
 
 
-def render_test_config(directory: Path, sd_file: Path, interval: str = "1s", alert_for: str = "1s") -> Path:
-    """The shipped local config with a test scrape/evaluation interval, the mesh's own file_sd file, and the
-    shipped rules with every alert's `for` shortened (expressions untouched), written under `directory`."""
+def render_test_config(
+    directory: Path, sd_file: Path, interval: str = "1s", fast_alerts: Mapping[str, str] | None = None
+) -> Path:
+    """The shipped local config with a test scrape/evaluation interval and the mesh's own file_sd file, and the
+    shipped rules with the `for` of the alerts in `fast_alerts` replaced (expressions untouched), written under
+    `directory`. The other alerts keep their real `for`, so a healthy mesh must not fire them."""
+    fast_alerts = fast_alerts or {}
     cfg = load_yaml(LOCAL_CONFIG)
     cfg["global"].update(scrape_interval=interval, scrape_timeout=interval, evaluation_interval=interval)
     (sd,) = cfg["scrape_configs"][0]["file_sd_configs"]
@@ -226,8 +230,8 @@ def render_test_config(directory: Path, sd_file: Path, interval: str = "1s", ale
     for path, doc in zip(RULE_FILES, rule_docs(), strict=True):
         for group in doc["groups"]:
             for rule in group["rules"]:
-                if "alert" in rule and "for" in rule:
-                    rule["for"] = alert_for
+                if rule.get("alert") in fast_alerts:
+                    rule["for"] = fast_alerts[rule["alert"]]
         out = directory / "rules" / path.name
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(yaml.safe_dump(doc, sort_keys=False))
