@@ -47,6 +47,9 @@ class Thresholds(msgspec.Struct, frozen=True, kw_only=True):
     # stand-in) for base * 2**level seconds, capped; the level resets once the link has been quiet a window.
     flap_threshold: int = 3
     flap_window_s: float = 60.0
+    # Only a drop after a short up period counts as a flap: a link that held this long and then dropped is an
+    # outage (healed at once), not flapping (drills a few minutes apart must not quarantine anyone).
+    flap_min_up_s: float = 10.0
     quarantine_base_s: float = 15.0
     quarantine_max_s: float = 240.0
     # An incident that comes back within this many seconds of resolving is reopened, not duplicated.
@@ -128,6 +131,7 @@ class MemberState:
     underlay_fail_since: float | None = None
     slow_probes: int = 0
     link_up: bool = False
+    link_up_since: float | None = None
     ever_up: bool = False
     link_seen_up_at: float | None = None
     link_down_since: float | None = None
@@ -287,6 +291,8 @@ class Knowledge:
                 up = sample is not None and sample.up
                 if up:
                     assert sample is not None
+                    if not st.link_up:
+                        st.link_up_since = now
                     st.link_seen_up_at = now
                     st.ever_up = True
                     st.link_down_since = None
@@ -297,7 +303,9 @@ class Knowledge:
                     st.bytes_recvd = sample.bytes_recvd
                 else:
                     if st.link_up:
-                        st.flaps.append(now)
+                        held = now - st.link_up_since if st.link_up_since is not None else 0.0
+                        if held < th.flap_min_up_s:
+                            st.flaps.append(now)
                         st.link_down_since = now
                     elif st.link_down_since is None:
                         st.link_down_since = now

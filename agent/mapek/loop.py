@@ -144,15 +144,21 @@ class MapekLoop:
             self.running = False
 
     async def _watch_ports(self) -> None:
+        """Between ticks: wake the loop at once when a link we had up drops (the daemon saw an RST: no need to
+        wait for the tick) or when the peering port of a down link we dial answers again."""
         monitor = self._monitor
         assert monitor is not None
         while True:
             await asyncio.sleep(PORT_WATCH_S)
             try:
+                dropped = await monitor.links_dropped(self.kn)
                 answering = await monitor.ports_answering(self.kn)
             except Exception:
-                log.exception("peering-port watch failed")
+                log.exception("link/port watch failed")
                 continue
+            if dropped:
+                log.info("link to %s dropped: reacting now", ", ".join(dropped))
+                self._wake.set()
             if answering:
                 log.info("peering port of %s answers again: reacting now", ", ".join(answering))
                 self._wake.set()

@@ -170,6 +170,17 @@ class MapekMonitor:
             member=member, path=path, ok=True, at=at, rtt_s=rtt, daemon_up=daemon_up, api_version=api_version
         )
 
+    async def links_dropped(self, kn: Knowledge) -> list[str]:
+        """Members the knowledge has a link up to, whose link the daemon no longer lists as up."""
+        known_up = [m for m in kn.others() if kn.state(m).link_up]
+        if not known_up:
+            return []
+        try:
+            now = merge_links(await self.admin.get_peers(), self.member_of)
+        except AdminError:
+            return []  # the next tick reports the daemon
+        return [m for m in known_up if not (m in now and now[m].up)]
+
     async def ports_answering(self, kn: Knowledge) -> list[str]:
         """Dial targets whose last recorded port probe failed and whose port answers now."""
         waiting = [m for m in dial_targets(kn) if (st := kn.state(m)).dial is not None and not st.dial.ok]

@@ -212,3 +212,16 @@ def test_incident_resolves_and_reopens_within_the_merge_window() -> None:
     a.tick(up={"node-b"}, dt=40)
     assert len([i for i in a.kn.incidents if i.kind == "peer_lost"]) == 2
     assert a.kn.incidents_since(a.now) == [a.kn.incidents[-1]]
+
+
+def test_outages_after_a_stable_link_are_not_flapping() -> None:
+    mesh = members(IDS3)
+    a = SimNode("node-a", mesh)
+    for _ in range(5):  # a drill every 15 s: 12 s up, 3 s down
+        for _ in range(12):
+            a.tick(up={"node-b", "node-c"})
+        for _ in range(3):
+            r = a.tick(up={"node-b"}, dial={"node-c": True})
+            assert r.actions("quarantine") == []
+    assert not [x for x in a.kn.actions if x.action == "quarantine"]
+    assert len([x for x in a.kn.actions if x.action == "redial" and x.outcome == "ok"]) == 5
