@@ -31,8 +31,10 @@ from .catalog import (
     grafana_values,
     load_yaml,
     recording_rule_labels,
+    rule_exprs,
     rules,
     variable_labels,
+    without_thresholds,
 )
 
 pytestmark = pytest.mark.prometheus
@@ -293,3 +295,15 @@ def test_mesh_job_node_id_pipeline_is_the_one_relabeling_replays() -> None:
         pytest.skip("nomad/mesh.nomad.hcl not there yet")
     pipeline = mesh_job()["locals"]["node_id"]
     assert pipeline == 'toLower | regexReplaceAll "[^a-z0-9-]+" "-" | regexReplaceAll "^-+" "" | printf "%.63s"'
+
+
+def test_alert_conditions_lose_only_their_thresholds() -> None:
+    """The live "has data" check evaluates each alert without its constant comparisons; make sure that strips
+    exactly those (and not matcher values like le="0.5")."""
+    stripped = {e.name: without_thresholds(e.expr) for e in rule_exprs() if e.kind == "alert"}
+    for name, expr in stripped.items():
+        assert not re.search(r"(==|!=|>=|<=|>|<)\s*(bool\s+)?[\d.]+", expr), (name, expr)
+        assert check_refs(expr, static_vocabulary()) == [], name
+    assert stripped["X0NodeDown"] == 'up{job="x0-agent"}'
+    assert stripped["X0AgentApiLatencyHigh"] == "node:x0_http_request_duration_seconds:p99_rate5m"
+    assert without_thresholds('x{le="0.5"} > 0.5') == 'x{le="0.5"}'
