@@ -1,0 +1,138 @@
+"""Planned peering: what a node dials, and bring-up retries against real daemons."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.members import parse_members
+from agent.monitor import Monitor
+from agent.peering import DialTarget, Peering, dial_targets, is_already_configured, target_up
+from agent.settings import Settings
+from agent.state import AgentState
+from agent.views import MeshContext
+from agent.yggdrasil.daemon import DaemonProcess
+from agent.yggdrasil.daemon_config import create_config
+from agent.yggdrasil.errors import AdminCommandError
+from agent.yggdrasil.models import DaemonSnapshot, PeerLink, SelfInfo
+
+KA, KB, KC = "a" * 64, "b" * 64, "c" * 64
+
+
+def ctx(node: str, links: list[list[str]] | None = None, static: tuple[str, ...] = ()) -> MeshContext:
+    doc: dict = {
+        "members": [
+            {"node_id": "node-a", "agent_url": "http://h:1", "listen_uri": "tls://10.0.0.1:1", "public_key": KA},
+            {"node_id": "node-b", "agent_url": "http://h:2", "listen_uri": "tls://10.0.0.2:1"},
+            {"node_id": "node-c", "agent_url": "http://h:3", "listen_uri": "tls://10.0.0.3:1", "public_key": KC},
+        ]
+    }
+    if links is not None:
+        doc["links"] = links
+    members = parse_members(json.dumps(doc).encode())
+    return MeshContext(node_id=node, members=members, learned_keys={}, temporary=frozenset(), static_peers=static)
+
+
+def test_dial_targets_are_the_planned_dials_then_static_peers() -> None:
+    targets = dial_targets(ctx("node-a", static=("tcp://10.9.9.9:1", f"tls://10.0.0.3:1?key={KC}")))
+    assert targets == [
+        DialTarget(uri="tls://10.0.0.2:1", node_id="node-b"),  # no key known: not pinned
+        DialTarget(uri=f"tls://10.0.0.3:1?key={KC}", node_id="node-c"),
+        DialTarget(uri="tcp://10.9.9.9:1", node_id=None),  # the duplicate of a planned dial is dropped
+    ]
+    assert dial_targets(ctx("node-c")) == []  # the highest id only accepts in a full mesh
+    assert [t.node_id for t in dial_targets(ctx("node-c", links=[["node-c", "node-a"]]))] == ["node-a"]
+
+
+def test_target_up_by_key_or_dialled_uri() -> None:
+    c = ctx("node-a")
+
+    def snap(*links: PeerLink) -> DaemonSnapshot:
+        return DaemonSnapshot(
+            api_version="0.4",
+            self_info=SelfInfo(key=KA, address="200::a", subnet="300::/64"),
+            peers=list(links),
+            routes=[],
+            taken_at=0.0,
+        )
+
+    to_c = DialTarget(uri=f"tls://10.0.0.3:1?key={KC}", node_id="node-c")
+    to_b = DialTarget(uri="tls://10.0.0.2:1", node_id="node-b")
+    assert target_up(to_c, snap(PeerLink(key=KC, up=True, remote="tcp://10.0.0.3:5555")), c)
+    assert not target_up(to_c, snap(PeerLink(key=KC, up=False)), c)
+    assert target_up(to_b, snap(PeerLink(key=KB, up=True, remote="tls://10.0.0.2:1")), c)
+    assert not target_up(to_b, snap(PeerLink(key=KB, up=True, remote="tls://10.0.0.2:1", inbound=True)), c)
+
+
+def test_already_configured_is_recognised_in_both_versions() -> None:
+    assert is_already_configured(AdminCommandError("e", "addPeer", "peer already configured"))
+    assert is_already_configured(AdminCommandError("e", "addPeer", "peer is already configured"))
+    assert not is_already_configured(AdminCommandError("e", "addPeer", "unknown call scheme: quic"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.yggdrasil
+@pytest.mark.slow
+async def test_link_comes_up_when_the_peer_starts_late(require_yggdrasil: str, tmp_path: Path) -> None:
+    """node-b's daemon starts 4.5 s after node-a dialled it: past 0.4.7's three 1 s redials, after which the
+    daemon alone would wait for its 60 s retry loop. Peering keeps redialling until the link has been up once."""
+    nodes = {}
+    for node_id in ("node-a", "node-b"):
+        listen = f"tls://127.0.0.1:{_free_port()}"
+        admin = f"unix://{tmp_path}/{node_id}.sock"
+        ident = create_config(tmp_path / f"{node_id}.conf", node_id, admin_listen=admin, listen=[listen])
+        nodes[node_id] = (listen, admin, ident.public_key)
+    members = [
+        {"node_id": n, "agent_url": "http://127.0.0.1:1", "listen_uri": listen, "public_key": key}
+        for n, (listen, _, key) in nodes.items()
+    ]
+    (tmp_path / "members.json").write_text(json.dumps({"members": members}))
+    settings = Settings.from_env(
+        {
+            "NODE_ID": "node-a",
+            "YGGDRASIL_ADMIN": nodes["node-a"][1],
+            "MESH_MEMBERS": str(tmp_path / "members.json"),
+        }
+    )
+    daemons = {
+        n: DaemonProcess(tmp_path / f"{n}.conf", log_path=tmp_path / f"{n}.log", binary=require_yggdrasil)
+        for n in nodes
+    }
+    agent = AgentState(settings)
+    monitor, peering = Monitor(agent), Peering(agent)
+    agent.peering = peering
+    tasks = []
+    try:
+        daemons["node-a"].start()
+        await daemons["node-a"].wait_ready_async(10)
+        tasks = [asyncio.create_task(monitor.run()), asyncio.create_task(peering.run())]
+        await asyncio.sleep(4.5)
+        assert not any(p.up for p in agent.planned_status())
+        assert nodes["node-b"][0] + f"?key={nodes['node-b'][2]}" in peering.added  # dialled, pinned to the key
+        daemons["node-b"].start()
+        started = time.monotonic()
+        await daemons["node-b"].wait_ready_async(10)
+        gen = agent.generation
+        while time.monotonic() - started < 10 and not all(p.up for p in agent.planned_status()):
+            gen = await agent.wait_changed(gen, within=0.5)  # each monitor pass bumps the generation
+        up_after = time.monotonic() - started
+        assert all(p.up for p in agent.planned_status()), agent.planned_status()
+        # Peering's backoff is at most a few seconds this early; the daemon alone would take up to 60 s.
+        assert up_after < 5, f"link up {up_after:.1f} s after node-b started"
+        assert peering.pending == []  # handed over: once up, the link is the daemon's (and MAPE-K's) business
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for d in daemons.values():
+            await asyncio.to_thread(d.stop)
