@@ -82,3 +82,30 @@ def daemon_peer_keys(admin_endpoint: str) -> list[str]:
     """Keys of the links up, straight from the daemon's getPeers (one entry per link)."""
     links = asyncio.run(AdminClient(admin_endpoint, timeout=3.0).get_peers())
     return [link.key for link in links if link.up]
+
+
+def route_members(client: httpx.Client, agent_url: str) -> set[str]:
+    body = client.get(f"{agent_url}/mesh/routes").json()
+    return {r["node_id"] for r in body["routes"] if r["node_id"]}
+
+
+def wait_routes_to_all(mesh: LocalMesh, client: httpx.Client, timeout: float) -> dict[str, float]:
+    """Wait until every node's /mesh/routes names every other member (the DHT fills in within a few seconds of
+    peering); per node, seconds from its agent's process start."""
+    seen: dict[str, float] = {}
+    last: dict[str, set[str]] = {}
+    deadline = time.monotonic() + timeout
+    while len(seen) < len(mesh.nodes) and time.monotonic() < deadline:
+        for node in mesh.nodes:
+            if node.id in seen:
+                continue
+            try:
+                last[node.id] = route_members(client, node.agent_url)
+            except httpx.HTTPError:
+                continue
+            if last[node.id] == set(mesh.node_ids) - {node.id}:
+                seen[node.id] = time.time() - mesh.started_at(node.id)
+        time.sleep(0.1)
+    missing = {n: sorted(last.get(n, set())) for n in mesh.node_ids if n not in seen}
+    assert not missing, f"routes do not list every other member within {timeout:g} s; they list: {missing}"
+    return seen
