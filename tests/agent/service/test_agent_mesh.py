@@ -167,6 +167,31 @@ def test_killed_daemon_turns_health_503_within_2s_then_back(mesh: LocalMesh) -> 
     assert wait_for(c_up, timeout=5), logs(mesh)
 
 
+def test_hung_daemon_turns_health_503_then_back(mesh: LocalMesh) -> None:
+    """SIGSTOP: the socket still accepts but nothing answers. The snapshot ages past two monitor intervals and the
+    pending call times out; /health says so. SIGCONT brings 200 back (kept short: the peers' 6 s link timeout
+    never fires, so no link is lost)."""
+    pid = mesh.daemon_pid("node-c")
+    assert pid is not None and get(mesh, "node-c", "/health").status_code == 200
+    stopped = time.monotonic()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+
+        def failing() -> Health | None:
+            r = get(mesh, "node-c", "/health")
+            return msgspec.json.decode(r.content, type=Health) if r.status_code == 503 else None
+
+        health = wait_for(failing, timeout=6, interval=0.05)
+        detected = time.monotonic() - stopped
+        assert health is not None, logs(mesh)
+        check = next(c for c in health.checks if c.name == "yggdrasil")
+        assert not check.ok and ("daemon hung?" in check.detail or "AdminTimeout" in check.detail), check
+        assert detected < 3.0, f"hang reported after {detected:.2f} s"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert wait_for(lambda: get(mesh, "node-c", "/health").status_code == 200, timeout=6), logs(mesh)
+
+
 def _bump_mtime(path: Path) -> None:
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
