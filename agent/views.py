@@ -212,13 +212,17 @@ def status_view(
 
 def metrics_view(snapshot: DaemonSnapshot | None, ctx: MeshContext, *, yggdrasil_up: bool) -> MetricsView:
     planned = ctx.members.neighbours(ctx.node_id)
-    if snapshot is None:
-        samples = tuple(PeerSample(n, True, False, None, None, None) for n in planned)
+    if snapshot is None or not yggdrasil_up:
+        # A daemon that does not answer carries no links: show planned peers down, not its last peer list.
+        s = snapshot.self_info if snapshot else None
         return MetricsView(
-            yggdrasil_up=yggdrasil_up,
+            yggdrasil_up=False,
+            api_version=snapshot.api_version if snapshot else None,
+            address=s.address if s else None,
+            key=s.key if s else None,
             peers_planned=len(planned),
             members_known=len(ctx.members.members),
-            peers=samples,
+            peers=tuple(PeerSample(n, True, False, None, None, None) for n in planned),
         )
     # Several links can lead to one peer (0.5 keeps one per URI); a series per peer sums/merges them.
     agg: dict[str, list] = {}

@@ -153,6 +153,9 @@ def test_killed_daemon_turns_health_503_within_2s_then_back(mesh: LocalMesh) -> 
     failed = [c for c in health.checks if not c.ok]
     assert failed[0].name == "yggdrasil" and health.yggdrasil.reachable is False
     assert "daemon exited with -9" in failed[0].detail, failed[0].detail
+    metrics = get(mesh, "node-b", "/metrics").text
+    if "x0_yggdrasil_up 0.0" in metrics:  # (unless the supervisor already restarted it, 1 s later)
+        assert 'x0_peer_up{peer="node-a",planned="true"} 0.0' in metrics and "x0_peers_up 0.0" in metrics
 
     back = wait_for(lambda: get(mesh, "node-b", "/health").status_code == 200, timeout=15, interval=0.1)
     assert back, f"no 200 after restart\n{logs(mesh)}"

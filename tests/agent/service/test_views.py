@@ -140,3 +140,6 @@ def test_status_and_metrics_view() -> None:
     assert mv.routes == {"dht": 1} and mv.peers_planned == 2 and mv.key == KA
     empty = metrics_view(None, ctx(), yggdrasil_up=False)
     assert [p.peer for p in empty.peers] == ["node-b", "node-c"] and not empty.yggdrasil_up
+    down = metrics_view(s, ctx(), yggdrasil_up=False)  # daemon stopped answering: identity kept, links not
+    assert down.key == KA and down.peers_up == 0 and down.routes == {}
+    assert [(p.peer, p.up) for p in down.peers] == [("node-b", False), ("node-c", False)]
