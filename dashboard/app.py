@@ -204,7 +204,8 @@ class X0Dash(App[int]):
         self.status_note = "stopping…"
         self.workers.cancel_all()
         await self.session.close()
-        self.exit(0 if self.source_error is None else 3)
+        code = 0 if self.source_error is None else 3
+        self.exit(code, return_code=code)
 
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)

@@ -13,7 +13,7 @@ from textual.widgets import Footer, Label, Static
 class SourceErrorScreen(Screen[None]):
     BINDINGS = [
         Binding("r", "retry", "Retry"),
-        Binding("q", "app.quit", "Quit"),
+        Binding("q", "quit_now", "Quit"),
     ]
 
     def __init__(self, error: str) -> None:
@@ -26,6 +26,10 @@ class SourceErrorScreen(Screen[None]):
             yield Static(self.error, id="source-error")
             yield Static("r: try again   q: quit", id="source-error-keys")
         yield Footer()
+
+    def action_quit_now(self) -> None:
+        # Nothing started, nothing to stop: the provider's stop() already ran after the failed start.
+        self.app.exit(3, return_code=3)
 
     def action_retry(self) -> None:
         self.dismiss()

@@ -1,0 +1,40 @@
+"""x0dash test plumbing: one real 3-node mesh per module, and waiting on the app without sleeping blindly."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def mesh(require_yggdrasil: str, require_root: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real netns mesh (agents, daemons, MAPE-K, drills) for every test of the module."""
+    if shutil.which("nft") is None and not Path("/usr/sbin/nft").exists():
+        pytest.skip("nft not found (apt-get install nftables): drills need it")
+    from agent.localmesh import LocalMesh, MeshOptions
+
+    run_dir = tmp_path_factory.mktemp("x0dash-mesh")
+    with LocalMesh(MeshOptions(nodes=3, topology="full", mode="netns", run_dir=run_dir)) as m:
+        yield m
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def until(pilot: object, what: str, cond: Callable[[], bool], within: float = 20.0) -> float:
+    """Let the app run until cond() holds; AssertionError naming `what` otherwise. Returns seconds waited."""
+    start = time.monotonic()
+    while not cond():
+        if time.monotonic() - start > within:
+            raise AssertionError(f"{what}: not within {within:g} s")
+        await pilot.pause(0.1)  # type: ignore[attr-defined]
+    return time.monotonic() - start
