@@ -5,7 +5,9 @@ One finding per (kind, subject); the knowledge turns findings into incidents (op
   only after the startup grace.
 - `peer_silent`: the link is listed but no traffic passes: the overlay probe to that peer failed AND the link's
   received bytes did not grow while the probe was in flight (a live daemon answers a probe's SYN even when its
-  agent is slow). A silent peer whose link the daemon then drops stays one `peer_silent` incident.
+  agent is slow). A silent peer whose link the daemon then drops stays one `peer_silent` incident. Caveat seen on
+  0.4: overlay traffic to a direct peer can follow the spanning tree through a third node, so a blackholed tree
+  root also makes other links look silent until the daemons drop the root's links (4-6 s later).
 - `member_unreachable`: a member's agent does not answer over the overlay (reported once per member: not beside
   a lost/silent peer incident for the same member). The detail says whether it answers on the underlay.
 - `partition`: members that are not known unreachable are below a majority of the mesh.
