@@ -188,6 +188,45 @@ def test_blackhole_detected_and_mesh_whole_right_after(full: LocalMesh, client: 
     took = time.time() - past["reverted_at"]
     assert took <= REPAIR_S, f"mesh whole {took:.2f} s after the blackhole ended"
     assert "x0_drill" not in drill_tables(full, "node-c")
+    metrics_a = client.get(f"{a.agent_url}/metrics").text
+    assert metric(metrics_a, 'x0_mapek_incidents_total{kind="peer_silent"}') >= 1
+    assert metric(metrics_a, 'x0_mapek_time_to_detect_seconds_count{kind="peer_silent"}') >= 1
+    wait_until(
+        "node-c reports its recovery time",
+        lambda: (
+            metric(client.get(f"{c.agent_url}/metrics").text, 'x0_drill_recovery_seconds{kind="blackhole"}') > 0
+        ),
+        5,
+    )
+
+
+def metric(text: str, series: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_kill_daemon_drill_detected_and_healed(full: LocalMesh, client: httpx.Client) -> None:
+    a, b = full.node("node-a"), full.node("node-b")
+    wait_until("full mesh up", lambda: all_pairs_up(client, full) and settled(client, full), 15)
+    drill = post_drill(client, b, "kill-daemon", 3)
+    took = first_incident(client, a, "node-b", drill["started_at"], {"peer_lost"})
+    assert took <= DETECT_S
+    assert client.get(f"{b.agent_url}/health").status_code == 503
+    wait_until(
+        "node-b's own loop reports its daemon down",
+        lambda: any(i["kind"] == "daemon_down" for i in incidents(client, b, drill["started_at"])),
+        3,
+    )
+
+    def reverted() -> bool:
+        past = client.get(f"{b.agent_url}/drills").json()["past"]
+        return bool(past) and past[0]["id"] == drill["id"] and past[0]["state"] == "reverted"
+
+    wait_until("kill-daemon drill reverted by its timer", reverted, 6)
+    wait_until("node-b healthy again", lambda: client.get(f"{b.agent_url}/health").status_code == 200, 10)
+    wait_until("mesh whole after the daemon is back", lambda: all_pairs_up(client, full), 15)
 
 
 def test_partition_aborted_midway_leaves_no_rules(full: LocalMesh, client: httpx.Client) -> None:
