@@ -22,6 +22,7 @@ class DrillsExtension:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.manager: DrillManager | None = None
+
         # A closure, not a bound method: Litestar deep-copies dependencies (see agent.mapek.loop).
         def provide() -> DrillManager:
             if self.manager is None:

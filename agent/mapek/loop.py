@@ -60,6 +60,7 @@ class MapekLoop:
         self._members_gen = -1
         self._wake = asyncio.Event()
         self._watch: asyncio.Task[None] | None = None
+
         # A closure, not a bound method: Litestar deep-copies handlers and dependencies at registration, and a
         # copied bound method would serve a copy of this loop that never runs.
         def provide() -> MapekLoop:
