@@ -25,7 +25,7 @@ from typing import Protocol
 
 from agent.drills import faults
 from agent.drills.faults import FaultUnavailable, Nft, NftError
-from agent.drills.schemas import DRILL_KINDS, Drill, DrillKind, DrillList, DrillState
+from agent.drills.schemas import Drill, DrillKind, DrillList, DrillState
 from agent.members import Members
 from agent.metrics import AgentMetrics
 
@@ -86,9 +86,6 @@ class DrillManager:
         self.past: deque[Drill] = deque(maxlen=PAST_KEPT)
         self._tasks: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
-        if metrics is not None:
-            for kind in DRILL_KINDS:
-                metrics.drill_active.labels(kind=kind).set(0)
 
     # --- queries --------------------------------------------------------------------------------------------
 

@@ -94,8 +94,6 @@ class MapekLoop:
             admin, member_of, timeout=self.thresholds.probe_timeout_s, fanout=self.thresholds.probe_fanout
         )
         self._executor = Executor(admin)
-        for kind in INCIDENT_KINDS:
-            agent.metrics.mapek_incidents_active.labels(kind=kind).set(0)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="x0-mapek")
         self._watch = asyncio.get_running_loop().create_task(self._watch_ports(), name="x0-mapek-ports")
         log.info(
