@@ -68,7 +68,7 @@ class X0Dash(App[int]):
         self.last_report: DrillReport | None = None
         self.last_report_paths: list[Path] = []
         self.last_drill_error: str | None = None
-        self._closing = False
+        self._quitting = False  # (not `_closing`: Textual's MessagePump uses that name and drops messages)
 
     # ------------------------------------------------------------------------------------------------ setup
     def get_default_screen(self) -> Screen[None]:
@@ -190,22 +190,34 @@ class X0Dash(App[int]):
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
 
-    async def action_quit(self) -> None:
-        if self._closing:
+    def action_quit(self) -> None:
+        if self._quitting:
             return
+        self._quitting = True
+        self.status_note = "stopping…"
         if self.engine.running is not None:
             self.notify("aborting the running drill before quitting…", severity="warning")
-            self.engine.abort()
+        # In a worker, not in this handler: closing awaits the network and the provider, and the app must keep
+        # processing messages meanwhile (awaiting here can stall the exit).
+        self.run_worker(self._close_and_exit(), group="quit", exit_on_error=False)
+
+    async def _close_and_exit(self) -> None:
+        try:
+            if self.engine.running is not None:
+                self.engine.abort()
+                try:
+                    await asyncio.wait_for(self.engine.fault_reverted.wait(), timeout=15)
+                except TimeoutError:
+                    self.log.error("the drill's fault could not be confirmed reverted")
+            self.workers.cancel_group(self, "poll")
+            self.workers.cancel_group(self, "drill")
             try:
-                await asyncio.wait_for(self.engine.fault_reverted.wait(), timeout=15)
+                await asyncio.wait_for(self.session.close(), timeout=30)
             except TimeoutError:
-                self.notify("the drill's fault could not be confirmed reverted", severity="error")
-        self._closing = True
-        self.status_note = "stopping…"
-        self.workers.cancel_all()
-        await self.session.close()
-        code = 0 if self.source_error is None else 3
-        self.exit(code, return_code=code)
+                self.log.error("stopping the source took longer than 30 s")
+        finally:
+            code = 0 if self.source_error is None else 3
+            self.exit(code, return_code=code)
 
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)

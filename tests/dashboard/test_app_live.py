@@ -1,0 +1,257 @@
+"""x0dash against a real 3-node netns mesh (agents, Yggdrasil daemons, MAPE-K, nftables drills): navigation,
+filter, node detail, drills through the UI (complete and aborted) and headless, one agent silent then down.
+
+The tests share one mesh and run in file order; each leaves the mesh whole for the next.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from textual.command import CommandPalette
+from textual.widgets import DataTable, Input, Select
+
+from dashboard.app import X0Dash
+from dashboard.drills.engine import DrillEngine, DrillPlan, DrillRefused
+from dashboard.drills.report import from_json
+from dashboard.drills.scoring import DrillReport
+from dashboard.providers.inventory import InventoryProvider
+from dashboard.providers.local import LocalProvider
+from dashboard.screens.confirm import ConfirmDrillScreen
+from dashboard.screens.drills import DrillScreen
+from dashboard.screens.help import HelpScreen
+from dashboard.screens.node_detail import NodeDetailScreen
+from dashboard.screens.overview import OverviewScreen
+from dashboard.session import MeshSession
+from dashboard.widgets.node_table import NodeTable
+from dashboard.widgets.topology import TopologyView
+
+from .conftest import until
+
+pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.yggdrasil]
+
+LOOSE_SLO = ["--detect-slo", "10", "--repair-slo", "20"]  # the tests check the measuring, not MAPE-K's speed
+
+
+def make_app(mesh: object, tmp_path: Path) -> X0Dash:
+    return X0Dash(InventoryProvider(mesh.inventory_path), interval=0.5, timeout=1.0,  # type: ignore[attr-defined]
+                  reports_dir=tmp_path / "reports")
+
+
+def whole(app: X0Dash) -> bool:
+    v = app.view
+    return v is not None and v.nodes_healthy == 3 and v.links_up == 3 and v.incidents_active == 0
+
+
+def agent_incidents(url: str, since: float) -> list[dict]:
+    with httpx.Client(trust_env=False, timeout=3) as c:
+        return c.get(f"{url}/mapek/incidents", params={"since": since}).json()["incidents"]
+
+
+def agent_drills(url: str) -> dict:
+    with httpx.Client(trust_env=False, timeout=3) as c:
+        return c.get(f"{url}/drills").json()
+
+
+def check_measured_from_records(report: DrillReport, mesh: object) -> None:
+    """Detection by both other nodes, full recovery, and every time equal to one the agents recorded."""
+    assert report.target == "node-b"
+    assert [o.observer for o in report.observers] == ["node-a", "node-c"]
+    for o in report.observers:
+        assert o.detected_at is not None and o.repaired_at is not None, o
+        own = [i for i in agent_incidents(mesh.node(o.observer).agent_url, report.fault.started_at - 1)
+               if i["subject"] == "node-b"]
+        assert own, f"{o.observer} has no incident about node-b"
+        # The engine keeps the earliest detection it saw; an incident reopened later has a newer detected_at.
+        assert o.detected_at <= min(i["detected_at"] for i in own) + 1e-6
+        assert o.detected_at >= report.fault.started_at - 0.5
+        assert o.repaired_at == max(i["resolved_at"] for i in own if i["resolved_at"] is not None)
+    mine = next(d for d in agent_drills(mesh.node("node-b").agent_url)["past"] if d["id"] == report.fault.drill_id)
+    assert (mine["started_at"], mine["reverted_at"]) == (report.fault.started_at, report.fault.ended_at)
+    assert report.recovered and report.after is not None and report.after.links_up == 3
+
+
+async def test_overview_filter_detail_help_palette(mesh: object, tmp_path: Path) -> None:
+    app = make_app(mesh, tmp_path)
+    async with app.run_test(size=(140, 42)) as pilot:
+        await until(pilot, "mesh whole on screen", lambda: whole(app), within=60)
+        table = app.query_one(NodeTable)
+        assert table.node_ids == ["node-a", "node-b", "node-c"]
+        assert app.query_one(TopologyView).mode == "ring"
+        assert all(n.address and n.address.startswith("2") for n in app.view.nodes)
+
+        await pilot.press("slash", *"node-b")
+        assert table.node_ids == ["node-b"]
+        await pilot.press("escape")
+        assert app.screen.query_one("#filter", Input).display is False
+        assert table.node_ids == ["node-a", "node-b", "node-c"]
+
+        assert table.selected_node == "node-b"  # the cursor stays on the node it was on under the filter
+        await pilot.press("enter")
+        assert isinstance(app.screen, NodeDetailScreen) and app.screen.node_id == "node-b"
+        screen = app.screen
+        peers = screen.query_one("#peers", DataTable)
+        await until(pilot, "node-b's peers listed", lambda: peers.row_count == 2)
+        routes = screen.query_one("#routes", DataTable)
+        await until(pilot, "node-b's routes fetched",
+                    lambda: routes.row_count > 0 and "fetching" not in str(routes.get_row_at(0)[1]))
+        assert "node-b" in app.session.poller.detail_nodes
+        await pilot.press("escape")
+        assert isinstance(app.screen, OverviewScreen)
+        assert "node-b" not in app.session.poller.detail_nodes  # routes only while someone looks
+
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        await pilot.press("ctrl+p")
+        assert isinstance(app.screen, CommandPalette)
+        await pilot.press(*"Node node-c")
+        await pilot.pause(0.5)  # the palette searches in a worker
+        await pilot.press("enter")
+        await until(pilot, "palette opens node-c", lambda: isinstance(app.screen, NodeDetailScreen))
+        assert app.screen.node_id == "node-c"
+
+
+async def test_drill_through_the_ui_confirm_then_report(mesh: object, tmp_path: Path) -> None:
+    app = make_app(mesh, tmp_path)
+    async with app.run_test(size=(140, 42)) as pilot:
+        await until(pilot, "mesh whole", lambda: whole(app), within=60)
+        await pilot.press("d")
+        screen = app.screen
+        assert isinstance(screen, DrillScreen)
+        screen.query_one("#target", Select).value = "node-b"
+        screen.query_one("#duration", Input).value = "3"
+        screen.query_one("#slo-detect", Input).value = "10"
+        screen.query_one("#slo-repair", Input).value = "20"
+        await pilot.press("s")
+        assert isinstance(app.screen, ConfirmDrillScreen)
+        assert "silently drop" in app.screen.description and "3 s" in app.screen.description
+        await pilot.press("n")  # the default answer changes nothing
+        assert app.engine.running is None and not app.drill_steps
+        await pilot.press("s", "y")
+        await until(pilot, "drill running", lambda: app.engine.running is not None)
+        assert "blackhole on node-b" in (app.drill_banner or "")
+        await until(pilot, "report", lambda: app.last_report is not None, within=90)
+        report = app.last_report
+        check_measured_from_records(report, mesh)
+        steps = [s.what for s in app.drill_steps]
+        assert any(s.startswith("fault injected") for s in steps)
+        assert sum(s.startswith("first detection by") for s in steps) == 2
+        assert any(s.startswith("full recovery") for s in steps)
+        assert {p.suffix for p in app.last_report_paths} == {".json", ".md"}
+        assert from_json(app.last_report_paths[0].read_bytes()) == report
+        assert screen.query_one("#report-box").display is True
+        assert screen.query_one("#timeline", DataTable).row_count == len(app.drill_steps)
+
+
+async def test_abort_reverts_at_once_and_second_drill_is_refused(mesh: object, tmp_path: Path) -> None:
+    app = make_app(mesh, tmp_path)
+    async with app.run_test(size=(140, 42)) as pilot:
+        await until(pilot, "mesh whole", lambda: whole(app), within=60)
+        app.start_drill(DrillPlan(kind="blackhole", target="node-c", duration_s=60))
+        await until(pilot, "fault injected", lambda: any(s.t_s is not None for s in app.drill_steps), within=60)
+        # Another dashboard (its own session) sees the agent's active drill and refuses.
+        other = MeshSession(InventoryProvider(mesh.inventory_path))
+        await other.start()
+        try:
+            with pytest.raises(DrillRefused, match="another drill is running: blackhole on node-c"):
+                await DrillEngine(other).preflight(DrillPlan(kind="partition", target="node-a", duration_s=5))
+        finally:
+            await other.close()
+        await pilot.press("d", "a")
+        await until(pilot, "aborted report", lambda: app.last_report is not None, within=90)
+        fault = app.last_report.fault
+        assert fault.aborted and fault.ended_at is not None
+        assert fault.ended_at - fault.started_at < 30  # reverted long before the 60 s
+        assert "aborted by the operator" in app.last_report.failures
+        drill = next(d for d in agent_drills(mesh.node("node-c").agent_url)["past"] if d["id"] == fault.drill_id)
+        assert drill["state"] == "aborted"
+        await until(pilot, "mesh whole again", lambda: whole(app), within=60)
+
+
+def test_headless_blackhole_and_refusals(mesh: object, tmp_path: Path) -> None:
+    base = [sys.executable, "-m", "dashboard.cli", "--inventory", str(mesh.inventory_path),
+            "--reports-dir", str(tmp_path)]
+    missing = subprocess.run([*base, "drill", "blackhole", "--target", "node-x"], capture_output=True, text=True,
+                             timeout=60)
+    assert missing.returncode == 2
+    assert "no node 'node-x'" in missing.stderr and "node-a, node-b, node-c" in missing.stderr
+
+    out = subprocess.run([*base, "drill", "blackhole", "--target", "node-b", "--duration", "3", "--json",
+                          "--report", str(tmp_path / "r.md"), *LOOSE_SLO],
+                         capture_output=True, text=True, timeout=150)
+    report = from_json(out.stdout)
+    assert out.returncode == (0 if report.passed else 1), out.stderr
+    check_measured_from_records(report, mesh)
+    assert (tmp_path / "r.md").read_text().startswith("# Drill blackhole on node-b:")
+    assert len(list(tmp_path.glob("drill-*-blackhole-node-b.json"))) == 1
+    assert "first detection by node-a" in out.stderr and "full recovery" in out.stderr
+
+    # An SLO nobody can meet: same drill, measured the same way, exit 1.
+    strict = subprocess.run([*base, "drill", "blackhole", "--target", "node-a", "--duration", "2", "--json",
+                             "--detect-slo", "0.001"], capture_output=True, text=True, timeout=150)
+    assert strict.returncode == 1, strict.stderr
+    failed = json.loads(strict.stdout)
+    assert not failed["passed"] and any("detected after" in f for f in failed["failures"])
+
+
+async def test_one_agent_silent_then_down_then_back(mesh: object, tmp_path: Path) -> None:
+    app = make_app(mesh, tmp_path)
+    pid = mesh.agent_pid("node-c")
+    assert pid is not None
+    async with app.run_test(size=(140, 42)) as pilot:
+        await until(pilot, "mesh whole", lambda: whole(app), within=60)
+        os.kill(pid, signal.SIGSTOP)  # hung agent: connections hang, nothing is refused
+        try:
+            await until(pilot, "node-c silent", lambda: app.view.node("node-c").state == "silent", within=15)
+            node = app.view.node("node-c")
+            assert node.age_s is not None and node.age_s > 0.5 and "last good data" in node.detail
+            assert app.view.node("node-a").state == "up"
+            # The UI answers while a poll waits on the hung agent.
+            await pilot.press("question_mark")
+            assert isinstance(app.screen, HelpScreen)
+            await pilot.press("escape")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await until(pilot, "node-c back", lambda: app.view.node("node-c").state == "up", within=15)
+        mesh.stop_node("node-c")
+        try:
+            await until(pilot, "node-c down", lambda: app.view.node("node-c").state == "down", within=15)
+            await until(pilot, "links to node-c not up",
+                        lambda: app.view.links_up == 1 and app.view.nodes_healthy == 2, within=30)
+            assert any("node-c up → down" in e.text for e in app.screen.query_one("#events").events)
+        finally:
+            mesh.start_node("node-c")
+        await until(pilot, "mesh whole again", lambda: whole(app), within=60)
+        await pilot.press("q")
+        await until(pilot, "app quits", lambda: not app.is_running, within=30)
+    assert app.return_code == 0
+
+
+async def test_local_source_starts_its_mesh_and_stops_it_on_quit(require_yggdrasil: str, require_root: None,
+                                                                 tmp_path: Path) -> None:
+    from agent.localmesh import netns
+
+    provider = LocalProvider(2, mode="netns", run_dir=tmp_path / "run")
+    app = X0Dash(provider, interval=0.5, reports_dir=tmp_path)
+    try:
+        async with app.run_test(size=(120, 36)) as pilot:
+            await until(pilot, "local mesh up", lambda: app.view is not None and app.view.nodes_healthy == 2
+                        and app.view.links_up == 1, within=60)
+            assert app.view.source.startswith("local netns mesh") and "(2 nodes)" in app.view.source
+            names = [n for n in netns.list_netns() if provider.mesh.id in n]
+            assert len(names) == 2
+            await pilot.press("q")
+            await until(pilot, "app quits", lambda: not app.is_running, within=60)
+        assert app.return_code == 0
+        assert provider.mesh is None
+        assert [n for n in netns.list_netns() if n in names] == []
+    finally:
+        provider.stop()
