@@ -123,8 +123,9 @@ class Monitor:
                 wake = tick_start + interval
                 if not ok and now < self._fast_until:
                     wake = min(wake, now + FAST_POLL_S)
-                try:
-                    await asyncio.wait_for(self._poke.wait(), max(0.0, wake - time.monotonic()))
+                try:  # asyncio.timeout: wait_for can swallow a cancellation on 3.11 (see AgentState.wait_changed)
+                    async with asyncio.timeout(max(0.0, wake - time.monotonic())):
+                        await self._poke.wait()
                 except TimeoutError:
                     pass
         finally:

@@ -135,8 +135,11 @@ class AgentState:
         if self.generation > after_generation:
             return self.generation
         event = self._changed
+        # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that arrives as the event is set,
+        # and a background task waiting here would then never stop.
         try:
-            await asyncio.wait_for(event.wait(), within)
+            async with asyncio.timeout(within):
+                await event.wait()
         except TimeoutError:
             pass
         return self.generation

@@ -115,8 +115,10 @@ class DaemonSupervisor:
 
     async def _sleep_until(self, when: float) -> None:
         self._wake.clear()
+        # asyncio.timeout: wait_for can swallow a cancellation on 3.11 (see AgentState.wait_changed)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), max(0.0, when - time.monotonic()))
+            async with asyncio.timeout(max(0.0, when - time.monotonic())):
+                await self._wake.wait()
 
     async def _wait_exit(self) -> int | None:
         pid = self.process.pid

@@ -129,7 +129,13 @@ async def test_link_comes_up_when_the_peer_starts_late(require_yggdrasil: str, t
         assert all(p.up for p in agent.planned_status()), agent.planned_status()
         # Peering's backoff is at most a few seconds this early; the daemon alone would take up to 60 s.
         assert up_after < 5, f"link up {up_after:.1f} s after node-b started"
-        assert peering.pending == []  # handed over: once up, the link is the daemon's (and MAPE-K's) business
+        # Handed over: once up, the link is the daemon's (and MAPE-K's) business. (Peering sees the snapshot just
+        # after the views this test reads, hence the short wait.)
+        gen = agent.generation
+        deadline = time.monotonic() + 3
+        while peering.pending and time.monotonic() < deadline:
+            gen = await agent.wait_changed(gen, within=0.5)
+        assert peering.pending == []
     finally:
         for t in tasks:
             t.cancel()
