@@ -45,6 +45,9 @@ from agent.yggdrasil.client import AdminClient  # noqa: E402
 from agent.yggdrasil.errors import AdminError  # noqa: E402
 
 KINDS = ("blackhole", "partition", "node-loss")
+# Extra, opt-in: chain node-a - node-b - node-c, node-b lost: do the survivors link around it?
+AROUND = "route-around"
+ALL_KINDS = (*KINDS, AROUND)
 VICTIM = "node-c"
 OBSERVERS = ("node-a", "node-b")
 TOKEN = "x0-heal-bench"
@@ -58,18 +61,19 @@ class Run:
     detect_daemon_s: float | None = None
     detect_agent_s: float | None = None
     repair_s: float | None = None  # None: not repaired within the timeout
+    around_s: float | None = None  # route-around: node-a and node-c linked directly (None: never)
     actions: list[str] = field(default_factory=list)
 
 
 class Mesh:
     """One LocalMesh plus direct admin clients for measuring from outside."""
 
-    def __init__(self, run_dir: Path, mapek: bool) -> None:
+    def __init__(self, run_dir: Path, mapek: bool, topology: str = "full") -> None:
         self.mapek = mapek
         self.local = LocalMesh(
             MeshOptions(
                 nodes=3,
-                topology="full",
+                topology=topology,  # type: ignore[arg-type]
                 mode="netns",
                 run_dir=run_dir,
                 api_token=TOKEN,
@@ -106,9 +110,16 @@ class Mesh:
         got = await asyncio.gather(*(one(i) for i in self.ids))
         return dict(zip(self.ids, got, strict=True))
 
-    @staticmethod
-    def whole(links: dict[str, set[str]]) -> bool:
-        return all(b in links[a] and a in links[b] for a, b in combinations(sorted(links), 2))
+    def whole(self, links: dict[str, set[str]]) -> bool:
+        """Exactly the planned topology: every planned pair linked (both ends list it), no other link."""
+        planned = {frozenset(p) for p in self.members.links}
+        for a, b in combinations(sorted(links), 2):
+            if frozenset((a, b)) in planned:
+                if not (b in links[a] and a in links[b]):
+                    return False
+            elif b in links[a] or a in links[b]:
+                return False
+        return True
 
     def quiet(self) -> bool:
         if not self.mapek:
@@ -170,12 +181,12 @@ class Mesh:
         past = self.http.get(f"{self.local.node(VICTIM).agent_url}/drills").json()["past"]
         return next((d["reverted_at"] for d in past if d["id"] == drill_id), None)
 
-    def agent_detection(self, since: float) -> float | None:
+    def agent_detection(self, since: float, victim: str = VICTIM) -> float | None:
         times = []
-        for obs in OBSERVERS:
+        for obs in [n for n in self.ids if n != victim]:
             node = self.local.node(obs)
             body = self.http.get(f"{node.agent_url}/mapek/incidents", params={"since": since}).json()
-            mine = [i["detected_at"] for i in body["incidents"] if i["subject"] == VICTIM]
+            mine = [i["detected_at"] for i in body["incidents"] if i["subject"] == victim]
             if not mine:
                 return None
             times.append(min(mine) - since)
@@ -189,7 +200,36 @@ class Mesh:
         return out
 
 
+async def route_around_run(mesh: Mesh, fault_s: float, timeout_s: float, stable_s: float) -> Run:
+    """Chain a-b-c, node-b lost for fault_s: until a and c are linked directly, then until the chain is back."""
+    run = Run(kind=AROUND, mapek=mesh.mapek)
+    await mesh.settle(stable_s)
+    t0 = time.time()
+    await asyncio.to_thread(mesh.local.stop_node, "node-b")
+    end = time.monotonic() + fault_s
+    while time.monotonic() < end:
+        links = await mesh.links()
+        if run.detect_daemon_s is None and "node-b" not in links["node-a"] and "node-b" not in links["node-c"]:
+            run.detect_daemon_s = time.time() - t0
+        if run.around_s is None and "node-c" in links["node-a"] and "node-a" in links["node-c"]:
+            run.around_s = time.time() - t0
+        await asyncio.sleep(POLL_S)
+    fault_end = time.time()
+    await asyncio.to_thread(mesh.local.start_node, "node-b", False)
+    while time.time() < fault_end + timeout_s:
+        if mesh.whole(await mesh.links()):
+            run.repair_s = time.time() - fault_end
+            break
+        await asyncio.sleep(POLL_S)
+    if mesh.mapek:
+        run.detect_agent_s = await asyncio.to_thread(mesh.agent_detection, t0, "node-b")
+        run.actions = await asyncio.to_thread(mesh.actions, t0)
+    return run
+
+
 async def one_run(mesh: Mesh, kind: str, fault_s: float, timeout_s: float, stable_s: float) -> Run:
+    if kind == AROUND:
+        return await route_around_run(mesh, fault_s, timeout_s, stable_s)
     run = Run(kind=kind, mapek=mesh.mapek)
     await mesh.settle(stable_s)
     t0 = time.time()
@@ -244,7 +284,7 @@ def report(runs: list[Run], fault_s: float, timeout_s: float) -> str:
         f"{'fault':<10} {'runs':>4}  {'detect MAPE-K':>15} {'detect daemons':>15} {'ratio':>6}  "
         f"{'repair MAPE-K':>15} {'repair daemons':>15} {'ratio':>6}",
     ]
-    for kind in KINDS:
+    for kind in ALL_KINDS:
         mk = [r for r in runs if r.kind == kind and r.mapek]
         base = [r for r in runs if r.kind == kind and not r.mapek]
         if not mk and not base:
@@ -262,6 +302,17 @@ def report(runs: list[Run], fault_s: float, timeout_s: float) -> str:
             f"{ratio(d_b[2], d_m[2]):>6}  {r_m[0] + ' / ' + r_m[1]:>15} {r_b[0] + ' / ' + r_b[1]:>15} "
             f"{ratio(r_b[2], r_m[2]):>6}"
         )
+    around_m = [r for r in runs if r.kind == AROUND and r.mapek]
+    around_b = [r for r in runs if r.kind == AROUND and not r.mapek]
+    if around_m or around_b:
+        a_m = _stats([r.around_s for r in around_m], fault_s)
+        a_b = _stats([r.around_s for r in around_b], fault_s)
+        lines.append("")
+        lines.append(
+            f"route-around (chain a-b-c, node-b lost for {fault_s:g} s): a and c linked directly after "
+            f"{a_m[0]} / {a_m[1]} s with MAPE-K; daemons alone {a_b[0]} / {a_b[1]} s "
+            "('>' = not during the fault)"
+        )
     lines.append("")
     lines.append("daemon-side detection in the MAPE-K mesh (the daemon's own link drop, for reference):")
     for kind in KINDS:
@@ -276,18 +327,26 @@ async def bench(args: argparse.Namespace) -> list[Run]:
     runs: list[Run] = []
     run_dir = Path(tempfile.mkdtemp(prefix="x0-heal-bench-", dir=args.run_dir))
     try:
+        groups = [
+            ("full", [k for k in args.kinds if k != AROUND]),
+            ("chain", [k for k in args.kinds if k == AROUND]),
+        ]
         for mapek in (True, False):
             label = "MAPE-K" if mapek else "daemons alone"
-            with Mesh(run_dir, mapek) as mesh:
-                for kind in args.kinds:
-                    for i in range(args.runs):
-                        run = await one_run(mesh, kind, args.fault_s, args.timeout_s, args.stable_s)
-                        runs.append(run)
-                        print(
-                            f"[{label}] {kind} #{i + 1}: detect daemon {run.detect_daemon_s} agent "
-                            f"{run.detect_agent_s} repair {run.repair_s} {' '.join(run.actions)}",
-                            flush=True,
-                        )
+            for topology, kinds in groups:
+                if not kinds:
+                    continue
+                with Mesh(run_dir, mapek, topology) as mesh:
+                    for kind in kinds:
+                        for i in range(args.runs):
+                            run = await one_run(mesh, kind, args.fault_s, args.timeout_s, args.stable_s)
+                            runs.append(run)
+                            print(
+                                f"[{label}] {kind} #{i + 1}: detect daemon {run.detect_daemon_s} agent "
+                                f"{run.detect_agent_s} around {run.around_s} repair {run.repair_s} "
+                                f"{' '.join(run.actions)}",
+                                flush=True,
+                            )
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     return runs
@@ -303,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--kinds",
         default=",".join(KINDS),
-        help=f"comma-separated faults to run (default {','.join(KINDS)})",
+        help=f"comma-separated faults to run (default {','.join(KINDS)}; also {AROUND}: a chain mesh loses its "
+        "middle node, measured until the survivors link directly)",
     )
     p.add_argument("--fault-s", type=float, default=15.0, help="how long each fault lasts (default 15 s)")
     p.add_argument(
@@ -320,9 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="also write every run as JSON to this file")
     args = p.parse_args(argv)
     args.kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-    bad = [k for k in args.kinds if k not in KINDS]
+    bad = [k for k in args.kinds if k not in ALL_KINDS]
     if bad:
-        p.error(f"unknown fault(s) {', '.join(bad)}; choose from {', '.join(KINDS)}")
+        p.error(f"unknown fault(s) {', '.join(bad)}; choose from {', '.join(ALL_KINDS)}")
     if args.runs < 1 or args.fault_s < 1 or args.fault_s > 600 or args.timeout_s <= 0:
         p.error("--runs >= 1, --fault-s 1..600 (the drill API's range) and --timeout-s > 0")
     if os.geteuid() != 0:
