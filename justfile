@@ -28,6 +28,10 @@ mesh nodes="3" topology="full" *args:
 agent-bench *args:
     python bench/agent_http.py {{args}}
 
+# self-healing: detect/repair times with MAPE-K vs the daemons alone (root); e.g. `just heal-bench --runs 3`
+heal-bench *args:
+    python bench/heal_bench.py {{args}}
+
 # remove what crashed local meshes left behind (namespaces, veths, bridges, processes, sockets)
 mesh-cleanup:
     x0-agent local-mesh --cleanup
