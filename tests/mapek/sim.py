@@ -123,8 +123,14 @@ class SimNode:
             ok = result is not False
             rtt = result if isinstance(result, float) else 0.005
             probes.append(
-                Probe(member=m, path="overlay", ok=ok, at=now, rtt_s=rtt if ok else None,
-                      error=None if ok else "timeout")
+                Probe(
+                    member=m,
+                    path="overlay",
+                    ok=ok,
+                    at=now,
+                    rtt_s=rtt if ok else None,
+                    error=None if ok else "timeout",
+                )
             )
             u_ok = underlay.get(m, True)
             h = (health or {}).get(m, {})
