@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -143,6 +145,31 @@ def test_missing_capabilities_are_named(tmp_path: pytest.TempPathFactory) -> Non
     assert any("nft" in m for m in missing)
     if not faults.in_own_netns():
         assert any("host's network namespace" in m for m in faults.missing_for_net_faults(Nft()))
+
+
+def test_missing_cap_net_admin_is_named(netns: str) -> None:
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) not found")
+    code = "from agent.drills.faults import Nft, missing_for_net_faults; print(missing_for_net_faults(Nft()))"
+    out = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            setpriv,
+            "--bounding-set=-net_admin",
+            "--inh-caps=-net_admin",
+            sys.executable,
+            "-c",
+            code,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "CAP_NET_ADMIN" in out and "host's network namespace" not in out
 
 
 # --- the manager ----------------------------------------------------------------------------------------------
