@@ -8,6 +8,8 @@ something that is not our API (`garbage`).
 
 from __future__ import annotations
 
+import asyncio
+import ssl
 from typing import Any, Literal, TypeVar
 
 import httpx
@@ -49,21 +51,37 @@ def _error_detail(resp: httpx.Response) -> str:
 
 
 class AgentClient:
-    """One pooled httpx client for all agents. `timeout` bounds every request (connect, read, pool)."""
+    """httpx clients for all agents, one small pool per agent. `timeout` bounds every request.
 
-    def __init__(self, *, timeout: float = 1.5, token: str | None = None, max_connections: int = 400) -> None:
+    One pool per agent, not one shared pool: httpcore's pool scans its connections for every request, so a single
+    pool holding ~600 connections (100 agents x 6 concurrent requests) spends seconds per cycle in that scan
+    (measured: 400 concurrent GETs took 9.6 s through one pool, 600 took 0.75 s through per-agent pools).
+    """
+
+    def __init__(self, *, timeout: float = 1.5, token: str | None = None, per_agent_connections: int = 8) -> None:
         self.timeout = timeout
         self.token = token
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            # Agents live on private underlay addresses; an operator's proxy settings must not capture them.
-            trust_env=False,
-            headers={"accept": "application/json", "user-agent": "x0dash"},
-        )
+        self._limits = httpx.Limits(max_connections=per_agent_connections,
+                                    max_keepalive_connections=per_agent_connections)
+        # Creating an SSL context per client is slow and costs memory; agents share one.
+        self._ssl = ssl.create_default_context()
+        self._clients: dict[str, httpx.AsyncClient] = {}
+
+    def _client(self, url: str) -> httpx.AsyncClient:
+        origin = url.split("/", 3)[2] if "://" in url else url
+        client = self._clients.get(origin)
+        if client is None:
+            client = self._clients[origin] = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.timeout), limits=self._limits, verify=self._ssl,
+                # Agents live on private underlay addresses; an operator's proxy settings must not capture them.
+                trust_env=False,
+                headers={"accept": "application/json", "user-agent": "x0dash"},
+            )
+        return client
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        clients, self._clients = list(self._clients.values()), {}
+        await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
 
     async def __aenter__(self) -> AgentClient:
         return self
@@ -91,7 +109,7 @@ class AgentClient:
                                  url=url)
             headers = {"authorization": f"Bearer {self.token}"}
         try:
-            resp = await self._http.request(method, url, params=params, json=json, headers=headers)
+            resp = await self._client(url).request(method, url, params=params, json=json, headers=headers)
         except httpx.TimeoutException as exc:
             raise AgentError("timeout", f"no answer within {self.timeout:g} s ({type(exc).__name__})",
                              url=url) from exc
@@ -139,7 +157,7 @@ class AgentClient:
     async def metrics_text(self, base_url: str) -> str:
         url = base_url.rstrip("/") + "/metrics"
         try:
-            resp = await self._http.get(url, headers={"accept": "text/plain"})
+            resp = await self._client(url).get(url, headers={"accept": "text/plain"})
         except httpx.TimeoutException as exc:
             raise AgentError("timeout", f"no answer within {self.timeout:g} s", url=url) from exc
         except httpx.HTTPError as exc:

@@ -19,6 +19,7 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
+from dashboard.background import BackgroundLoop
 from dashboard.drills.engine import DrillEngine, DrillPlan, DrillRefused, DrillStep
 from dashboard.drills.report import DEFAULT_REPORTS_DIR, save
 from dashboard.drills.scoring import SLO, DrillReport
@@ -59,9 +60,13 @@ class X0Dash(App[int]):
         self.autopoll = autopoll
         self.session = MeshSession(provider, timeout=timeout, down_after=down_after, clock=clock)
         self.engine = DrillEngine(self.session, clock=clock)
+        # The session and the engine live on this loop, never on the UI's (see dashboard/background.py).
+        self.background = BackgroundLoop()
         self.session.listeners.append(lambda update: self.post_message(MeshUpdated(update)))
         self.engine.listeners.append(lambda step: self.post_message(DrillStepped(step)))
         self.view: MeshView | None = None
+        self.agents: dict[str, AgentData] = {}  # copies handed over with each update (UI thread only)
+        self.history = SessionHistory()
         self.status_note: str | None = "starting the source…"
         self.source_error: str | None = None
         self.drill_steps: list[DrillStep] = []
@@ -87,7 +92,7 @@ class X0Dash(App[int]):
     async def _poll_loop(self) -> None:
         if not self.session.started:
             try:
-                await self.session.start()
+                await self.background.run(self.session.start())
             except ProviderError as exc:
                 self.post_message(SourceFailed(str(exc)))
                 return
@@ -95,7 +100,7 @@ class X0Dash(App[int]):
         while True:
             started = time.monotonic()
             try:
-                await self.session.update()
+                await self.background.run(self.session.update())
             except Exception as exc:  # keep polling: the next cycle may work, the operator sees why
                 self.log.error(f"poll cycle failed: {exc!r}")
                 self.notify(f"poll cycle failed: {type(exc).__name__}: {exc}", severity="error", timeout=5)
@@ -105,6 +110,8 @@ class X0Dash(App[int]):
     def apply_update(self, message: MeshUpdated) -> None:
         """Hand a poll result to every screen (also used by tests to feed recorded data)."""
         self.view = message.update.view
+        self.agents = message.update.agents or self.agents
+        self.history.record(message.update.view)
         for screen in self.screen_stack:
             if isinstance(screen, MeshScreen):
                 screen.show_update(message.update)
@@ -153,12 +160,8 @@ class X0Dash(App[int]):
         since = f" t+{self.clock() - started:.0f} s" if started is not None else " preparing"
         return f"{plan.kind} on {plan.target} ({plan.duration_s} s){since}"
 
-    @property
-    def history(self) -> SessionHistory:
-        return self.session.history
-
     def agent_data(self, node_id: str) -> AgentData | None:
-        return self.session.poller.agents.get(node_id)
+        return self.agents.get(node_id)
 
     def watch_routes(self, node_id: str, on: bool) -> None:
         if on:
@@ -178,7 +181,12 @@ class X0Dash(App[int]):
     def open_drills(self, target: str | None = None) -> None:
         if isinstance(self.screen, DrillScreen):
             return
-        self.push_screen(DrillScreen(target))
+        # One drills screen for the session, composed once: it also keeps the form as the operator left it.
+        if not self.is_screen_installed("drills"):
+            self.install_screen(DrillScreen(target), "drills")
+        elif target is not None:
+            self.get_screen("drills").preselect(target)  # type: ignore[attr-defined]
+        self.push_screen("drills")
 
     def action_drills(self) -> None:
         if self.source_error is not None:
@@ -187,8 +195,12 @@ class X0Dash(App[int]):
         self.open_drills()
 
     def action_help(self) -> None:
-        if not isinstance(self.screen, HelpScreen):
-            self.push_screen(HelpScreen())
+        if isinstance(self.screen, HelpScreen):
+            return
+        # Installed once and reused: composing it again on every `?` costs tens of ms at 100 nodes.
+        if not self.is_screen_installed("help"):
+            self.install_screen(HelpScreen(), "help")
+        self.push_screen("help")
 
     def action_quit(self) -> None:
         if self._quitting:
@@ -204,17 +216,18 @@ class X0Dash(App[int]):
     async def _close_and_exit(self) -> None:
         try:
             if self.engine.running is not None:
-                self.engine.abort()
+                self.background.call(self.engine.abort)
                 try:
-                    await asyncio.wait_for(self.engine.fault_reverted.wait(), timeout=15)
+                    await self.background.run(asyncio.wait_for(self.engine.fault_reverted.wait(), timeout=15))
                 except TimeoutError:
                     self.log.error("the drill's fault could not be confirmed reverted")
             self.workers.cancel_group(self, "poll")
             self.workers.cancel_group(self, "drill")
             try:
-                await asyncio.wait_for(self.session.close(), timeout=30)
+                await self.background.run(asyncio.wait_for(self.session.close(), timeout=30))
             except TimeoutError:
                 self.log.error("stopping the source took longer than 30 s")
+            self.background.stop()
         finally:
             code = 0 if self.source_error is None else 3
             self.exit(code, return_code=code)
@@ -232,6 +245,10 @@ class X0Dash(App[int]):
                                     lambda node=n.id: self.open_drills(node))
 
     # ------------------------------------------------------------------------------------------------ drills
+    def abort_drill(self) -> None:
+        """Revert the running drill's fault now (the engine lives on the background loop)."""
+        self.background.call(self.engine.abort)
+
     def start_drill(self, plan: DrillPlan) -> None:
         if self.engine.running is not None:
             self.notify("a drill is already running", severity="error")
@@ -244,7 +261,7 @@ class X0Dash(App[int]):
     @work(exclusive=True, group="drill", exit_on_error=False)
     async def _run_drill(self, plan: DrillPlan) -> None:
         try:
-            report = await self.engine.run(plan)
+            report = await self.background.run(self.engine.run(plan))
         except DrillRefused as exc:
             self.post_message(DrillFinished(None, error=str(exc)))
             return

@@ -16,8 +16,7 @@ import msgspec
 
 from dashboard.agent_client import AgentClient
 from dashboard.events import Event, view_events
-from dashboard.history import SessionHistory
-from dashboard.models import MeshView, merge
+from dashboard.models import AgentData, MeshView, merge
 from dashboard.poller import Poller, PollResult
 from dashboard.providers.base import Provider, SourceSnapshot
 
@@ -26,6 +25,14 @@ class MeshUpdate(msgspec.Struct, kw_only=True, frozen=True):
     view: MeshView
     events: list[Event]
     poll: PollResult | None
+    # The agents' data as of this update, copied: the UI reads it on its own thread while the poller (on the
+    # session's loop) goes on changing its own records.
+    agents: dict[str, AgentData] = {}
+
+
+def _copy(agent: AgentData) -> AgentData:
+    return msgspec.structs.replace(agent, incidents=dict(agent.incidents), actions=dict(agent.actions),
+                                   endpoint_errors=dict(agent.endpoint_errors))
 
 
 class MeshSession:
@@ -36,7 +43,6 @@ class MeshSession:
         self.down_after = down_after
         self.client = AgentClient(timeout=timeout)
         self.poller = Poller(self.client, clock=clock, metrics_every=metrics_every)
-        self.history = SessionHistory()
         self.view: MeshView | None = None
         self.snapshot: SourceSnapshot | None = None
         self.listeners: list[Callable[[MeshUpdate], None]] = []
@@ -81,8 +87,8 @@ class MeshSession:
             events = view_events(self.view, view) + poll.events
             events.sort(key=lambda e: e.at)
             self.view = view
-            self.history.record(view)
-            update = MeshUpdate(view=view, events=events, poll=poll)
+            update = MeshUpdate(view=view, events=events, poll=poll,
+                                agents={k: _copy(v) for k, v in self.poller.agents.items()})
         for listener in list(self.listeners):
             listener(update)
         return update

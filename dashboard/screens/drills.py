@@ -190,8 +190,13 @@ class DrillScreen(MeshScreen):
         if self.dash.engine.running is None:
             self.notify("no drill is running", severity="warning")
             return
-        self.dash.engine.abort()
+        self.dash.abort_drill()
         self.query_one("#drill-status", Static).update(Text("aborting: reverting the fault…", "bold yellow"))
 
+    def preselect(self, target: str) -> None:
+        self.initial_target = target
+        if target in self._target_ids:
+            self.query_one("#target", Select).value = target
+
     def action_back(self) -> None:
-        self.dismiss()
+        self.app.pop_screen()

@@ -187,12 +187,20 @@ class TopologyView(Widget):
         super().__init__(id=id)
         self._view: MeshView | None = None
         self.mode = "ring"
+        self._cache: tuple[object, Text] | None = None
 
     def show(self, view: MeshView) -> None:
         self._view = view
         self.refresh()
 
     def render(self) -> Text:
+        # Redrawn on every refresh (a screen popping, a resize): draw only when the view or the size changed.
+        key = (id(self._view), self.size.width, self.size.height)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self._draw())
+        return self._cache[1]
+
+    def _draw(self) -> Text:
         view = self._view
         width, height = self.size.width, self.size.height
         if view is None:

@@ -40,15 +40,14 @@ def recorded_app() -> tuple[X0Dash, MeshUpdate]:
     # The provider is never started (autopoll=False): the recorded poll stands in for it.
     app = X0Dash(InventoryProvider(Path("recorded-inventory.json")), autopoll=False, clock=lambda: now,
                  reports_dir=Path("reports"))
-    app.session.poller.agents = rec.agents
     view = merge(rec.snapshot, rec.agents, now, polled_at=rec.taken_at, poll_duration_s=0.042)
-    for _ in range(5):
-        app.session.history.record(view)
+    for _ in range(4):  # plus the one the update itself records: five points per sparkline
+        app.history.record(view)
     events = [incident_event(a.node_id, i, "opened") for a in rec.agents.values() for i in a.incidents.values()]
     events += [incident_event(a.node_id, i, "resolved") for a in rec.agents.values() for i in a.incidents.values()
                if i.resolved_at is not None]
     events += [action_event(a.node_id, x) for a in rec.agents.values() for x in a.actions.values()]
-    return app, MeshUpdate(view=view, events=events, poll=None)
+    return app, MeshUpdate(view=view, events=events, poll=None, agents=rec.agents)
 
 
 def feed(app: X0Dash, update: MeshUpdate):
