@@ -97,6 +97,10 @@ class DrillScreen(MeshScreen):
         if self._target_ids != ids:
             self._fill_targets()
 
+    def on_screen_resume(self) -> None:
+        super().on_screen_resume()
+        self.drill_changed()  # the drill went on while this screen was not shown
+
     # ------------------------------------------------------------------------------------------------ state
     def drill_changed(self) -> None:
         """Redraw from the app's drill state (steps so far, report, error)."""
