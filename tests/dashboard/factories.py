@@ -4,6 +4,7 @@ payloads breaks these tests too, not only the agent's)."""
 from __future__ import annotations
 
 from agent.api.schemas import Health, HealthCheck, MeshPeers, MeshStatus, MissingPeer, PeerView, YggdrasilHealth
+from agent.mapek.schemas import PhaseMs
 from dashboard import wire
 from dashboard.models import AgentData
 from dashboard.providers.base import NodeTarget, SourceSnapshot
@@ -29,6 +30,7 @@ def agent(node_id: str, peers: list[PeerView], *, missing: list[str] = (), ok: b
                         uptime_s=10.0, snapshot_age_s=0.1)
     mapek = wire.MapekState(node_id=node_id, enabled=True, state="running", tick=1, last_tick_at=100.0,
                             interval_s=1.0, members_total=3, members_reachable=3,
+                            phase_ms=PhaseMs(monitor=1.0, analyze=0.1, plan=0.1, execute=0.0),
                             active_incidents=[i for i in incidents if i.resolved_at is None])
     return AgentData(
         node_id=node_id, agent_url=f"http://{node_id}:8080", health=health, status=status,
@@ -47,4 +49,5 @@ def snapshot(*ids: str, links: list[tuple[str, str]] = ()) -> SourceSnapshot:  #
 
 def incident(iid: str, kind: str, subject: str, detected_at: float,
              resolved_at: float | None = None) -> wire.Incident:
-    return wire.Incident(id=iid, kind=kind, subject=subject, detected_at=detected_at, resolved_at=resolved_at)
+    return wire.Incident(id=iid, kind=kind, subject=subject, detected_at=detected_at, resolved_at=resolved_at,
+                         count=1, detail="", actions=[])
