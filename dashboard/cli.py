@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -58,25 +59,20 @@ def _positive(value: str) -> float:
     return f
 
 
-def _nodes(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
-    if not 1 <= n <= 26:
-        raise argparse.ArgumentTypeError(f"a local mesh has 1..26 nodes, got {n}")
-    return n
+def _whole(what: str, lo: int, hi: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a whole number, got {value!r}") from None
+        if not lo <= n <= hi:
+            raise argparse.ArgumentTypeError(f"{what} must be {lo}..{hi}, got {n}")
+        return n
+    return parse
 
 
-def _duration(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"duration is whole seconds, got {value!r}") from None
-    lo, hi = DURATION_RANGE
-    if not lo <= n <= hi:
-        raise argparse.ArgumentTypeError(f"duration must be {lo}..{hi} s, got {n}")
-    return n
+_nodes = _whole("a local mesh's node count", 1, 26)
+_duration = _whole("duration (s)", *DURATION_RANGE)
 
 
 def _add_common(p: argparse.ArgumentParser, *, sub: bool) -> None:
@@ -173,7 +169,8 @@ def _print_step(step: DrillStep, out: TextIO) -> None:
 
 async def run_headless(provider: Provider, plan: DrillPlan, *, reports_dir: Path, report_file: Path | None,
                        as_json: bool, poll_timeout: float = 1.5, steady_timeout: float = 60.0,
-                       out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+                       out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr  # resolved per call: sys.stderr may have been replaced
     session = MeshSession(provider, timeout=poll_timeout)
     try:
         try:
