@@ -28,6 +28,10 @@ mesh nodes="3" topology="full" *args:
 agent-bench *args:
     python bench/agent_http.py {{args}}
 
+# x0dash: poll cycle over 100 agents, key-to-screen latency while polling, memory, vs a bare-httpx baseline
+dash-bench *args:
+    python bench/dash_poll.py {{args}}
+
 # self-healing: detect/repair times with MAPE-K vs the daemons alone (root); e.g. `just heal-bench --runs 3`
 heal-bench *args:
     python bench/heal_bench.py {{args}}

@@ -1,7 +1,8 @@
 """Polls every agent concurrently, with timeouts, and never two cycles at once (dolphie style).
 
-One cycle asks each agent for /health, /mesh/status, /mesh/peers, /mapek and the incidents/actions newer than
-what we have (plus /metrics every few cycles and /mesh/routes for nodes someone is looking at). Every agent gets
+One cycle asks each agent for /health, /mesh/status, /mesh/peers, /mapek, and (every other cycle, or every
+cycle when it has open incidents or a drill runs) the incidents/actions newer than what we have; plus /metrics
+every few cycles and /mesh/routes for nodes someone is looking at. Every agent gets
 the same deadline; an agent that misses it keeps its last good data, marked with its age, and never holds up
 the others for longer than that deadline.
 """
@@ -46,10 +47,15 @@ class Poller:
     engine) may ask at the same time, the agents still see one cycle after the other."""
 
     def __init__(self, client: AgentClient, *, clock: Callable[[], float] = time.time,
-                 metrics_every: int = 5) -> None:
+                 metrics_every: int = 5, records_every: int = 2) -> None:
         self.client = client
         self.clock = clock
         self.metrics_every = max(1, metrics_every)
+        # Incidents and actions are fetched every `records_every` cycles (nothing is lost: `since=` catches up),
+        # every cycle for an agent with open incidents, and every cycle while `urgent` (a drill runs). A third
+        # fewer requests per cycle in a quiet mesh.
+        self.records_every = max(1, records_every)
+        self.urgent = False
         self.agents: dict[str, AgentData] = {}
         self.detail_nodes: set[str] = set()  # nodes whose routes are fetched too (someone is looking)
         self.cycles = 0
@@ -69,6 +75,7 @@ class Poller:
         for gone in set(self.agents) - wanted:
             del self.agents[gone]
         with_metrics = self.cycles % self.metrics_every == 0
+        records_due = self.urgent or self.cycles % self.records_every == 0
         self.cycles += 1
         jobs = []
         for t in targets:
@@ -76,14 +83,17 @@ class Poller:
             if data is None or data.agent_url != t.agent_url:
                 data = self.agents[t.id] = AgentData(node_id=t.id, agent_url=t.agent_url)
             if t.agent_url is not None:
-                jobs.append(self._poll_agent(data, t.agent_url, with_metrics, t.id in self.detail_nodes))
+                busy = data.mapek is not None and bool(data.mapek.active_incidents)
+                jobs.append(self._poll_agent(data, t.agent_url, with_metrics, t.id in self.detail_nodes,
+                                             records_due or busy or data.cursor is None))
         per_agent = await asyncio.gather(*jobs)
         events = [e for evs in per_agent for e in evs]
         ok = sum(1 for t in targets if t.agent_url and self.agents[t.id].ok)
         return PollResult(started_at=started, finished_at=self.clock(), agents_ok=ok,
                           agents_failed=len(jobs) - ok, events=events)
 
-    async def _poll_agent(self, data: AgentData, url: str, with_metrics: bool, with_routes: bool) -> list[Event]:
+    async def _poll_agent(self, data: AgentData, url: str, with_metrics: bool, with_routes: bool,
+                          with_records: bool) -> list[Event]:
         c = self.client
         since = (data.cursor - CURSOR_OVERLAP_S) if data.cursor is not None else self.clock() - FIRST_LOOK_BACK_S
         calls: dict[str, Any] = {
@@ -91,9 +101,10 @@ class Poller:
             "status": c.status(url),
             "peers": c.peers(url),
             "mapek": c.mapek(url),
-            "incidents": c.incidents(url, since),
-            "actions": c.actions(url, since),
         }
+        if with_records:
+            calls["incidents"] = c.incidents(url, since)
+            calls["actions"] = c.actions(url, since)
         if with_metrics:
             calls["metrics"] = c.metrics_text(url)
         if with_routes:
@@ -136,10 +147,12 @@ class Poller:
         if not isinstance(replies["mapek"], AgentError):
             data.mapek = replies["mapek"]
             incidents.extend(data.mapek.active_incidents)
-        if not isinstance(replies["incidents"], AgentError):
+        if "incidents" in replies and not isinstance(replies["incidents"], AgentError):
             incidents.extend(replies["incidents"])
+            if data.cursor is None:
+                data.cursor = since  # looked once: a quiet agent joins the every-other-cycle rhythm
         events.extend(incident_event(data.node_id, inc, what) for inc, what in absorb_incidents(data, incidents))
-        if not isinstance(replies["actions"], AgentError):
+        if "actions" in replies and not isinstance(replies["actions"], AgentError):
             events.extend(action_event(data.node_id, a) for a in absorb_actions(data, replies["actions"]))
         return events
 

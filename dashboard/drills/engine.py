@@ -168,6 +168,7 @@ class DrillEngine:
         self.fault_reverted.clear()
         self._t0 = None
         self._live = None
+        self.session.poller.urgent = True  # every observer's records every cycle while the drill runs
         try:
             return await self._run(plan, view)
         except asyncio.CancelledError:
@@ -180,6 +181,7 @@ class DrillEngine:
         finally:
             self.running = None
             self._live = None
+            self.session.poller.urgent = False
             self.fault_reverted.set()
 
     async def _wait_steady(self, plan: DrillPlan) -> tuple[MeshView, SteadyState]:
