@@ -213,6 +213,8 @@ async def test_one_agent_silent_then_down_then_back(mesh: object, tmp_path: Path
             await until(pilot, "node-c silent", lambda: app.view.node("node-c").state == "silent", within=15)
             node = app.view.node("node-c")
             assert node.age_s is not None and node.age_s > 0.5 and "last good data" in node.detail
+            # The hung agent holds a cycle for at most its deadline (timeout 1 s + 0.5 s), not forever.
+            assert app.view.poll_duration_s is not None and app.view.poll_duration_s < 2.5
             assert app.view.node("node-a").state == "up"
             # The UI answers while a poll waits on the hung agent.
             await pilot.press("question_mark")
