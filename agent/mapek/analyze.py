@@ -28,6 +28,8 @@ def analyze(obs: Observation, kn: Knowledge) -> list[Finding]:
     now = obs.at
     th = kn.thresholds
     if not obs.daemon_ok:
+        if kn.daemon_ok_at is None and now - kn.started_at < th.startup_grace_s:
+            return []  # the daemon is still starting with the agent: not an incident yet
         findings = [
             Finding(
                 kind="daemon_down",

@@ -16,6 +16,7 @@ Per tick:
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from urllib.parse import urlsplit
@@ -98,6 +99,8 @@ class MapekMonitor:
         self.timeout = timeout
         self.fanout = fanout
         self._rotation = 0
+        # httpx logs every request at INFO: several probes a second would drown the agent's own log.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         # No keep-alive: each probe opens its own connection, exactly what a dead path must fail.
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),

@@ -131,3 +131,13 @@ def test_startup_grace_hides_links_that_never_came_up() -> None:
         r = node.tick(up={"node-b"}, overlay={"node-c": False})
     assert r.kinds("node-c") == {"peer_lost"}
     assert "never came up" in r.findings[0].detail
+
+
+def test_daemon_starting_with_the_agent_is_not_an_incident() -> None:
+    node = SimNode("node-a", members(FULL3), started=1_000_000.0)
+    r = node.tick(up=(), daemon_ok=False)
+    assert r.findings == []
+    r = node.tick(up={"node-b", "node-c"})
+    assert r.findings == []
+    r = node.tick(up=(), daemon_ok=False)
+    assert r.kinds() == {"daemon_down"}
