@@ -269,6 +269,8 @@ def _stats(values: list[float | None], timeout: float) -> tuple[str, str, float 
     """median and max as text ('>' when a value hit the timeout), and the median for ratios."""
     if not values:
         return "-", "-", None
+    if all(v is None for v in values):
+        return "never", f">{timeout:g}", None
     filled = [timeout if v is None else v for v in values]
     med, mx = statistics.median(filled), max(filled)
     timed_out = any(v is None for v in values)
@@ -277,7 +279,7 @@ def _stats(values: list[float | None], timeout: float) -> tuple[str, str, float 
 
 def report(runs: list[Run], fault_s: float, timeout_s: float) -> str:
     lines = [
-        f"heal bench: 3-node full mesh (netns), fault on {VICTIM} for {fault_s:g} s, "
+        f"heal bench: 3-node netns meshes (full; chain for {AROUND}), faults for {fault_s:g} s, "
         f"repair timeout {timeout_s:g} s",
         "seconds; median / max over the runs; ratio = daemons alone / MAPE-K (higher is better)",
         "",
@@ -311,7 +313,7 @@ def report(runs: list[Run], fault_s: float, timeout_s: float) -> str:
         lines.append(
             f"route-around (chain a-b-c, node-b lost for {fault_s:g} s): a and c linked directly after "
             f"{a_m[0]} / {a_m[1]} s with MAPE-K; daemons alone {a_b[0]} / {a_b[1]} s "
-            "('>' = not during the fault)"
+            "('never' / '>': not while the node was gone)"
         )
     lines.append("")
     lines.append("daemon-side detection in the MAPE-K mesh (the daemon's own link drop, for reference):")
