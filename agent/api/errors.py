@@ -30,6 +30,8 @@ def _validation_detail(exc: ValidationException) -> str:
         if not isinstance(item, dict):
             continue
         key, source, message = item.get("key"), item.get("source"), item.get("message")
+        # Litestar hands the source as a ParamType enum; operators should read "query", not "ParamType.QUERY".
+        source = getattr(source, "value", source)
         where = f"{source} parameter {key!r}" if source and key else (f"field {key!r}" if key else "request")
         problems.append(f"{where}: {message}" if message else where)
     if problems:

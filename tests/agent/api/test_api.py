@@ -198,7 +198,7 @@ async def test_errors_are_json_with_status_and_detail(client: AsyncTestClient) -
     assert r.status_code == 405 and r.json()["status_code"] == 405
     r = await client.get("/probe/1", params={"since": "yesterday"})
     assert r.status_code == 400 and r.json()["status_code"] == 400
-    assert "since" in r.json()["detail"], r.json()
+    assert "query parameter 'since'" in r.json()["detail"], r.json()
     r = await client.get("/probe/notanint")
     assert r.status_code in (400, 404) and set(r.json()) == {"status_code", "detail"}
     r = await client.post("/probe", content=b"{not json", headers={"content-type": "application/json"})
