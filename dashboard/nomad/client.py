@@ -96,6 +96,11 @@ class NomadClient:
     def nodes(self) -> list[dict[str, Any]]:
         return self._call("list nodes", lambda: self._expect(list, self._nodes.get_nodes()))
 
+    def node_allocations(self, node_id: str) -> list[dict[str, Any]]:
+        """GET /v1/node/:id/allocations: every job's allocations on that Nomad node (what a drain stops)."""
+        return self._call("list node allocations",
+                          lambda: self._expect(list, self._node.get_allocations(node_id)))
+
     def service(self, name: str) -> list[dict[str, Any]]:
         """GET /v1/service/:name (an unknown name is `[]`, not 404)."""
         params = {"namespace": self.settings.namespace_or_default}

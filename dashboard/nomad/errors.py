@@ -23,6 +23,7 @@ CAPABILITIES: dict[str, str] = {
     "read allocation": 'namespace "<ns>" { capabilities = ["read-job"] }',
     "read services": 'namespace "<ns>" { capabilities = ["read-job"] }',
     "list nodes": 'node { policy = "read" }',
+    "list node allocations": 'node { policy = "read" } and namespace "<ns>" { capabilities = ["read-job"] }',
     "stop allocation": 'namespace "<ns>" { capabilities = ["alloc-lifecycle"] }',
     "restart allocation": 'namespace "<ns>" { capabilities = ["alloc-lifecycle"] }',
     "drain node": 'node { policy = "write" }',

@@ -8,11 +8,14 @@ Nomad one runs python-nomad in thread workers, so every method here may block an
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from typing import Literal
 
 import msgspec
 
-DrillKind = Literal["blackhole", "partition", "node-loss"]
+DrillKind = Literal["blackhole", "partition", "node-loss", "restart-alloc", "drain"]
+# Drills only a scheduler source can make (Nomad): offered only when `Provider.source_drill_kinds` lists them.
+SOURCE_DRILL_KINDS: tuple[DrillKind, ...] = ("restart-alloc", "drain")
 
 
 class NomadPlacement(msgspec.Struct, kw_only=True):
@@ -91,3 +94,37 @@ class Provider(abc.ABC):
     def supports_node_loss(self) -> bool:
         """True when this source overrides node_loss (drills then use it instead of the agent's kill-daemon)."""
         return type(self).node_loss is not Provider.node_loss
+
+    # A source whose scheduler replaces a lost node by itself (Nomad places a new allocation): a node-loss drill
+    # then is over only once the node runs on a new allocation whose agent is healthy.
+    replaces_lost_nodes: bool = False
+
+    def add_change_listener(self, listener: Callable[[], None]) -> None:  # noqa: B027 - optional hook
+        """Call `listener` (from any thread) when the source learns its node list changed, so the dashboard
+        refreshes at once instead of at its next poll. Default: a source without change notifications."""
+
+    def restart_allocation(self, node_id: str, task: str | None = None) -> str:
+        """Restart the scheduler's allocation of `node_id` in place (all tasks, or `task`)."""
+        raise ProviderError(f"{self.name}: restarting an allocation needs a scheduler source (Nomad)")
+
+    def drain_preview(self, node_id: str, deadline_s: float) -> str:
+        """What drain_node would do, said exactly (which scheduler node, which allocations, the deadline)."""
+        raise ProviderError(f"{self.name}: draining a node needs a scheduler source (Nomad)")
+
+    def drain_node(self, node_id: str, deadline_s: float) -> str:
+        """Drain the scheduler node running `node_id`; undo_drain gives back its eligibility."""
+        raise ProviderError(f"{self.name}: draining a node needs a scheduler source (Nomad)")
+
+    def undo_drain(self, node_id: str) -> str:
+        """Cancel drain_node and restore the node's eligibility from before it."""
+        raise ProviderError(f"{self.name}: draining a node needs a scheduler source (Nomad)")
+
+    @property
+    def source_drill_kinds(self) -> tuple[DrillKind, ...]:
+        """The SOURCE_DRILL_KINDS this source implements (by overriding their methods)."""
+        kinds: list[DrillKind] = []
+        if type(self).restart_allocation is not Provider.restart_allocation:
+            kinds.append("restart-alloc")
+        if type(self).drain_node is not Provider.drain_node and type(self).undo_drain is not Provider.undo_drain:
+            kinds.append("drain")
+        return tuple(kinds)

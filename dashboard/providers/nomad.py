@@ -43,6 +43,7 @@ ChangeListener = Callable[[], None]
 
 class NomadProvider(Provider):
     name = "nomad"
+    replaces_lost_nodes = True  # a stopped allocation is replaced by Nomad's scheduler
 
     def __init__(
         self,
@@ -167,6 +168,9 @@ class NomadProvider(Provider):
         warnings = view.warnings + agent_warnings(view.nodes, health)
         if not self.api_token:
             warnings.append(self.token_detail)
+        if self._events is not None and not self._events.live and self._events.last_error is not None:
+            # Reads still work (polling fallback), but changes now show only at the next poll: say why first.
+            warnings.insert(0, f"Nomad event stream {self._events.state}; polling Nomad on every refresh")
         detail = (f"job {view.job_id} ({view.job_type}, {view.job_status or 'unknown'}): {len(view.nodes)} nodes; "
                   f"events {self.events_state}")
         return SourceSnapshot(source=self.settings.describe(), ok=True, detail=detail, nodes=view.targets(),
@@ -302,6 +306,49 @@ class NomadProvider(Provider):
         resp = self._write(lambda: self.client.drain_node(nomad_node_id, deadline_s))
         return (f"draining Nomad node {placement.node_name} (deadline {deadline_s:g} s, index "
                 f"{field(resp, 'NodeDrainUpdateResponse.NodeModifyIndex')})")
+
+    def drain_preview(self, node_id: str, deadline_s: float) -> str:
+        """Exactly what drain_node(node_id, deadline_s) will do: the Nomad node, every allocation on it (any job,
+        read from Nomad now), the mesh nodes that go with it, the deadline, and what the undo gives back."""
+        node = self._node(node_id)
+        placement = node.placement()
+        nomad_node_id = placement.node_id
+        view = self._view
+        mesh_by_alloc = {n.alloc_id: n.node_id for n in view.nodes} if view is not None else {}
+        mesh_here = sorted(n.node_id for n in (view.nodes if view is not None else [])
+                           if n.live and field(n.alloc, "AllocListStub.NodeID") == nomad_node_id)
+        where = ", ".join(x for x in (placement.datacenter, placement.node_status, placement.eligibility) if x)
+        lines = [f"Nomad node {placement.node_name} (id {nomad_node_id[:8]}{', ' + where if where else ''}) is "
+                 f"marked ineligible and drained with a deadline of {deadline_s:g} s. Allocations on it:"]
+        try:
+            allocs = self.client.node_allocations(nomad_node_id)
+        except NomadError as exc:
+            allocs = None
+            lines.append(f"  (could not list them: {exc.message}; at least the mesh's own:)")
+            for mesh_id in mesh_here or [node_id]:
+                n = self._node(mesh_id)
+                lines.append(f"  - {field(n.alloc, 'AllocListStub.Name')} ({n.alloc_id[:8]}, job "
+                             f"{self.settings.job}) = mesh node {mesh_id}")
+        for alloc in allocs or []:
+            if field(alloc, "Allocation.DesiredStatus") != "run":
+                continue  # already stopping: the drain changes nothing for it
+            alloc_id = field(alloc, "Allocation.ID", "")
+            mesh = mesh_by_alloc.get(alloc_id)
+            job, status = field(alloc, "Allocation.JobID"), field(alloc, "Allocation.ClientStatus")
+            lines.append(f"  - {field(alloc, 'Allocation.Name')} ({alloc_id[:8]}, job {job}, {status})"
+                         + (f" = mesh node {mesh}" if mesh else ""))
+        if allocs is not None and len(lines) == 1:
+            lines.append("  (none running)")
+        lines.append(f"Nomad migrates service and batch allocations first and stops system ones last; after "
+                     f"{deadline_s:g} s it stops whatever still runs there.")
+        others = [m for m in mesh_here if m != node_id]
+        if others:
+            lines.append(f"This also takes down mesh node{'s' if len(others) > 1 else ''} {', '.join(others)}: "
+                         f"{'they run' if len(others) > 1 else 'it runs'} on the same Nomad node.")
+        before = self._prior_eligibility.get(nomad_node_id, placement.eligibility or "eligible")
+        lines.append(f"Undo cancels the drain and makes the node {before} again"
+                     + (", so Nomad places the mesh allocation back." if before == "eligible" else "."))
+        return "\n".join(lines)
 
     def undo_drain(self, node_id: str) -> str:
         """Cancel the drain of the node running `node_id` and give back its eligibility from before the drill."""
