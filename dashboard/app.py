@@ -4,7 +4,8 @@ workers hand them.
 The poll loop is a single worker: refresh the source, poll every agent, merge, post `MeshUpdated`, sleep the
 rest of the interval. The next cycle starts only when the last one ended, so polls never overlap and a slow
 agent costs at most its timeout; the UI keeps running between awaits and the header's data age keeps growing
-if a cycle stalls.
+if a cycle stalls. A source that reports changes (Nomad's event stream) cuts that sleep short, so a Nomad event
+shows within a fraction of a second instead of at the next interval.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from dashboard.screens.source_error import SourceErrorScreen
 from dashboard.session import MeshSession
 
 STYLES = Path(__file__).parent / "styles"
+CHANGE_COALESCE_S = 0.2  # least time between two poll cycles, also when the source reports changes
 
 
 class X0Dash(App[int]):
@@ -104,7 +106,11 @@ class X0Dash(App[int]):
             except Exception as exc:  # keep polling: the next cycle may work, the operator sees why
                 self.log.error(f"poll cycle failed: {exc!r}")
                 self.notify(f"poll cycle failed: {type(exc).__name__}: {exc}", severity="error", timeout=5)
-            await asyncio.sleep(max(0.05, self.interval - (time.monotonic() - started)))
+            # A short pause first, even when a change is pending: a burst of Nomad events becomes one refresh.
+            await asyncio.sleep(CHANGE_COALESCE_S)
+            rest = self.interval - (time.monotonic() - started)
+            if rest > 0:
+                await self.background.run(self.session.wait_change(rest))
 
     # ------------------------------------------------------------------------------------------------ data in
     def apply_update(self, message: MeshUpdated) -> None:
@@ -257,6 +263,17 @@ class X0Dash(App[int]):
         self.last_report, self.last_report_paths, self.last_drill_error = None, [], None
         self._drill_changed()
         self._run_drill(plan)
+
+    @work(group="undo", exit_on_error=False)
+    async def undo_drain(self, target: str) -> None:
+        """Undo the drain of `target`'s Nomad node now (restores its eligibility), outside a drill's own end."""
+        try:
+            done = await self.background.run(self.engine.undo_drain(target))
+        except ProviderError as exc:
+            self.notify(str(exc), title="undo drain failed", severity="error", timeout=8)
+            return
+        self.notify(done, title="drain undone", timeout=6)
+        self._drill_changed()
 
     @work(exclusive=True, group="drill", exit_on_error=False)
     async def _run_drill(self, plan: DrillPlan) -> None:

@@ -3,6 +3,10 @@ by headless drills, so both see the mesh through the same code.
 
 `update()` is one refresh of the provider (in a thread: providers may block) followed by one poll cycle; it is
 serialized, so however many callers ask, the agents see one cycle after the other.
+
+A source that hears about changes (Nomad's event stream) calls the session's change listener from its own
+thread; `wait_change()` is how the poll loop sleeps until the next interval *or* that change, whichever comes
+first. It only shortens the sleep between cycles: cycles still never overlap.
 """
 
 from __future__ import annotations
@@ -48,9 +52,17 @@ class MeshSession:
         self.listeners: list[Callable[[MeshUpdate], None]] = []
         self._lock = asyncio.Lock()
         self.started = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._changed: asyncio.Event | None = None  # set by the source's change listener, cleared per refresh
+        self.source_changes = 0  # change notifications received (diagnostics, tests)
 
     async def start(self) -> None:
         """Start the provider (may raise ProviderError, after cleaning up what it started)."""
+        if self._changed is None:  # once per session: a retried start must not add a second listener
+            self._loop = asyncio.get_running_loop()
+            self._changed = asyncio.Event()
+            # Registered before start(): the source may report a change while it starts.
+            self.provider.add_change_listener(self._source_changed)
         await asyncio.to_thread(self.provider.start)
         self.started = True
         self.client.token = self._token()
@@ -58,6 +70,31 @@ class MeshSession:
     def _token(self) -> str | None:
         # The source's token (inventory, Nomad variable) wins; X0_API_TOKEN is for sources that do not know it.
         return self.provider.api_token or os.environ.get("X0_API_TOKEN") or None
+
+    def _source_changed(self) -> None:
+        """The source's change listener; called from the source's own thread."""
+        loop, changed = self._loop, self._changed
+        if loop is None or changed is None or loop.is_closed():
+            return
+        self.source_changes += 1
+        try:
+            loop.call_soon_threadsafe(changed.set)
+        except RuntimeError:  # the loop closed between the check and the call (session shutting down)
+            pass
+
+    async def wait_change(self, within_s: float) -> bool:
+        """Sleep up to `within_s`, less if the source reports a change (or already did since the last
+        refresh began). True when woken by a change."""
+        changed = self._changed
+        if changed is None:
+            await asyncio.sleep(max(0.0, within_s))
+            return False
+        try:
+            async with asyncio.timeout(max(0.0, within_s)):
+                await changed.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -79,6 +116,8 @@ class MeshSession:
 
     async def update(self) -> MeshUpdate:
         async with self._lock:
+            if self._changed is not None:
+                self._changed.clear()  # this refresh reads the change; later ones wake the next cycle
             snap = self.snapshot = await self._refresh_source()
             poll = await self.poller.poll(snap.nodes)
             now = self.clock()
