@@ -11,7 +11,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from dashboard.drills.engine import DRILL_KINDS, DURATION_RANGE, DrillEngine, DrillPlan, DrillRefused, DrillStep
+from dashboard.drills.engine import (
+    DEADLINE_RANGE,
+    DEFAULT_DRAIN_DEADLINE_S,
+    DRILL_KINDS,
+    DURATION_RANGE,
+    DrillEngine,
+    DrillPlan,
+    DrillRefused,
+    DrillStep,
+)
 from dashboard.drills.report import DEFAULT_REPORTS_DIR, save, to_json, to_markdown
 from dashboard.drills.scoring import SLO
 from dashboard.providers.base import Provider, ProviderError
@@ -39,7 +48,12 @@ headless drills:
   x0dash drill blackhole --target node-b --duration 10          prints a Markdown report
   x0dash --inventory run/inventory.json drill partition --target node-a --json
   kinds: blackhole (target silently drops its Yggdrasil traffic), partition (target cut off),
-         node-loss (the source stops the node; else the agent kills its Yggdrasil daemon)
+         node-loss (the source stops the node; else the agent kills its Yggdrasil daemon; Nomad: stops the
+         allocation and the drill ends once the replacement allocation's agent is healthy and the mesh whole)
+  Nomad only: restart-alloc (Nomad restarts the allocation in place; --task for one task),
+         drain (drains the Nomad node running the target with --deadline S, undone after --duration or on
+         Ctrl-C: eligibility restored)
+  x0dash --nomad http://127.0.0.1:4646 drill drain --target node-b --deadline 30 --duration 20
   exit status: 0 every SLO met and the mesh back to its steady state, 1 an SLO failed or the mesh did not
   recover, 2 drill refused (unknown node, another drill running, no API token, mesh not steady), 3 the source
   could not start. Reports are saved as JSON and Markdown under --reports-dir (default ./reports, or
@@ -73,6 +87,7 @@ def _whole(what: str, lo: int, hi: int) -> Callable[[str], int]:
 
 _nodes = _whole("a local mesh's node count", 1, 26)
 _duration = _whole("duration (s)", *DURATION_RANGE)
+_deadline = _whole("drain deadline (s)", *DEADLINE_RANGE)
 
 
 def _add_common(p: argparse.ArgumentParser, *, sub: bool) -> None:
@@ -114,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("kind", choices=DRILL_KINDS, help="what to break")
     d.add_argument("--target", required=True, metavar="NODE", help="node id to break (e.g. node-b)")
     d.add_argument("--duration", type=_duration, default=10, metavar="S", help="seconds the fault lasts (10)")
+    d.add_argument("--deadline", type=_deadline, default=DEFAULT_DRAIN_DEADLINE_S, metavar="S",
+                   help=f"drain: how long Nomad lets the node's allocations migrate before stopping them "
+                        f"({DEFAULT_DRAIN_DEADLINE_S})")
+    d.add_argument("--task", metavar="TASK",
+                   help="restart-alloc: restart only this task of the allocation (e.g. yggdrasil; default: all)")
     d.add_argument("--report", type=Path, metavar="FILE",
                    help="also write the report here (.md: Markdown, otherwise JSON)")
     d.add_argument("--json", action="store_true", help="print the JSON report instead of Markdown")
@@ -200,7 +220,8 @@ async def _headless_main(args: argparse.Namespace, provider: Provider) -> int:
     if task is not None:
         # SIGTERM (CI timeouts, systemd) must revert the fault and stop a local mesh like Ctrl-C does.
         loop.add_signal_handler(signal.SIGTERM, task.cancel)
-    plan = DrillPlan(kind=args.kind, target=args.target, duration_s=args.duration, slo=build_slo(args))
+    plan = DrillPlan(kind=args.kind, target=args.target, duration_s=args.duration, slo=build_slo(args),
+                     deadline_s=args.deadline, task=args.task)
     return await run_headless(provider, plan, reports_dir=_reports_dir(args), report_file=args.report,
                               as_json=args.json, poll_timeout=_num(args, "timeout", 1.5),
                               steady_timeout=args.steady_timeout)

@@ -3,11 +3,14 @@
 1. Preflight: the target exists and has an agent, no drill runs (here or on any agent), we can inject.
 2. Wait for the steady state and record it (a drill on a mesh that is already broken measures nothing).
 3. Inject: blackhole/partition through the target agent's `POST /drills`; node loss through the source
-   (stop the local node, stop the Nomad allocation) or else the agent's `kill-daemon` drill.
+   (stop the local node, stop the Nomad allocation) or else the agent's `kill-daemon` drill; the Nomad-only
+   drills through the source: restart the allocation in place, drain the Nomad node (with a deadline).
 4. Follow every observer's MAPE-K incidents and heal actions (via the session's poll cycles) until the fault
-   is reverted and the mesh is back to its steady state, or the recovery timeout passes.
-5. Score (drills/scoring.py) and hand back the report. `abort()` reverts the fault at once (DELETE /drills/{id}
-   or restoring the node) and still reports what was measured.
+   is reverted and the mesh is back to its steady state, or the recovery timeout passes. When the source undoes
+   the fault itself (Nomad replaces a stopped allocation, restarts one, re-places it after a drain), the mesh is
+   back only once each node it took runs on a running (new, or restarted) allocation whose agent is healthy.
+5. Score (drills/scoring.py) and hand back the report. `abort()` reverts the fault at once (DELETE /drills/{id},
+   restoring the node, undoing the drain) and still reports what was measured.
 """
 
 from __future__ import annotations
@@ -32,27 +35,17 @@ from dashboard.drills.scoring import (
     score,
     steady_state,
 )
-from dashboard.models import MeshView
-from dashboard.providers.base import DrillKind, ProviderError
+from dashboard.models import MeshView, NodeView
+from dashboard.nomad.view import AGENT_TASK
+from dashboard.providers.base import SOURCE_DRILL_KINDS, DrillKind, NomadPlacement, ProviderError
 from dashboard.session import MeshSession
 
 DRILL_KINDS: tuple[str, ...] = get_args(DrillKind)
+AGENT_DRILL_KINDS: tuple[str, ...] = tuple(k for k in DRILL_KINDS if k not in SOURCE_DRILL_KINDS)
 DURATION_RANGE = (1, 600)  # the agents' limit for POST /drills (contracts §3)
-
-
-def describe(kind: str, target: str, duration_s: int, *, via_source: bool) -> str:
-    """What a drill will do, for the confirmation dialog and the headless log."""
-    if kind == "blackhole":
-        what = (f"{target}'s agent installs nftables rules that silently drop its Yggdrasil traffic, so its "
-                "peers see links that stay open but carry nothing")
-    elif kind == "partition":
-        what = f"{target}'s agent cuts it off from every other node (nftables), as a network partition would"
-    elif via_source:
-        what = f"the source stops {target} (agent and Yggdrasil daemon), as if the host died"
-    else:
-        what = f"{target}'s agent kills its Yggdrasil daemon (kill-daemon drill), as if the node died"
-    return (f"{what}, for {duration_s} s. Every other node should detect it and the mesh should heal; "
-            "then the fault is reverted and the mesh must return to its steady state.")
+DEADLINE_RANGE = (1, 3600)  # drain deadline, s
+DEFAULT_DRAIN_DEADLINE_S = 30
+REVERT_RETRY_S = 2.0  # between attempts to undo a fault the source made (restore a node, undo a drain)
 
 
 class DrillPlan(msgspec.Struct, kw_only=True, frozen=True):
@@ -60,6 +53,54 @@ class DrillPlan(msgspec.Struct, kw_only=True, frozen=True):
     target: str
     duration_s: int = 10
     slo: SLO = SLO()
+    # drain: how long Nomad lets the node's allocations migrate before it stops them (DrainSpec.Deadline)
+    deadline_s: int = DEFAULT_DRAIN_DEADLINE_S
+    task: str | None = None  # restart-alloc: restart only this task (None: all of them)
+
+
+def _alloc(p: NomadPlacement) -> str:
+    return f"allocation {p.alloc_id[:8]} ({p.alloc_name}) on Nomad node {p.node_name or p.node_id[:8]}"
+
+
+def describe(plan: DrillPlan, *, via_source: bool, placement: NomadPlacement | None = None,
+             preview: str | None = None) -> str:
+    """What a drill will do, for the confirmation dialog and the headless log. `placement` is the target's
+    Nomad allocation (Nomad source), `preview` the source's own account of a drain (which node, which
+    allocations, the deadline)."""
+    kind, target, duration_s = plan.kind, plan.target, plan.duration_s
+    after = "then the fault is reverted and the mesh must return to its steady state."
+    window = f"for {duration_s} s"
+    if kind == "blackhole":
+        what = (f"{target}'s agent installs nftables rules that silently drop its Yggdrasil traffic, so its "
+                "peers see links that stay open but carry nothing")
+    elif kind == "partition":
+        what = f"{target}'s agent cuts it off from every other node (nftables), as a network partition would"
+    elif kind == "node-loss" and via_source and placement is not None:
+        what = f"Nomad stops {target}'s {_alloc(placement)} (agent and Yggdrasil), as if the node died"
+        after = ("Nomad places a replacement allocation by itself: the drill ends once the replacement's agent is "
+                 "healthy and the mesh is whole again.")
+        window = f"watched for at least {duration_s} s"
+    elif kind == "node-loss" and via_source:
+        what = f"the source stops {target} (agent and Yggdrasil daemon), as if the host died"
+    elif kind == "node-loss":
+        what = f"{target}'s agent kills its Yggdrasil daemon (kill-daemon drill), as if the node died"
+    elif kind == "restart-alloc":
+        tasks = f"task {plan.task}" if plan.task else "all tasks (Yggdrasil and the agent)"
+        where = _alloc(placement) if placement is not None else f"{target}'s allocation"
+        what = f"Nomad restarts {tasks} of {target}'s {where}, in place"
+        after = (f"Nomad starts the tasks again by itself: the drill ends once {target}'s agent is healthy on the "
+                 "restarted allocation and the mesh is whole again.")
+        window = f"watched for at least {duration_s} s"
+    elif kind == "drain":
+        what = preview or (f"the Nomad node running {target} is drained with a deadline of {plan.deadline_s} s "
+                           "(marked ineligible, its allocations stopped)")
+        return (f"{what}\n\nThe drain stays on for {duration_s} s; every other node should detect {target}'s "
+                "loss. Then the drain is undone automatically (also on abort with a; u undoes it at any time), "
+                f"restoring the node's eligibility: Nomad places {target} back and the mesh must return to its "
+                "steady state.")
+    else:
+        what = f"{kind} on {target}"
+    return f"{what}, {window}. Every other node should detect it and the mesh should heal; {after}"
 
 
 class DrillRefused(Exception):
@@ -96,6 +137,9 @@ class DrillEngine:
         self.fault_reverted.set()
         self._t0: float | None = None
         self._live: tuple[DrillPlan, FaultWindow, str] | None = None  # what to revert if we are cancelled
+        # The target whose Nomad node this engine drained and has not yet undone (the UI offers `u` for it).
+        self.undo_pending: str | None = None
+        self._revert_retry_at = 0.0
 
     # ---------------------------------------------------------------------------------------------- helpers
     def _step(self, what: str, level: StepLevel = "info", node: str | None = None,
@@ -114,6 +158,30 @@ class DrillEngine:
     def uses_source_for_node_loss(self) -> bool:
         return self.session.provider.supports_node_loss
 
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The drill kinds this session can run: the agents' own, plus the ones only the source can make."""
+        return AGENT_DRILL_KINDS + tuple(self.session.provider.source_drill_kinds)
+
+    def via_source(self, kind: str) -> bool:
+        """True when the source makes this fault (no agent drill, no agent API token needed)."""
+        return kind in SOURCE_DRILL_KINDS or (kind == "node-loss" and self.uses_source_for_node_loss)
+
+    def source_brings_back(self, kind: str) -> bool:
+        """True when the source undoes the fault by itself (Nomad restarts or re-places the allocation)."""
+        return kind in SOURCE_DRILL_KINDS or (kind == "node-loss" and self.uses_source_for_node_loss
+                                              and self.session.provider.replaces_lost_nodes)
+
+    @staticmethod
+    def affected(view: MeshView, plan: DrillPlan) -> list[str]:
+        """Mesh nodes the fault takes: the target, and for a drain every mesh node on the same Nomad node."""
+        target = view.node(plan.target)
+        if plan.kind != "drain" or target is None or target.nomad is None:
+            return [plan.target]
+        host = target.nomad.node_id
+        return [n.id for n in view.nodes
+                if n.id == plan.target or (n.nomad is not None and n.nomad.node_id == host)]
+
     def _agent_url(self, view: MeshView, node_id: str) -> str:
         node = view.node(node_id)
         if node is None or node.agent_url is None:
@@ -129,9 +197,15 @@ class DrillEngine:
             raise DrillRefused(f"another drill is running: {self.running.kind} on {self.running.target}")
         if plan.kind not in DRILL_KINDS:
             raise DrillRefused(f"unknown drill kind {plan.kind!r}; choose one of {', '.join(DRILL_KINDS)}")
+        if plan.kind not in self.kinds:
+            raise DrillRefused(f"{plan.kind} drills need a Nomad source (--nomad or NOMAD_ADDR); the "
+                               f"{self.session.provider.name} source cannot make them")
         lo, hi = DURATION_RANGE
         if not lo <= plan.duration_s <= hi:
             raise DrillRefused(f"duration must be {lo}..{hi} s, got {plan.duration_s}")
+        lo, hi = DEADLINE_RANGE
+        if plan.kind == "drain" and not lo <= plan.deadline_s <= hi:
+            raise DrillRefused(f"drain deadline must be {lo}..{hi} s, got {plan.deadline_s}")
         view = self.session.view or await self._view()
         node = view.node(plan.target)
         if node is None:
@@ -139,8 +213,7 @@ class DrillEngine:
             raise DrillRefused(f"no node {plan.target!r} in {view.source} (nodes: {known})")
         if node.agent_url is None:
             raise DrillRefused(f"{plan.target}: the source does not say how to reach its agent")
-        needs_agent = plan.kind != "node-loss" or not self.uses_source_for_node_loss
-        if needs_agent and not self.session.client.token:
+        if not self.via_source(plan.kind) and not self.session.client.token:
             raise DrillRefused("no API token for this mesh: the agents refuse drills without one (set "
                                "X0_API_TOKEN, or use an inventory that has api_token)")
         await self._check_no_active_drill(view)
@@ -168,6 +241,7 @@ class DrillEngine:
         self.fault_reverted.clear()
         self._t0 = None
         self._live = None
+        self._revert_retry_at = 0.0
         self.session.poller.urgent = True  # every observer's records every cycle while the drill runs
         try:
             return await self._run(plan, view)
@@ -205,9 +279,18 @@ class DrillEngine:
         view, before = await self._wait_steady(plan)
         target = view.node(plan.target)
         assert target is not None
-        observers = [n.id for n in view.nodes if n.id != plan.target and n.state == "up"]
+        taken = self.affected(view, plan)
+        observers = [n.id for n in view.nodes if n.id not in taken and n.state == "up"]
+        if not observers and len(taken) > 1:
+            raise DrillRefused(f"draining {plan.target}'s Nomad node takes every mesh node ({', '.join(taken)}): "
+                               "nobody would be left to detect it")
         aliases = {plan.target} | {x for x in (target.key, target.address) if x}
         url = self._agent_url(view, plan.target)
+        # For faults the source undoes itself: each taken node's allocation now, to tell its replacement apart.
+        allocs_before = {n: p.alloc_id for n in taken if (p := self._placement(view, n)) is not None} \
+            if self.source_brings_back(plan.kind) else {}
+        if plan.kind == "drain":
+            await self._announce_drain(plan)
         fault = await self._inject(plan, url)
         self._live = (plan, fault, url)
         self._t0 = fault.started_at
@@ -223,6 +306,12 @@ class DrillEngine:
             await asyncio.sleep(self.follow_interval)
             view = await self._view()
             self._collect(observers, fault, seen, acted, announced, aliases)
+            if allocs_before and fault.back_at is None:
+                back = self._back(plan, view, fault, allocs_before)
+                if back is not None:
+                    fault = msgspec.structs.replace(fault, back_at=self.clock(), back_what=back)
+                    self._live = (plan, fault, url)
+                    self._step(f"back: {back}", "ok", plan.target)
             if fault.ended_at is None:
                 fault = await self._maybe_end(plan, fault, url)
                 self._live = (plan, fault, url)
@@ -235,7 +324,8 @@ class DrillEngine:
             else:
                 after = steady_state(view)
                 mine = [i for i in seen.values() if relevant(i, aliases, fault, self.skew_s)]
-                if returned_to(before, after) and all(i.resolved_at is not None for i in mine):
+                back = not allocs_before or fault.back_at is not None
+                if back and returned_to(before, after) and all(i.resolved_at is not None for i in mine):
                     steady_at = self.clock()
                     self._step(f"full recovery: {after.summary()}", "ok")
                     break
@@ -243,7 +333,10 @@ class DrillEngine:
                 after = steady_state(view)
                 if fault.ended_at is None:
                     fault = await self._force_end(plan, fault, url)
-                self._step("recovery timeout: the mesh did not return to its steady state", "error")
+                self._step("recovery timeout: the mesh did not return to its steady state"
+                           + ("" if fault.back_at is not None or not allocs_before else
+                              f" ({plan.target} never came back on a running allocation with a healthy agent)"),
+                           "error")
                 break
         self._collect(observers, fault, seen, acted, announced, aliases)
         report = score(source=view.source, fault=fault, aliases=aliases, observers=observers,
@@ -253,16 +346,63 @@ class DrillEngine:
                    "ok" if report.passed else "error")
         return report
 
+    @staticmethod
+    def _placement(view: MeshView, node_id: str) -> NomadPlacement | None:
+        node = view.node(node_id)
+        return node.nomad if node is not None else None
+
+    def _back(self, plan: DrillPlan, view: MeshView, fault: FaultWindow, allocs_before: dict[str, str]
+              ) -> str | None:
+        """How every node the fault took is back (None while one is not): up, on a running allocation that is
+        a new one (stop, drain) or, for a restart, one whose agent started after the restart was asked."""
+        since = view.taken_at - fault.started_at
+        parts = []
+        for node_id, old in allocs_before.items():
+            node: NodeView | None = view.node(node_id)
+            p = node.nomad if node is not None else None
+            if node is None or p is None or node.state != "up" or p.client_status != "running":
+                return None
+            if plan.kind == "restart-alloc":
+                # A restart keeps the allocation; only a younger agent proves it happened (unless only another
+                # task was restarted, which leaves the agent running).
+                if plan.task in (None, AGENT_TASK) and (node.uptime_s is None or node.uptime_s >= since):
+                    return None
+                parts.append(f"{node_id}'s allocation {p.alloc_id[:8]} restarted, agent healthy")
+            else:
+                if p.alloc_id == old:
+                    return None
+                where = p.node_name or p.node_id[:8]
+                parts.append(f"{node_id} on replacement allocation {p.alloc_id[:8]} ({where}), agent healthy")
+        return "; ".join(parts)
+
+    async def _announce_drain(self, plan: DrillPlan) -> None:
+        """Say exactly what the drain will do before doing it (also the headless command's record)."""
+        try:
+            preview = await asyncio.to_thread(self.session.provider.drain_preview, plan.target, plan.deadline_s)
+        except ProviderError as exc:
+            raise DrillRefused(f"cannot drain {plan.target}'s Nomad node: {exc}") from exc
+        for line in preview.splitlines():
+            self._step(line.strip(), "warn", plan.target)
+
     async def _inject(self, plan: DrillPlan, url: str) -> FaultWindow:
         client = self.session.client
-        if plan.kind == "node-loss" and self.uses_source_for_node_loss:
+        if self.via_source(plan.kind):
+            provider = self.session.provider
             started = self.clock()
             try:
-                detail = await asyncio.to_thread(self.session.provider.node_loss, plan.target, plan.duration_s)
+                if plan.kind == "restart-alloc":
+                    detail = await asyncio.to_thread(provider.restart_allocation, plan.target, plan.task)
+                elif plan.kind == "drain":
+                    detail = await asyncio.to_thread(provider.drain_node, plan.target, plan.deadline_s)
+                    self.undo_pending = plan.target
+                else:
+                    detail = await asyncio.to_thread(provider.node_loss, plan.target, plan.duration_s)
             except ProviderError as exc:
-                raise DrillRefused(f"the source could not stop {plan.target}: {exc}") from exc
+                verb = {"restart-alloc": "restart", "drain": "drain the Nomad node of"}.get(plan.kind, "stop")
+                raise DrillRefused(f"the source could not {verb} {plan.target}: {exc}") from exc
             return FaultWindow(kind=plan.kind, method=f"source: {detail}", target=plan.target,
-                               duration_s=plan.duration_s, started_at=started, ended_at=None, clock="dashboard")
+                               duration_s=plan.duration_s, started_at=started, ended_at=None, clock="dashboard",
+                               source_brings_back=self.source_brings_back(plan.kind))
         agent_kind = "kill-daemon" if plan.kind == "node-loss" else plan.kind
         try:
             drill = await client.start_drill(url, agent_kind, plan.duration_s)
@@ -274,6 +414,8 @@ class DrillEngine:
 
     async def _maybe_end(self, plan: DrillPlan, fault: FaultWindow, url: str) -> FaultWindow:
         if fault.drill_id is None:  # made by the source: we end it
+            if self.clock() < self._revert_retry_at:
+                return fault  # the last revert failed: retry, but not at every follow tick
             if self._abort.is_set() or self.clock() >= fault.started_at + fault.duration_s:
                 return await self._force_end(plan, fault, url)
             return fault
@@ -295,9 +437,19 @@ class DrillEngine:
         if fault.drill_id is None:
             ended = self.clock()
             try:
-                await asyncio.to_thread(self.session.provider.restore_node, plan.target)
+                if plan.kind == "drain":
+                    done = await asyncio.to_thread(self.session.provider.undo_drain, plan.target)
+                    if self.undo_pending == plan.target:
+                        self.undo_pending = None
+                    self._step(done, "ok", plan.target)
+                elif plan.kind == "node-loss":
+                    await asyncio.to_thread(self.session.provider.restore_node, plan.target)
+                # restart-alloc: Nomad started the tasks again itself; nothing to undo
             except ProviderError as exc:
-                self._step(f"could not restore {plan.target}: {exc}", "error", plan.target)
+                what = "undo the drain of" if plan.kind == "drain" else "restore"
+                self._revert_retry_at = self.clock() + REVERT_RETRY_S
+                self._step(f"could not {what} {plan.target}: {exc} (retrying in {REVERT_RETRY_S:g} s)", "error",
+                           plan.target)
                 return msgspec.structs.replace(fault, aborted=aborted, detail=str(exc))
             return msgspec.structs.replace(fault, ended_at=ended, aborted=aborted)
         try:
@@ -308,6 +460,15 @@ class DrillEngine:
             self._step(f"could not revert the drill on {plan.target}: {exc.detail}", "error", plan.target)
             return msgspec.structs.replace(fault, aborted=aborted)
         return msgspec.structs.replace(fault, ended_at=drill.reverted_at or self.clock(), aborted=aborted)
+
+    async def undo_drain(self, target: str) -> str:
+        """Undo a drain outside a drill's own end (the UI's `u`: a failed automatic undo, or a node left
+        draining): restores the Nomad node's eligibility. Raises ProviderError."""
+        done = await asyncio.to_thread(self.session.provider.undo_drain, target)
+        if self.undo_pending == target:
+            self.undo_pending = None
+        self._step(done, "ok", target)
+        return done
 
     def _collect(self, observers: list[str], fault: FaultWindow, seen: dict[tuple[str, str], IncidentSeen],
                  acted: dict[tuple[str, str], ActionSeen], announced: set[str], aliases: set[str]) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import msgspec
 
-from dashboard.drills.scoring import DrillReport
+from dashboard.drills.scoring import DrillReport, FaultWindow
 
 DEFAULT_REPORTS_DIR = Path(os.environ.get("X0DASH_REPORTS", "reports"))
 
@@ -33,6 +33,13 @@ def _stamp(t: float | None) -> str:
     return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
 
 
+def _back_line(f: FaultWindow) -> list[str]:
+    """For faults the source undoes itself (Nomad): when the node was back on a running allocation."""
+    if f.back_at is not None:
+        return [f"- back: {f.back_what}, {f.back_at - f.started_at:.2f} s after the fault (dashboard clock)"]
+    return ["- back: NEVER (no running allocation with a healthy agent)"] if f.source_brings_back else []
+
+
 def to_markdown(report: DrillReport) -> str:
     f, slo = report.fault, report.slo
     verdict = "PASS" if report.passed else "FAIL"
@@ -45,6 +52,7 @@ def to_markdown(report: DrillReport) -> str:
         + (" (aborted)" if f.aborted else ""),
         f"- injected {_stamp(f.started_at)}, reverted {_stamp(f.ended_at)}"
         + ("" if f.clock == "agent" else " (dashboard clock: the source made this fault)"),
+        *_back_line(f),
         f"- SLOs: detect <= {slo.detect_s:g} s, repair <= {slo.repair_s:g} s after the fault ends, "
         f"back to steady state within {slo.recover_timeout_s:g} s",
         "",

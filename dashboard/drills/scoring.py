@@ -85,6 +85,11 @@ class FaultWindow(msgspec.Struct, kw_only=True, frozen=True):
     drill_id: str | None = None
     aborted: bool = False
     detail: str = ""
+    # Faults the source undoes by itself (Nomad replaces a stopped allocation, restarts one in place): the drill
+    # is over only once the node is back on a running allocation with a healthy agent. Dashboard clock.
+    source_brings_back: bool = False
+    back_at: float | None = None
+    back_what: str = ""
 
 
 class IncidentSeen(msgspec.Struct, kw_only=True, frozen=True):
@@ -209,6 +214,9 @@ def build_timeline(fault: FaultWindow, observers: Sequence[ObserverScore], incid
     if fault.ended_at is not None:
         what = "fault aborted and reverted" if fault.aborted else "fault reverted"
         entries.append(TimelineEntry(at=fault.ended_at, t_s=fault.ended_at - t0, node=fault.target, what=what))
+    if fault.back_at is not None:
+        entries.append(TimelineEntry(at=fault.back_at, t_s=fault.back_at - t0, node=fault.target,
+                                     what=f"back: {fault.back_what}"))
     if recovered_at is not None:
         entries.append(TimelineEntry(at=recovered_at, t_s=recovered_at - t0, node=None,
                                      what="full recovery: every observer's incidents about the target resolved"))
@@ -237,6 +245,9 @@ def score(*, source: str, fault: FaultWindow, aliases: Iterable[str], observers:
     if recovered_at is not None and end is not None:
         recovered_at = max(recovered_at, end)  # the mesh is not whole while the fault is still on
     back = after is not None and returned_to(before, after)
+    never_back = fault.source_brings_back and fault.back_at is None
+    if never_back:
+        back = False
     failures: list[str] = []
     if not observers:
         failures.append("no observer: every other node was down before the drill")
@@ -252,6 +263,8 @@ def score(*, source: str, fault: FaultWindow, aliases: Iterable[str], observers:
                             f"(SLO {slo.repair_s:g} s)")
     if end is None:
         failures.append("the fault was never reverted")
+    if never_back:
+        failures.append(f"{fault.target} never came back on a running allocation with a healthy agent")
     if not back:
         now = after.summary() if after is not None else "never measured"
         failures.append(f"mesh did not return to its steady state within {slo.recover_timeout_s:g} s "

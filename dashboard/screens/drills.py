@@ -1,10 +1,16 @@
 """Drills (`d`): pick kind, target and duration, confirm, watch the live timeline, abort with `a`, read the
-report. The drill itself runs in the app (it keeps running if you leave this screen)."""
+report. The drill itself runs in the app (it keeps running if you leave this screen).
+
+With a Nomad source two more kinds are offered: restart the target's allocation, and drain its Nomad node (with a
+deadline). The drain's confirmation asks Nomad first and says exactly what will stop; the drain is undone when the
+drill ends or is aborted, and `u` undoes it at any time."""
 
 from __future__ import annotations
 
+import asyncio
+
 from rich.text import Text
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -21,15 +27,25 @@ from textual.widgets import (
     Static,
 )
 
-from dashboard.drills.engine import DURATION_RANGE, DrillPlan, describe
+from dashboard.drills.engine import (
+    DEADLINE_RANGE,
+    DEFAULT_DRAIN_DEADLINE_S,
+    DURATION_RANGE,
+    DrillPlan,
+    describe,
+)
 from dashboard.drills.report import to_markdown
 from dashboard.drills.scoring import SLO
+from dashboard.nomad.view import AGENT_TASK, YGGDRASIL_TASK
+from dashboard.providers.base import ProviderError
 from dashboard.screens.base import MeshScreen
 from dashboard.screens.confirm import ConfirmDrillScreen
 from dashboard.session import MeshUpdate
 from dashboard.widgets.styles import LEVEL_STYLE
 
-KIND_LABELS = {"blackhole": "blackhole", "partition": "partition", "node-loss": "node loss"}
+KIND_LABELS = {"blackhole": "blackhole", "partition": "partition", "node-loss": "node loss",
+               "restart-alloc": "restart allocation (Nomad)", "drain": "drain Nomad node"}
+ALL_TASKS = "all"
 
 
 class DrillScreen(MeshScreen):
@@ -37,6 +53,7 @@ class DrillScreen(MeshScreen):
         Binding("escape", "back", "Back"),
         Binding("s", "start", "Start drill"),
         Binding("a", "abort", "Abort drill"),
+        Binding("u", "undo_drain", "Undo drain"),
     ]
 
     def __init__(self, target: str | None = None) -> None:
@@ -53,18 +70,29 @@ class DrillScreen(MeshScreen):
             with VerticalScroll(id="drill-form"):
                 yield Label("kind", classes="field-label")
                 with RadioSet(id="kind"):
-                    for kind, label in KIND_LABELS.items():
-                        yield RadioButton(label, value=kind == "blackhole", id=f"kind-{kind}")
+                    # Only what this source can make: the Nomad-only kinds appear with a Nomad source.
+                    for kind in self.dash.engine.kinds:
+                        yield RadioButton(KIND_LABELS.get(kind, kind), value=kind == "blackhole",
+                                          id=f"kind-{kind}")
                 yield Label("target", classes="field-label")
                 yield Select[str]([], id="target", prompt="pick a node")
                 yield Label(f"duration, s ({DURATION_RANGE[0]}..{DURATION_RANGE[1]})", classes="field-label")
                 yield Input(str(self.dash.default_duration), id="duration", type="integer")
+                yield Label(f"drain deadline, s ({DEADLINE_RANGE[0]}..{DEADLINE_RANGE[1]}): Nomad stops what "
+                            "still runs then", classes="field-label drain-field")
+                yield Input(str(DEFAULT_DRAIN_DEADLINE_S), id="deadline", type="integer", classes="drain-field")
+                yield Label("restart which task", classes="field-label restart-field")
+                yield Select[str]([("all tasks", ALL_TASKS), (AGENT_TASK, AGENT_TASK),
+                                   (YGGDRASIL_TASK, YGGDRASIL_TASK)], id="task", value=ALL_TASKS,
+                                  allow_blank=False, classes="restart-field")
                 yield Label("SLO: detect within, s", classes="field-label")
                 yield Input(f"{slo.detect_s:g}", id="slo-detect", type="number")
                 yield Label("SLO: repair within, s (after)", classes="field-label")
                 yield Input(f"{slo.repair_s:g}", id="slo-repair", type="number")
                 yield Button("Start drill (s)", id="start", variant="error")
+                yield Button("Undo drain (u)", id="undo-drain", variant="warning")
                 yield Static("", id="form-error")
+                yield Static("", id="nomad-state")
             with Vertical(id="drill-live"):
                 yield Static("", id="drill-status")
                 yield DataTable(id="timeline", cursor_type="row", zebra_stripes=True)
@@ -76,6 +104,8 @@ class DrillScreen(MeshScreen):
         self.query_one("#timeline", DataTable).add_columns("t", "node", "event")
         self.query_one("#timeline").border_title = "timeline"
         self.query_one("#report-box").display = False
+        self.query_one("#undo-drain").display = "drain" in self.dash.engine.kinds
+        self._show_kind_fields()
         self._fill_targets()
         self.drill_changed()
         self.query_one("#kind").focus()
@@ -96,6 +126,39 @@ class DrillScreen(MeshScreen):
         ids = [n.id for n in view.nodes] if view else []
         if self._target_ids != ids:
             self._fill_targets()
+        self._show_nomad_state()
+
+    def _kind(self) -> str | None:
+        button = self.query_one("#kind", RadioSet).pressed_button
+        return button.id.removeprefix("kind-") if button is not None and button.id else None
+
+    def _show_kind_fields(self) -> None:
+        kind = self._kind()
+        for widget in self.query(".drain-field"):
+            widget.display = kind == "drain"
+        for widget in self.query(".restart-field"):
+            widget.display = kind == "restart-alloc"
+
+    @on(RadioSet.Changed, "#kind")
+    def _kind_changed(self) -> None:
+        self._show_kind_fields()
+
+    def _show_nomad_state(self) -> None:
+        """Nomad nodes draining now (by this drill, an earlier one, or someone else): `u` undoes them."""
+        state = self.query_one("#nomad-state", Static)
+        view = self.dash.view
+        if "drain" not in self.dash.engine.kinds or view is None:
+            state.update("")
+            return
+        hosts: dict[str, list[str]] = {}
+        for n in view.nodes:
+            if n.nomad is not None and n.nomad.drain:
+                hosts.setdefault(n.nomad.node_name or n.nomad.node_id[:8], []).append(n.id)
+        pending = self.dash.engine.undo_pending
+        lines = [f"Nomad node {host} is draining ({', '.join(ids)}): u undoes it" for host, ids in hosts.items()]
+        if pending and not any(pending in ids for ids in hosts.values()):
+            lines.append(f"the drain of {pending}'s Nomad node is not undone yet: u undoes it")
+        state.update(Text("\n".join(lines), "bold yellow"))
 
     def on_screen_resume(self) -> None:
         super().on_screen_resume()
@@ -119,6 +182,7 @@ class DrillScreen(MeshScreen):
             status.update(Text.assemble("last drill: ", verdict, f"  saved: {saved}"))
         else:
             status.update(Text("no drill yet: pick kind, target and duration, then s", "grey50"))
+        self._show_nomad_state()
         self.query_one("#start", Button).disabled = running is not None
         table = self.query_one("#timeline", DataTable)
         steps = dash.drill_steps
@@ -142,10 +206,9 @@ class DrillScreen(MeshScreen):
 
     # ------------------------------------------------------------------------------------------------ actions
     def _plan(self) -> DrillPlan:
-        kind_btn = self.query_one("#kind", RadioSet).pressed_button
-        if kind_btn is None or kind_btn.id is None:
+        kind = self._kind()
+        if kind is None:
             raise ValueError("pick a kind")
-        kind = kind_btn.id.removeprefix("kind-")
         target = self.query_one("#target", Select).value
         if not isinstance(target, str):
             raise ValueError("pick a target node")
@@ -161,7 +224,18 @@ class DrillScreen(MeshScreen):
         if detect <= 0 or repair <= 0:
             raise ValueError("SLOs must be positive")
         slo = SLO(detect_s=detect, repair_s=repair, recover_timeout_s=self.dash.slo.recover_timeout_s)
-        return DrillPlan(kind=kind, target=target, duration_s=duration, slo=slo)
+        deadline = DEFAULT_DRAIN_DEADLINE_S
+        if kind == "drain":
+            try:
+                deadline = int(self.query_one("#deadline", Input).value)
+            except ValueError as exc:
+                raise ValueError("the drain deadline must be a whole number of seconds") from exc
+            lo, hi = DEADLINE_RANGE
+            if not lo <= deadline <= hi:
+                raise ValueError(f"drain deadline must be {lo}..{hi} s")
+        task = self.query_one("#task", Select).value if kind == "restart-alloc" else ALL_TASKS
+        return DrillPlan(kind=kind, target=target, duration_s=duration, slo=slo, deadline_s=deadline,
+                         task=None if task == ALL_TASKS or not isinstance(task, str) else task)
 
     def action_start(self) -> None:
         error = self.query_one("#form-error", Static)
@@ -173,18 +247,72 @@ class DrillScreen(MeshScreen):
         except ValueError as exc:
             error.update(Text(str(exc), "red"))
             return
+        if plan.kind == "drain":
+            # Ask Nomad what runs on that node first: the confirmation names every allocation the drain stops.
+            error.update(Text("asking Nomad what the drain would stop…", "grey50"))
+            self._confirm_drain(plan)
+            return
         error.update("")
-        via_source = plan.kind == "node-loss" and self.dash.engine.uses_source_for_node_loss
-        text = describe(plan.kind, plan.target, plan.duration_s, via_source=via_source)
+        self._confirm(plan, None)
+
+    @work(exclusive=True, group="drain-preview", exit_on_error=False)
+    async def _confirm_drain(self, plan: DrillPlan) -> None:
+        error = self.query_one("#form-error", Static)
+        try:
+            preview = await asyncio.to_thread(self.dash.session.provider.drain_preview, plan.target,
+                                              plan.deadline_s)
+        except ProviderError as exc:
+            error.update(Text(f"cannot drain: {exc}", "red"))
+            return
+        error.update("")
+        self._confirm(plan, preview)
+
+    def _confirm(self, plan: DrillPlan, preview: str | None) -> None:
+        engine = self.dash.engine
+        node = self.dash.view.node(plan.target) if self.dash.view is not None else None
+        placement = node.nomad if node is not None else None
+        text = describe(plan, via_source=engine.via_source(plan.kind), placement=placement, preview=preview)
         text += (f"\n\nSLOs: detect <= {plan.slo.detect_s:g} s, repair <= {plan.slo.repair_s:g} s after the fault "
                  f"ends. Abort with a at any time.")
-        title = f"Run a {KIND_LABELS[plan.kind]} drill on {plan.target}?"
+        if plan.kind == "drain" and placement is not None:
+            title = f"Drain Nomad node {placement.node_name or placement.node_id[:8]} (runs {plan.target})?"
+        else:
+            title = f"Run a {KIND_LABELS.get(plan.kind, plan.kind)} drill on {plan.target}?"
 
         def confirmed(yes: bool | None) -> None:
             if yes:
                 self.dash.start_drill(plan)
 
         self.app.push_screen(ConfirmDrillScreen(title, text), confirmed)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "undo_drain" and "drain" not in self.dash.engine.kinds:
+            return False  # not offered (nor shown) without a source that drains
+        return True
+
+    def action_undo_drain(self) -> None:
+        engine = self.dash.engine
+        running = engine.running
+        if running is not None and running.kind == "drain":
+            # The running drill's own revert is the undo; it also ends the fault window in the report.
+            self.dash.abort_drill()
+            self.query_one("#drill-status", Static).update(Text("undoing the drain (aborting the drill)…",
+                                                                "bold yellow"))
+            return
+        value = self.query_one("#target", Select).value
+        selected = value if isinstance(value, str) else None
+        node = self.dash.view.node(selected) if selected and self.dash.view is not None else None
+        # The selected node when its Nomad node drains now, else the drain this session left on.
+        draining = node is not None and node.nomad is not None and bool(node.nomad.drain)
+        target = selected if draining else (engine.undo_pending or selected)
+        if target is None:
+            self.notify("pick the node whose Nomad node to undrain", severity="warning")
+            return
+        self.dash.undo_drain(target)
+
+    @on(Button.Pressed, "#undo-drain")
+    def _undo_pressed(self) -> None:
+        self.action_undo_drain()
 
     @on(Button.Pressed, "#start")
     def _start_pressed(self) -> None:

@@ -19,6 +19,7 @@ HELP = """\
 | `/` | overview | filter nodes and events (id, state, address); `esc` clears |
 | `d` | anywhere | drills: pick kind, target, duration; confirm; watch; `a` aborts |
 | `a` | drills | abort the running drill: the fault is reverted at once |
+| `u` | drills (Nomad) | undo a drain: cancel it and restore the Nomad node's eligibility |
 | `esc` | detail, drills | back |
 | `ctrl+p` | anywhere | command palette (jump to a node, start drills, help) |
 | `?` | anywhere | this help |
@@ -43,6 +44,10 @@ Kinds: **blackhole** (the target silently drops its Yggdrasil traffic), **partit
 **node loss** (the source stops the node, or the agent kills its Yggdrasil daemon). The report gives time to
 detect and to repair per observer from the agents' own records, the steady state before and after, and
 pass/fail against the SLOs; it is saved as JSON and Markdown under the reports directory.
+With a Nomad source, node loss stops the target's allocation and the drill ends once Nomad's replacement
+allocation has a healthy agent and the mesh is whole; two more kinds: **restart allocation** (in place, all tasks
+or one) and **drain Nomad node** (with a deadline; the confirmation lists every allocation on that node; undone
+when the drill ends or is aborted, or with `u`).
 Headless: `x0dash drill blackhole --target node-b --duration 10` (exit 0 pass, 1 fail, 2 refused).
 """
 
