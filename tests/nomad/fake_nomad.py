@@ -13,6 +13,7 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -46,6 +47,9 @@ class FakeNomad:
     stream_status: int = 200
     stream_body: str = ""
     streams_opened: int = 0
+    # Called (in the server thread) with each request before it is answered: a test can play Nomad's side
+    # effects there (stop a node's processes, change the routes the reply is taken from).
+    on_request: Callable[[Seen], None] | None = None
 
     def __post_init__(self) -> None:
         fake = self
@@ -60,8 +64,11 @@ class FakeNomad:
                 parts = urlsplit(self.path)
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                fake.requests.append(Seen(self.command, parts.path, parse_qs(parts.query, keep_blank_values=True),
-                                          {k.lower(): v for k, v in self.headers.items()}, body))
+                seen = Seen(self.command, parts.path, parse_qs(parts.query, keep_blank_values=True),
+                            {k.lower(): v for k, v in self.headers.items()}, body)
+                fake.requests.append(seen)
+                if fake.on_request is not None:
+                    fake.on_request(seen)
                 if parts.path == "/v1/event/stream" and self.command == "GET":
                     self._stream()
                     return
