@@ -444,6 +444,13 @@ class DrillEngine:
                     self._step(done, "ok", plan.target)
                 elif plan.kind == "node-loss":
                     await asyncio.to_thread(self.session.provider.restore_node, plan.target)
+                    if not self.session.provider.replaces_lost_nodes:
+                        # restore_node returned once the node's agent answers again: its own boot is not the
+                        # mesh's repair, so the repair clock starts here and the boot time is shown.
+                        booted = self.clock()
+                        self._step(f"{plan.target} back and answering after {booted - ended:.2f} s; repair timed "
+                                   "from here", "ok", plan.target)
+                        ended = booted
                 # restart-alloc: Nomad started the tasks again itself; nothing to undo
             except ProviderError as exc:
                 what = "undo the drain of" if plan.kind == "drain" else "restore"
