@@ -58,6 +58,11 @@ class DrillPlan(msgspec.Struct, kw_only=True, frozen=True):
     task: str | None = None  # restart-alloc: restart only this task (None: all of them)
 
 
+def restarts_agent(plan: DrillPlan) -> bool:
+    """A restart-alloc drill restarts the agent too (all tasks, or the agent's): its younger uptime proves it."""
+    return plan.kind == "restart-alloc" and plan.task in (None, AGENT_TASK)
+
+
 def _alloc(p: NomadPlacement) -> str:
     return f"allocation {p.alloc_id[:8]} ({p.alloc_name}) on Nomad node {p.node_name or p.node_id[:8]}"
 
@@ -69,7 +74,9 @@ def describe(plan: DrillPlan, *, via_source: bool, placement: NomadPlacement | N
     allocations, the deadline)."""
     kind, target, duration_s = plan.kind, plan.target, plan.duration_s
     after = "then the fault is reverted and the mesh must return to its steady state."
-    window = f"for {duration_s} s"
+    # Nomad brings the node back by itself: the fault lasts until it is back, the duration only bounds the wait.
+    waits = (f"(repair is timed from then); waited for at most {duration_s} s plus the recovery timeout. Every "
+             "other node should detect it and the mesh should heal.")
     if kind == "blackhole":
         what = (f"{target}'s agent installs nftables rules that silently drop its Yggdrasil traffic, so its "
                 "peers see links that stay open but carry nothing")
@@ -77,9 +84,8 @@ def describe(plan: DrillPlan, *, via_source: bool, placement: NomadPlacement | N
         what = f"{target}'s agent cuts it off from every other node (nftables), as a network partition would"
     elif kind == "node-loss" and via_source and placement is not None:
         what = f"Nomad stops {target}'s {_alloc(placement)} (agent and Yggdrasil), as if the node died"
-        after = ("Nomad places a replacement allocation by itself: the drill ends once the replacement's agent is "
-                 "healthy and the mesh is whole again.")
-        window = f"watched for at least {duration_s} s"
+        return (f"{what}. Nomad places a replacement allocation by itself: the fault lasts until the "
+                f"replacement's agent is healthy {waits} The drill ends once the mesh is whole again.")
     elif kind == "node-loss" and via_source:
         what = f"the source stops {target} (agent and Yggdrasil daemon), as if the host died"
     elif kind == "node-loss":
@@ -88,9 +94,12 @@ def describe(plan: DrillPlan, *, via_source: bool, placement: NomadPlacement | N
         tasks = f"task {plan.task}" if plan.task else "all tasks (Yggdrasil and the agent)"
         where = _alloc(placement) if placement is not None else f"{target}'s allocation"
         what = f"Nomad restarts {tasks} of {target}'s {where}, in place"
-        after = (f"Nomad starts the tasks again by itself: the drill ends once {target}'s agent is healthy on the "
-                 "restarted allocation and the mesh is whole again.")
-        window = f"watched for at least {duration_s} s"
+        if not restarts_agent(plan):
+            # The agent keeps running, so nothing shows when the task is back: the duration is the window.
+            return (f"{what}. Nomad starts it again by itself; the drill watches for {duration_s} s, then until "
+                    f"{target} is healthy and the mesh is whole again. Every other node should detect it.")
+        return (f"{what}. Nomad starts them again by itself: the fault lasts until {target}'s agent is healthy on "
+                f"the restarted allocation {waits} The drill ends once the mesh is whole again.")
     elif kind == "drain":
         what = preview or (f"the Nomad node running {target} is drained with a deadline of {plan.deadline_s} s "
                            "(marked ineligible, its allocations stopped)")
@@ -100,7 +109,7 @@ def describe(plan: DrillPlan, *, via_source: bool, placement: NomadPlacement | N
                 "steady state.")
     else:
         what = f"{kind} on {target}"
-    return f"{what}, {window}. Every other node should detect it and the mesh should heal; {after}"
+    return f"{what}, for {duration_s} s. Every other node should detect it and the mesh should heal; {after}"
 
 
 class DrillRefused(Exception):
@@ -318,8 +327,9 @@ class DrillEngine:
                 if fault.ended_at is not None:
                     self.fault_reverted.set()
                     give_up_at = fault.ended_at + plan.slo.recover_timeout_s
-                    self._step("fault aborted and reverted" if fault.aborted else "fault reverted",
-                               "info", plan.target, at=fault.ended_at)
+                    if fault.aborted or not self._self_healing(plan, fault):  # else the "back" step said it
+                        self._step("fault aborted and reverted" if fault.aborted else "fault reverted",
+                                   "info", plan.target, at=fault.ended_at)
                     continue
             else:
                 after = steady_state(view)
@@ -331,7 +341,7 @@ class DrillEngine:
                     break
             if self.clock() >= give_up_at:
                 after = steady_state(view)
-                if fault.ended_at is None:
+                if fault.ended_at is None and not self._self_healing(plan, fault):
                     fault = await self._force_end(plan, fault, url)
                 self._step("recovery timeout: the mesh did not return to its steady state"
                            + ("" if fault.back_at is not None or not allocs_before else
@@ -365,7 +375,7 @@ class DrillEngine:
             if plan.kind == "restart-alloc":
                 # A restart keeps the allocation; only a younger agent proves it happened (unless only another
                 # task was restarted, which leaves the agent running).
-                if plan.task in (None, AGENT_TASK) and (node.uptime_s is None or node.uptime_s >= since):
+                if restarts_agent(plan) and (node.uptime_s is None or node.uptime_s >= since):
                     return None
                 parts.append(f"{node_id}'s allocation {p.alloc_id[:8]} restarted, agent healthy")
             else:
@@ -416,6 +426,10 @@ class DrillEngine:
         if fault.drill_id is None:  # made by the source: we end it
             if self.clock() < self._revert_retry_at:
                 return fault  # the last revert failed: retry, but not at every follow tick
+            if self._self_healing(plan, fault) and not self._abort.is_set():
+                # Nothing for us to revert: the fault is over when the source has the node back, and the repair
+                # clock starts there (like a local node that answers again).
+                return fault if fault.back_at is None else msgspec.structs.replace(fault, ended_at=fault.back_at)
             if self._abort.is_set() or self.clock() >= fault.started_at + fault.duration_s:
                 return await self._force_end(plan, fault, url)
             return fault
@@ -431,6 +445,14 @@ class DrillEngine:
                 return msgspec.structs.replace(fault, ended_at=ended, detail=d.detail or fault.detail,
                                                aborted=fault.aborted or d.state == "aborted")
         return fault
+
+    @staticmethod
+    def _self_healing(plan: DrillPlan, fault: FaultWindow) -> bool:
+        """A fault the source undoes by itself and we can see undone: a stopped allocation replaced, or one
+        restarted with its agent. (A drain we undo; another task's restart ends with the duration.)"""
+        if plan.kind == "restart-alloc":
+            return restarts_agent(plan)
+        return fault.source_brings_back and plan.kind != "drain"
 
     async def _force_end(self, plan: DrillPlan, fault: FaultWindow, url: str) -> FaultWindow:
         aborted = self._abort.is_set()

@@ -211,12 +211,14 @@ def build_timeline(fault: FaultWindow, observers: Sequence[ObserverScore], incid
         if i.resolved_at is not None:
             entries.append(TimelineEntry(at=i.resolved_at, t_s=i.resolved_at - t0, node=i.observer,
                                          what=f"{i.observer} resolved {i.kind} {i.subject}"))
-    if fault.ended_at is not None:
+    # A fault the source undid by itself ends when the node is back: one entry says both.
+    over_when_back = fault.back_at is not None and fault.ended_at == fault.back_at and not fault.aborted
+    if fault.ended_at is not None and not over_when_back:
         what = "fault aborted and reverted" if fault.aborted else "fault reverted"
         entries.append(TimelineEntry(at=fault.ended_at, t_s=fault.ended_at - t0, node=fault.target, what=what))
     if fault.back_at is not None:
         entries.append(TimelineEntry(at=fault.back_at, t_s=fault.back_at - t0, node=fault.target,
-                                     what=f"back: {fault.back_what}"))
+                                     what=("fault over, " if over_when_back else "") + f"back: {fault.back_what}"))
     if recovered_at is not None:
         entries.append(TimelineEntry(at=recovered_at, t_s=recovered_at - t0, node=None,
                                      what="full recovery: every observer's incidents about the target resolved"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -23,6 +24,8 @@ from textual.widgets import Input, RadioButton, Select, Static
 
 from agent.localmesh import LocalMesh, MeshOptions
 from dashboard.app import X0Dash
+from dashboard.cli import run_headless
+from dashboard.drills.engine import DrillPlan
 from dashboard.drills.scoring import DrillReport
 from dashboard.nomad.backoff import Backoff
 from dashboard.nomad.settings import load_settings
@@ -281,7 +284,15 @@ def check_report(report: DrillReport, target: str) -> None:
     assert report.fault.source_brings_back and report.fault.back_at is not None
     assert report.fault.back_at >= report.fault.started_at
     assert report.recovered and report.after is not None and report.after.links_up == 1
-    assert any(e.what.startswith("back: ") for e in report.timeline)
+    timeline = [e.what for e in report.timeline]
+    if report.kind == "drain":  # we undid it: reverted, then back
+        assert report.fault.ended_at is not None and report.fault.ended_at < report.fault.back_at
+        assert "fault reverted" in timeline and f"back: {report.fault.back_what}" in timeline
+    else:  # Nomad undid it: the fault is over when the node is back, and repair is timed from there
+        assert report.fault.ended_at == report.fault.back_at
+        assert f"fault over, back: {report.fault.back_what}" in timeline and "fault reverted" not in timeline
+        assert obs.repair_s is not None and obs.repaired_at is not None
+        assert obs.repair_s == pytest.approx(obs.repaired_at - report.fault.back_at)
 
 
 async def test_drain_with_confirmation_then_undo_at_the_end(sim: NomadSim, fake_nomad: FakeNomad,
@@ -402,7 +413,7 @@ async def test_node_loss_stops_the_allocation_and_waits_for_the_replacement(sim:
         assert isinstance(confirm, ConfirmDrillScreen)
         assert (f"Nomad stops node-a's allocation {alloc['ID'][:8]} (x0-mesh.node[0]) on Nomad node node-a"
                 in confirm.description)
-        assert "the drill ends once the replacement's agent is healthy" in confirm.description
+        assert "the fault lasts until the replacement's agent is healthy" in confirm.description
         await pilot.press("y")
         report = await wait_report(pilot, app)
     assert posts(fake_nomad) == [("POST", f"/v1/allocation/{alloc['ID']}/stop", None)]
@@ -414,24 +425,29 @@ async def test_node_loss_stops_the_allocation_and_waits_for_the_replacement(sim:
     assert report.steady_confirmed_at is not None and report.steady_confirmed_at >= report.fault.back_at
 
 
-async def test_drain_refused_when_it_would_take_every_mesh_node(fake_nomad: FakeNomad, mesh: LocalMesh,
-                                                                dash: Dash) -> None:
-    sim = NomadSim(fake_nomad, mesh, same_host=True)  # both mesh nodes on one Nomad client (a dev agent)
+async def test_headless_drain_refused_when_it_would_take_every_mesh_node(fake_nomad: FakeNomad, mesh: LocalMesh,
+                                                                         tmp_path: Path) -> None:
+    """`x0dash drill drain` on a Nomad source: both mesh nodes on one Nomad client (a dev agent), so draining it
+    leaves nobody to observe; refused before anything is written to Nomad."""
+    sim = NomadSim(fake_nomad, mesh, same_host=True)
+    provider = NomadProvider(env={"NOMAD_ADDR": fake_nomad.url}, events=True, resync_s=3600)
+    err = io.StringIO()
     try:
-        app = make_app(dash, fake_nomad)
-        async with app.run_test(size=(150, 48)) as pilot:
-            await until(pilot, "mesh whole", lambda: whole(app), within=30)
-            await open_form(pilot, app, "drain", "node-b", duration="5")
-            await pilot.press("s")
-            await until(pilot, "confirmation", lambda: isinstance(app.screen, ConfirmDrillScreen))
-            assert "This also takes down mesh node node-a: it runs on the same Nomad node." in \
-                app.screen.description
-            await pilot.press("y")
-            await until(pilot, "refusal", lambda: app.last_drill_error is not None)
-        assert "takes every mesh node (node-a, node-b): nobody would be left to detect it" in app.last_drill_error
-        assert posts(fake_nomad) == []
+        provider.start()
+        preview = provider.drain_preview("node-b", 30)  # what the UI's confirmation would show
+        assert "This also takes down mesh node node-a: it runs on the same Nomad node." in preview
+        provider.stop()
+        plan = DrillPlan(kind="drain", target="node-b", duration_s=5, deadline_s=30)
+        code = await run_headless(provider, plan, reports_dir=tmp_path, report_file=None, as_json=True,
+                                  poll_timeout=1.0, steady_timeout=20, out=io.StringIO(), err=err)
     finally:
+        provider.stop()
         sim.close()
+    assert code == 2, err.getvalue()
+    assert ("drill refused: draining node-b's Nomad node takes every mesh node (node-a, node-b): nobody would be "
+            "left to detect it") in err.getvalue()
+    assert "steady state: nodes 2/2 up" in err.getvalue()
+    assert posts(fake_nomad) == []
 
 
 # Live updates ---------------------------------------------------------------------------------------------------
