@@ -78,8 +78,9 @@ class DrillScreen(MeshScreen):
                 yield Select[str]([], id="target", prompt="pick a node")
                 yield Label(f"duration, s ({DURATION_RANGE[0]}..{DURATION_RANGE[1]})", classes="field-label")
                 yield Input(str(self.dash.default_duration), id="duration", type="integer")
-                yield Label(f"drain deadline, s ({DEADLINE_RANGE[0]}..{DEADLINE_RANGE[1]}): Nomad stops what "
-                            "still runs then", classes="field-label drain-field")
+                # The deadline: how long Nomad lets the node's allocations migrate before it stops them.
+                yield Label(f"drain deadline, s ({DEADLINE_RANGE[0]}..{DEADLINE_RANGE[1]})",
+                            classes="field-label drain-field")
                 yield Input(str(DEFAULT_DRAIN_DEADLINE_S), id="deadline", type="integer", classes="drain-field")
                 yield Label("restart which task", classes="field-label restart-field")
                 yield Select[str]([("all tasks", ALL_TASKS), (AGENT_TASK, AGENT_TASK),
@@ -205,6 +206,16 @@ class DrillScreen(MeshScreen):
             box.display = False
 
     # ------------------------------------------------------------------------------------------------ actions
+    def _seconds(self, field_id: str, what: str, bounds: tuple[int, int]) -> int:
+        try:
+            value = int(self.query_one(f"#{field_id}", Input).value)
+        except ValueError as exc:
+            raise ValueError(f"{what} must be a whole number of seconds") from exc
+        lo, hi = bounds
+        if not lo <= value <= hi:
+            raise ValueError(f"{what} must be {lo}..{hi} s")
+        return value
+
     def _plan(self) -> DrillPlan:
         kind = self._kind()
         if kind is None:
@@ -212,27 +223,18 @@ class DrillScreen(MeshScreen):
         target = self.query_one("#target", Select).value
         if not isinstance(target, str):
             raise ValueError("pick a target node")
+        duration = self._seconds("duration", "duration", DURATION_RANGE)
         try:
-            duration = int(self.query_one("#duration", Input).value)
             detect = float(self.query_one("#slo-detect", Input).value)
             repair = float(self.query_one("#slo-repair", Input).value)
         except ValueError as exc:
-            raise ValueError("duration and SLOs must be numbers") from exc
-        lo, hi = DURATION_RANGE
-        if not lo <= duration <= hi:
-            raise ValueError(f"duration must be {lo}..{hi} s")
+            raise ValueError("SLOs must be numbers") from exc
         if detect <= 0 or repair <= 0:
             raise ValueError("SLOs must be positive")
         slo = SLO(detect_s=detect, repair_s=repair, recover_timeout_s=self.dash.slo.recover_timeout_s)
         deadline = DEFAULT_DRAIN_DEADLINE_S
         if kind == "drain":
-            try:
-                deadline = int(self.query_one("#deadline", Input).value)
-            except ValueError as exc:
-                raise ValueError("the drain deadline must be a whole number of seconds") from exc
-            lo, hi = DEADLINE_RANGE
-            if not lo <= deadline <= hi:
-                raise ValueError(f"drain deadline must be {lo}..{hi} s")
+            deadline = self._seconds("deadline", "drain deadline", DEADLINE_RANGE)
         task = self.query_one("#task", Select).value if kind == "restart-alloc" else ALL_TASKS
         return DrillPlan(kind=kind, target=target, duration_s=duration, slo=slo, deadline_s=deadline,
                          task=None if task == ALL_TASKS or not isinstance(task, str) else task)
