@@ -37,7 +37,7 @@ from dashboard.screens.source_error import SourceErrorScreen
 from dashboard.session import MeshSession
 
 STYLES = Path(__file__).parent / "styles"
-CHANGE_COALESCE_S = 0.2  # least time between two poll cycles, also when the source reports changes
+CHANGE_COALESCE_S = 0.2  # least time between two poll cycles (or the interval if shorter), also on source changes
 
 
 class X0Dash(App[int]):
@@ -107,7 +107,7 @@ class X0Dash(App[int]):
                 self.log.error(f"poll cycle failed: {exc!r}")
                 self.notify(f"poll cycle failed: {type(exc).__name__}: {exc}", severity="error", timeout=5)
             # A short pause first, even when a change is pending: a burst of Nomad events becomes one refresh.
-            await asyncio.sleep(CHANGE_COALESCE_S)
+            await asyncio.sleep(min(CHANGE_COALESCE_S, max(0.05, self.interval)))
             rest = self.interval - (time.monotonic() - started)
             if rest > 0:
                 await self.background.run(self.session.wait_change(rest))

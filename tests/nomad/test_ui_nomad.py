@@ -42,6 +42,7 @@ from tests.nomad.fake_nomad import FakeNomad, Seen, closed_port_url
 pytestmark = [pytest.mark.yggdrasil, pytest.mark.root]
 
 LOOSE = {"slo-detect": "10", "slo-repair": "20"}  # these tests check the measuring, not MAPE-K's speed
+SCHEDULE_S = 0.1  # the simulated scheduler's delay before it places or restarts an allocation
 
 
 @pytest.fixture(scope="module")
@@ -156,8 +157,9 @@ class NomadSim:
             f.set("POST", f"/v1/client/allocation/{a['ID']}/restart", shapes.generic_response(self.index))
 
     def _on_request(self, seen: Seen) -> None:
-        if seen.method != "POST":
-            return
+        reply = self.fake.routes.get((seen.method, seen.path))
+        if seen.method != "POST" or reply is None or reply.status != 200:
+            return  # a read, or a write Nomad refuses: no side effect
         with self.lock:
             parts = seen.path.strip("/").split("/")
             if parts[1] == "allocation" and parts[-1] == "stop":
@@ -165,12 +167,12 @@ class NomadSim:
                 mesh_id = self._mesh_id(alloc)
                 self._stop(alloc)
                 self.serve()
-                self._later(0.5, lambda: self._replace(mesh_id))
+                self._later(SCHEDULE_S, lambda: self._replace(mesh_id))
             elif parts[1:3] == ["client", "allocation"] and parts[-1] == "restart":
                 alloc = next(a for a in self.allocs if a["ID"] == parts[3])
                 mesh_id = self._mesh_id(alloc)
                 self.mesh.stop_node(mesh_id)
-                self._later(0.3, lambda: (self.mesh.start_node(mesh_id), self.announce(alloc)))
+                self._later(SCHEDULE_S, lambda: (self.mesh.start_node(mesh_id), self.announce(alloc)))
             elif parts[1] == "node" and parts[-1] == "drain":
                 body = json.loads(seen.body)
                 nd = next(n for n in self.nodes.values() if n["ID"] == parts[2])
@@ -186,7 +188,7 @@ class NomadSim:
                         # The system scheduler places the job again on every eligible client it lacks.
                         for mesh_id in [m for m, n in self.nodes.items() if n["ID"] == nd["ID"]]:
                             if not self.mesh.is_running(mesh_id):
-                                self._later(0.3, lambda m=mesh_id: self._replace(m))
+                                self._later(SCHEDULE_S, lambda m=mesh_id: self._replace(m))
                 self.serve()
 
     def close(self) -> None:
@@ -386,6 +388,19 @@ async def test_restart_allocation_drill(sim: NomadSim, fake_nomad: FakeNomad, da
         await until(pilot, "mesh whole", lambda: whole(app), within=30)
         screen = await open_form(pilot, app, "restart-alloc", "node-b", duration="1")
         assert screen.query_one("#task").display and not screen.query_one("#deadline").display
+        # Refused by Nomad first: the drill is refused with the capability the token lacks, nothing breaks.
+        restart_path = f"/v1/client/allocation/{alloc['ID']}/restart"
+        fake_nomad.set("POST", restart_path, "Permission denied", status=403)
+        await pilot.press("s")
+        await until(pilot, "confirmation", lambda: isinstance(app.screen, ConfirmDrillScreen))
+        await pilot.press("y")
+        await until(pilot, "refusal", lambda: app.last_drill_error is not None)
+        assert app.last_drill_error == (
+            "the source could not restart node-b: Nomad restart allocation: 403 Permission denied; the token "
+            'needs namespace "default" { capabilities = ["alloc-lifecycle"] }')
+        assert "refused: the source could not restart node-b" in str(screen.query_one("#drill-status").render())
+        assert app.engine.running is None and sim.mesh.is_running("node-b")
+        sim.serve()  # the token gets alloc-lifecycle
         await pilot.press("s")
         await until(pilot, "confirmation", lambda: isinstance(app.screen, ConfirmDrillScreen))
         confirm = app.screen
@@ -394,7 +409,7 @@ async def test_restart_allocation_drill(sim: NomadSim, fake_nomad: FakeNomad, da
                 "(x0-mesh.node[1]) on Nomad node node-b, in place") in confirm.description
         await pilot.press("y")
         report = await wait_report(pilot, app)
-    assert posts(fake_nomad) == [("POST", f"/v1/client/allocation/{alloc['ID']}/restart", {})]
+    assert posts(fake_nomad) == [("POST", restart_path, {})] * 2
     check_report(report, "node-b")
     assert report.fault.method == f"source: restarted all tasks of allocation {alloc['ID'][:8]} on node-b"
     assert report.fault.back_what == f"node-b's allocation {alloc['ID'][:8]} restarted, agent healthy"
@@ -470,14 +485,14 @@ async def test_a_nomad_event_refreshes_at_once_instead_of_at_the_next_poll(sim: 
             sim.nomad_node("node-b")["SchedulingEligibility"] = "ineligible"
             sim.serve()
         reads, cycles = len(fake_nomad.seen("GET", "/v1/nodes")), app.session.poller.cycles
-        await pilot.pause(0.6)
+        await pilot.pause(0.5)
         assert eligibility() == "eligible" and len(fake_nomad.seen("GET", "/v1/nodes")) == reads, \
             "without an event nothing re-reads Nomad before the interval"
         for _ in range(5):  # a burst, as a drain produces
             sim.announce(sim.current("node-b"))
         waited = await until(pilot, "the change on screen", lambda: eligibility() == "ineligible", within=5)
         assert waited < 5  # the interval is 30 s: only the event can explain it
-        await pilot.pause(0.5)
+        await pilot.pause(0.3)
         assert app.session.source_changes >= 5
         # The burst became at most two refreshes (cycles never overlap; a burst is coalesced).
         assert 1 <= len(fake_nomad.seen("GET", "/v1/nodes")) - reads <= 2
@@ -505,7 +520,7 @@ async def test_nomad_errors_show_in_the_header_and_the_agents_stay_watched(
         status: int, delay: float, expect: str) -> None:
     settings = load_settings({"NOMAD_ADDR": fake_nomad.url}, timeout_s=0.3)
     provider = NomadProvider(settings, events=False, backoff=Backoff(0.1, 0.4))
-    app = dash(provider, interval=0.3)
+    app = dash(provider, interval=0.15)
     async with app.run_test(size=(200, 40)) as pilot:
         await until(pilot, "mesh whole", lambda: whole(app))
         header = app.screen.query_one("#header", Static)
@@ -515,9 +530,6 @@ async def test_nomad_errors_show_in_the_header_and_the_agents_stay_watched(
         assert expect in line and "(retrying in" in line, line
         # Nomad failing says nothing about the agents: the last known nodes are still polled, and up.
         assert app.view.nodes_healthy == 2 and isinstance(app.screen, OverviewScreen)
-        await pilot.press("question_mark")  # and the UI answers
-        assert isinstance(app.screen, HelpScreen)
-        await pilot.press("escape")
         sim.serve()  # Nomad answers again: retried with backoff, back to normal
         await until(pilot, "recovered", lambda: app.view.source_ok, within=10)
         assert expect not in header.render_header().plain
@@ -532,7 +544,9 @@ async def test_unreachable_nomad_and_a_refused_event_stream(fake_nomad: FakeNoma
         line = app.screen.query_one("#header", Static).render_header().plain
         assert "Nomad read job: cannot connect at http://127.0.0.1:" in line and "is Nomad running?" in line
         assert app.view.nodes_total == 0 and isinstance(app.screen, OverviewScreen)
-        await pilot.press("d")  # no crash, no nodes to pick
+        await pilot.press("question_mark")  # the UI answers
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape", "d")  # no crash, no nodes to pick
         assert isinstance(app.screen, DrillScreen)
         await pilot.press("escape")
 
