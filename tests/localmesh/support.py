@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from agent.localmesh import LocalMesh, naming, netns, procs, registry
+from agent.localmesh import LocalMesh, MeshOptions, naming, netns, procs, registry
 from agent.yggdrasil.client import AdminClient
 
 
@@ -109,3 +111,54 @@ def wait_routes_to_all(mesh: LocalMesh, client: httpx.Client, timeout: float) ->
     missing = {n: sorted(last.get(n, set())) for n in mesh.node_ids if n not in seen}
     assert not missing, f"routes do not list every other member within {timeout:g} s; they list: {missing}"
     return seen
+
+
+@dataclass
+class MeshRun:
+    """A module's 3-node full mesh, with the time each agent took to see both peers (measured right after start,
+    so the figure does not depend on which test runs first)."""
+
+    mesh: LocalMesh
+    client: httpx.Client
+    first_full_peering: dict[str, float]  # node -> s from its agent's process start to 2 peers up
+
+
+@contextmanager
+def full_mesh_run(mode: str, run_dir: Path) -> Iterator[MeshRun]:
+    options = MeshOptions(nodes=3, topology="full", mode=mode, run_dir=run_dir)
+    with LocalMesh(options) as mesh, http_client() as client:
+        try:
+            seen = wait_full_peering(mesh, client, timeout=30.0)
+        except AssertionError:
+            seen = {}
+        yield MeshRun(mesh=mesh, client=client, first_full_peering=seen)
+    assert leftovers(mesh.id, mesh.mesh_dir) == []
+
+
+def check_two_peers_within(run: MeshRun, limit_s: float) -> None:
+    assert set(run.first_full_peering) == set(run.mesh.node_ids), "some node never saw both peers"
+    worst = max(run.first_full_peering.values())
+    print(
+        f"\n{run.mesh.mode}: 2 peers up, seconds from agent process start: "
+        f"{ {k: round(v, 2) for k, v in run.first_full_peering.items()} } (worst {worst:.2f})"
+    )
+    assert worst <= limit_s
+
+
+def check_one_link_per_planned_pair(run: MeshRun) -> None:
+    """Only the first id of each pair dials: each daemon holds 2 links on a 3-node full mesh, not 4."""
+    mesh = run.mesh
+    keys = {n.public_key: n.id for n in mesh.nodes}
+    for node in mesh.nodes:
+        links = daemon_peer_keys(node.admin_endpoint)
+        assert sorted(keys[k] for k in links) == sorted(set(mesh.node_ids) - {node.id}), (node.id, links)
+        peers = run.client.get(f"{node.agent_url}/mesh/peers").json()["peers"]
+        assert len(peers) == 2, peers
+
+
+def check_routes_list_the_others(run: MeshRun) -> None:
+    seen = wait_routes_to_all(run.mesh, run.client, timeout=20.0)
+    figures = {k: round(v, 2) for k, v in seen.items()}
+    print(f"\n{run.mesh.mode}: routes name every other member by {figures} s after agent start (upper bound)")
+    for node in run.mesh.nodes:
+        assert run.client.get(f"{node.agent_url}/mesh/routes").json()["node_id"] == node.id

@@ -13,76 +13,45 @@ import stat
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from agent.localmesh import LocalMesh, MeshOptions, netns
+from agent.localmesh import netns
 from tests.localmesh.support import (
-    daemon_peer_keys,
-    http_client,
-    leftovers,
+    MeshRun,
+    check_one_link_per_planned_pair,
+    check_routes_list_the_others,
+    check_two_peers_within,
+    full_mesh_run,
     peers_up,
     wait_full_peering,
-    wait_routes_to_all,
     wait_until,
 )
 
 pytestmark = [pytest.mark.root, pytest.mark.yggdrasil, pytest.mark.slow]
 
 
-@dataclass
-class Run:
-    mesh: LocalMesh
-    client: httpx.Client
-    first_full_peering: dict[str, float]  # node -> s from its agent's process start to 2 peers up
-
-
 @pytest.fixture(scope="module")
-def run(require_root: None, require_yggdrasil: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
-    options = MeshOptions(nodes=3, topology="full", mode="netns", run_dir=tmp_path_factory.mktemp("netns"))
-    with LocalMesh(options) as mesh, http_client() as client:
-        # Measured here, right after start, so the figure does not depend on which test runs first.
-        try:
-            seen = wait_full_peering(mesh, client, timeout=30.0)
-        except AssertionError:
-            seen = {}
-        yield Run(mesh=mesh, client=client, first_full_peering=seen)
-    assert leftovers(mesh.id, mesh.mesh_dir) == []
+def run(require_root: None, require_yggdrasil: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshRun]:
+    with full_mesh_run("netns", tmp_path_factory.mktemp("netns")) as mesh_run:
+        yield mesh_run
 
 
-def test_every_agent_reports_two_peers_within_5s_of_start(run: Run) -> None:
-    assert set(run.first_full_peering) == {"node-a", "node-b", "node-c"}, "some node never saw both peers"
-    worst = max(run.first_full_peering.values())
-    print(
-        f"\nnetns: 2 peers up, seconds from agent process start: "
-        f"{ {k: round(v, 2) for k, v in run.first_full_peering.items()} } (worst {worst:.2f})"
-    )
-    assert worst <= 5.0
+def test_every_agent_reports_two_peers_within_5s_of_start(run: MeshRun) -> None:
+    check_two_peers_within(run, 5.0)
 
 
-def test_one_link_per_planned_pair(run: Run) -> None:
-    """Only the first id of each pair dials: each daemon holds 2 links on a 3-node full mesh, not 4."""
-    mesh = run.mesh
-    keys = {n.public_key: n.id for n in mesh.nodes}
-    for node in mesh.nodes:
-        links = daemon_peer_keys(node.admin_endpoint)
-        assert sorted(keys[k] for k in links) == sorted(set(mesh.node_ids) - {node.id}), (node.id, links)
-        peers = run.client.get(f"{node.agent_url}/mesh/peers").json()["peers"]
-        assert len(peers) == 2, peers
+def test_one_link_per_planned_pair(run: MeshRun) -> None:
+    check_one_link_per_planned_pair(run)
 
 
-def test_routes_list_the_other_two(run: Run) -> None:
-    seen = wait_routes_to_all(run.mesh, run.client, timeout=20.0)
-    figures = {k: round(v, 2) for k, v in seen.items()}
-    print(f"\nnetns: routes name both others by {figures} s after agent start (upper bound)")
-    for node in run.mesh.nodes:
-        assert run.client.get(f"{node.agent_url}/mesh/routes").json()["node_id"] == node.id
+def test_routes_list_the_other_two(run: MeshRun) -> None:
+    check_routes_list_the_others(run)
 
 
-def test_http_from_node_a_namespace_to_node_c_over_yggdrasil(run: Run) -> None:
+def test_http_from_node_a_namespace_to_node_c_over_yggdrasil(run: MeshRun) -> None:
     mesh = run.mesh
     c = mesh.node("node-c")
     assert c.overlay_url == f"http://[{c.yggdrasil_address}]:{c.agent_port}"
@@ -102,7 +71,7 @@ def test_http_from_node_a_namespace_to_node_c_over_yggdrasil(run: Run) -> None:
     assert "dev ygg0" in route.stdout, route.stdout
 
 
-def test_inventory_members_and_targets(run: Run) -> None:
+def test_inventory_members_and_targets(run: MeshRun) -> None:
     mesh = run.mesh
     inv_path = mesh.inventory_path
     assert inv_path is not None and stat.S_IMODE(inv_path.stat().st_mode) == 0o600
@@ -130,7 +99,7 @@ def test_inventory_members_and_targets(run: Run) -> None:
         assert run.client.get(node.metrics_url).text.startswith("# HELP")
 
 
-def test_stop_node_and_start_node(run: Run) -> None:
+def test_stop_node_and_start_node(run: MeshRun) -> None:
     mesh = run.mesh
     wait_full_peering(mesh, run.client, timeout=30.0)
     b = mesh.node("node-b")
@@ -150,7 +119,7 @@ def test_stop_node_and_start_node(run: Run) -> None:
     assert status["key"] == b.public_key and status["address"] == b.yggdrasil_address  # same keys
 
 
-def test_killed_daemon_gives_503_naming_yggdrasil_within_2s_then_recovers(run: Run) -> None:
+def test_killed_daemon_gives_503_naming_yggdrasil_within_2s_then_recovers(run: MeshRun) -> None:
     mesh = run.mesh
     b = mesh.node("node-b")
     old = mesh.daemon_pid("node-b")
