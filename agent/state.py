@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from agent import __version__, views
-from agent.api.schemas import Health, HealthCheck, MeshPeers, MeshRoutes, MeshStatus
 from agent.members import MembersWatcher
+from agent.mesh.schemas import Health, HealthCheck, MeshPeers, MeshRoutes, MeshStatus
 from agent.metrics import AgentMetrics, MetricsView
 from agent.settings import Settings
 from agent.yggdrasil.client import AdminClient

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from agent.api.schemas import (
+from agent.members import Member, Members, strip_query
+from agent.mesh.schemas import (
     Health,
     HealthCheck,
     MeshPeers,
@@ -21,7 +22,6 @@ from agent.api.schemas import (
     RouteView,
     YggdrasilHealth,
 )
-from agent.members import Member, Members, strip_query
 from agent.metrics import MetricsView, PeerSample
 from agent.yggdrasil.models import DaemonSnapshot, PeerLink
 

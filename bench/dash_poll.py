@@ -5,7 +5,7 @@
 
 The agents: one local server process of ours answering like N x0-agents on N loopback ports: every endpoint
 x0dash polls (/health, /mesh/status, /mesh/peers, /mapek, /mapek/incidents, /mapek/actions, /metrics) with
-payloads encoded from the agent's own schemas (agent.api.schemas: 4 peers per node, real-sized metrics text,
+payloads encoded from the agent's own schemas (agent.mesh.schemas: 4 peers per node, real-sized metrics text,
 incident and action records), each reply delayed 2-30 ms at random like agents across a network.
 
 Measured, each in its own process so the memory figures are the process's own:
@@ -46,45 +46,113 @@ RECORDS_EVERY = 2  # incidents and actions every other cycle in a quiet mesh
 
 # ------------------------------------------------------------------------------------------ fake agents
 def _payloads(n: int, base_port: int) -> dict[int, dict[str, bytes]]:
-    from agent.api.schemas import Health, HealthCheck, MeshPeers, MeshStatus, PeerView, YggdrasilHealth
+    from agent.mesh.schemas import Health, HealthCheck, MeshPeers, MeshStatus, PeerView, YggdrasilHealth
 
     now = time.time()
     out: dict[int, dict[str, bytes]] = {}
     enc = msgspec.json.encode
     for i in range(n):
         nid = f"node-{i:03d}"
-        peers = [PeerView(key=f"{(i + d) % n:064x}", address=f"200::{(i + d) % n:x}",
-                          node_id=f"node-{(i + d) % n:03d}", remote=f"tls://127.0.0.1:{base_port + (i + d) % n}",
-                          up=True, inbound=d < 0,
-                          latency_ms=None, bytes_recvd=123456, bytes_sent=654321, uptime_s=3600.0, last_error=None,
-                          planned=True, temporary=False) for d in (-2, -1, 1, 2)]
+        peers = [
+            PeerView(
+                key=f"{(i + d) % n:064x}",
+                address=f"200::{(i + d) % n:x}",
+                node_id=f"node-{(i + d) % n:03d}",
+                remote=f"tls://127.0.0.1:{base_port + (i + d) % n}",
+                up=True,
+                inbound=d < 0,
+                latency_ms=None,
+                bytes_recvd=123456,
+                bytes_sent=654321,
+                uptime_s=3600.0,
+                last_error=None,
+                planned=True,
+                temporary=False,
+            )
+            for d in (-2, -1, 1, 2)
+        ]
         checks = [HealthCheck(name=c, ok=True, detail="ok") for c in ("yggdrasil", "monitor", "members", "peers")]
-        incidents = [{"id": f"inc-{i}-{k}", "kind": "peer_lost", "subject": f"node-{(i + 1) % n:03d}",
-                      "detected_at": now - 100 + k, "resolved_at": now - 99 + k, "count": 1, "detail": "link down",
-                      "actions": [f"act-{i}-{k}"]} for k in range(3)]
-        actions = [{"id": f"act-{i}-{k}", "at": now - 99.5 + k, "action": "redial",
-                    "target": f"node-{(i + 1) % n:03d}", "uri": "tls://127.0.0.1:1", "outcome": "ok",
-                    "reason": "planned peer lost", "incident_id": f"inc-{i}-{k}"} for k in range(3)]
+        incidents = [
+            {
+                "id": f"inc-{i}-{k}",
+                "kind": "peer_lost",
+                "subject": f"node-{(i + 1) % n:03d}",
+                "detected_at": now - 100 + k,
+                "resolved_at": now - 99 + k,
+                "count": 1,
+                "detail": "link down",
+                "actions": [f"act-{i}-{k}"],
+            }
+            for k in range(3)
+        ]
+        actions = [
+            {
+                "id": f"act-{i}-{k}",
+                "at": now - 99.5 + k,
+                "action": "redial",
+                "target": f"node-{(i + 1) % n:03d}",
+                "uri": "tls://127.0.0.1:1",
+                "outcome": "ok",
+                "reason": "planned peer lost",
+                "incident_id": f"inc-{i}-{k}",
+            }
+            for k in range(3)
+        ]
         metrics = "".join(
             f'x0_http_request_duration_seconds_bucket{{route="{r}",method="GET",status="200",le="{le}"}} {c}\n'
-            for r in ENDPOINTS for le, c in (("0.005", 900), ("0.01", 990), ("0.05", 999), ("+Inf", 1000)))
+            for r in ENDPOINTS
+            for le, c in (("0.005", 900), ("0.01", 990), ("0.05", 999), ("+Inf", 1000))
+        )
         metrics += "".join(
             f'x0_http_request_duration_seconds_count{{route="{r}",method="GET",status="200"}} 1000\n'
-            for r in ENDPOINTS)
-        metrics += "".join(f'x0_member_rtt_seconds{{member="{p.node_id}",path="overlay"}} 0.01{i % 10}\n'
-                           for p in peers)
+            for r in ENDPOINTS
+        )
+        metrics += "".join(
+            f'x0_member_rtt_seconds{{member="{p.node_id}",path="overlay"}} 0.01{i % 10}\n' for p in peers
+        )
         metrics += "# filler: the other series an agent exports\n" + "x0_peers_up 4\n" * 150
         out[i] = {
-            "/health": enc(Health(status="ok", node_id=nid, version="0.1.0", peers_up=4, checks=checks,
-                                  yggdrasil=YggdrasilHealth(reachable=True, api_version="0.4", endpoint="unix:///s"))),
-            "/mesh/status": enc(MeshStatus(node_id=nid, key=f"{i:064x}", address=f"200::{i:x}", subnet="300::/64",
-                                           api_version="0.4", coords=[1, 2, 3], routing_entries=None, peers_up=4,
-                                           peers_expected=4, members_known=n, uptime_s=3600.0,
-                                           snapshot_age_s=0.3)),
+            "/health": enc(
+                Health(
+                    status="ok",
+                    node_id=nid,
+                    version="0.1.0",
+                    peers_up=4,
+                    checks=checks,
+                    yggdrasil=YggdrasilHealth(reachable=True, api_version="0.4", endpoint="unix:///s"),
+                )
+            ),
+            "/mesh/status": enc(
+                MeshStatus(
+                    node_id=nid,
+                    key=f"{i:064x}",
+                    address=f"200::{i:x}",
+                    subnet="300::/64",
+                    api_version="0.4",
+                    coords=[1, 2, 3],
+                    routing_entries=None,
+                    peers_up=4,
+                    peers_expected=4,
+                    members_known=n,
+                    uptime_s=3600.0,
+                    snapshot_age_s=0.3,
+                )
+            ),
             "/mesh/peers": enc(MeshPeers(node_id=nid, peers=peers, missing=[])),
-            "/mapek": enc({"node_id": nid, "enabled": True, "state": "running", "tick": 3600, "last_tick_at": now,
-                           "interval_s": 1.0, "members_total": n, "members_reachable": n, "active_incidents": [],
-                           "phase_ms": {"monitor": 1.0, "analyze": 0.2, "plan": 0.1, "execute": 0.0}}),
+            "/mapek": enc(
+                {
+                    "node_id": nid,
+                    "enabled": True,
+                    "state": "running",
+                    "tick": 3600,
+                    "last_tick_at": now,
+                    "interval_s": 1.0,
+                    "members_total": n,
+                    "members_reachable": n,
+                    "active_incidents": [],
+                    "phase_ms": {"monitor": 1.0, "analyze": 0.2, "plan": 0.1, "execute": 0.0},
+                }
+            ),
             "/mapek/incidents": enc({"incidents": incidents}),
             "/mapek/actions": enc({"actions": actions}),
             "/metrics": metrics.encode(),
@@ -110,13 +178,22 @@ async def _serve(n: int, base_port: int) -> None:
                         status, body, ctype = b"404 Not Found", b'{"status_code":404,"detail":"no"}', b"json"
                     else:
                         status, ctype = b"200 OK", b"plain" if path == "/metrics" else b"json"
-                    writer.write(b"HTTP/1.1 " + status + b"\r\ncontent-type: application/" + ctype
-                                 + b"\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+                    writer.write(
+                        b"HTTP/1.1 "
+                        + status
+                        + b"\r\ncontent-type: application/"
+                        + ctype
+                        + b"\r\ncontent-length: "
+                        + str(len(body)).encode()
+                        + b"\r\n\r\n"
+                        + body
+                    )
                     await writer.drain()
             except (asyncio.IncompleteReadError, ConnectionError):
                 pass
             finally:
                 writer.close()
+
         return handle
 
     servers = [await asyncio.start_server(handler(i), "127.0.0.1", base_port + i, backlog=1024) for i in range(n)]
@@ -156,11 +233,21 @@ async def _baseline(urls: list[str], cycles: int) -> dict[str, object]:
     # (see dashboard/agent_client.py), and the baseline should measure the HTTP work, not that.
     times = []
     ctx = ssl.create_default_context()
-    clients = {u: httpx.AsyncClient(limits=httpx.Limits(max_connections=8, max_keepalive_connections=8),
-                                    timeout=1.5, trust_env=False, verify=ctx) for u in urls}
+    clients = {
+        u: httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=8, max_keepalive_connections=8),
+            timeout=1.5,
+            trust_env=False,
+            verify=ctx,
+        )
+        for u in urls
+    }
     for k in range(cycles):
-        paths = ENDPOINTS[:4] + (ENDPOINTS[4:] if k % RECORDS_EVERY == 0 else []) \
+        paths = (
+            ENDPOINTS[:4]
+            + (ENDPOINTS[4:] if k % RECORDS_EVERY == 0 else [])
             + (["/metrics"] if k % METRICS_EVERY == 0 else [])
+        )
         t0 = time.perf_counter()
         await asyncio.gather(*(clients[u].get(u + p) for u in urls for p in paths))
         times.append(time.perf_counter() - t0)
@@ -242,13 +329,34 @@ async def _dashboard(inventory: Path, cycles: int, presses: int) -> dict[str, ob
 
     polling = await keys(True)
     idle = await keys(False)
-    return {"cycle_s": times, "healthy": healthy, "help_s": polling["help"], "help_idle_s": idle["help"],
-            "cursor_s": polling["cursor"], "cursor_idle_s": idle["cursor"], "rss_mb": _rss_peak_mb()}
+    return {
+        "cycle_s": times,
+        "healthy": healthy,
+        "help_s": polling["help"],
+        "help_idle_s": idle["help"],
+        "cursor_s": polling["cursor"],
+        "cursor_idle_s": idle["cursor"],
+        "rss_mb": _rss_peak_mb(),
+    }
 
 
 def _child(mode: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--child", mode, "--base", str(args.base), "--agents", str(args.agents),
-           "--cycles", str(args.cycles), "--presses", str(args.presses), "--inventory", str(args.inventory)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        mode,
+        "--base",
+        str(args.base),
+        "--agents",
+        str(args.agents),
+        "--cycles",
+        str(args.cycles),
+        "--presses",
+        str(args.presses),
+        "--inventory",
+        str(args.inventory),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
     if out.returncode != 0:
         raise SystemExit(f"{mode} run failed:\n{out.stderr[-3000:]}")
@@ -283,12 +391,16 @@ def main() -> None:
     args.base = _free_base(args.agents)
     with tempfile.TemporaryDirectory(prefix="x0dash-bench-") as tmp:
         args.inventory = Path(tmp) / "inventory.json"
-        nodes = [{"id": f"node-{i:03d}", "agent_url": f"http://127.0.0.1:{args.base + i}"}
-                 for i in range(args.agents)]
+        nodes = [
+            {"id": f"node-{i:03d}", "agent_url": f"http://127.0.0.1:{args.base + i}"} for i in range(args.agents)
+        ]
         args.inventory.write_text(json.dumps({"mesh": "bench", "nodes": nodes, "api_token": "x"}))
         os.chmod(args.inventory, 0o600)
-        server = subprocess.Popen([sys.executable, __file__, "--child", "serve", "--base", str(args.base),
-                                   "--agents", str(args.agents)], stdout=subprocess.PIPE, text=True)
+        server = subprocess.Popen(
+            [sys.executable, __file__, "--child", "serve", "--base", str(args.base), "--agents", str(args.agents)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
             assert server.stdout is not None and server.stdout.readline().strip() == "ready"
             base = _child("baseline", args)
@@ -299,14 +411,20 @@ def main() -> None:
 
     b_cycle, d_cycle = statistics.median(base["cycle_s"]), statistics.median(dash["cycle_s"])
     h_poll, h_idle, c_poll, c_idle = dash["help_s"], dash["help_idle_s"], dash["cursor_s"], dash["cursor_idle_s"]
-    print(f"x0dash poll benchmark: {args.agents} agents (one local server, 2-30 ms reply delay), "
-          f"{args.cycles} cycles, {args.presses} key presses; {os.cpu_count()} CPUs")
+    print(
+        f"x0dash poll benchmark: {args.agents} agents (one local server, 2-30 ms reply delay), "
+        f"{args.cycles} cycles, {args.presses} key presses; {os.cpu_count()} CPUs"
+    )
     print(f"{'figure':<36}{'x0dash':>12}{'baseline':>12}{'ratio':>8}  target")
     rows = [
         ("poll cycle median (s)", d_cycle, b_cycle, "<= 1 s"),
         ("poll cycle max (s)", max(dash["cycle_s"]), max(base["cycle_s"]), "<= 1 s"),
-        ("arrow -> table redrawn median (ms)", statistics.median(c_poll) * 1e3, statistics.median(c_idle) * 1e3,
-         ""),
+        (
+            "arrow -> table redrawn median (ms)",
+            statistics.median(c_poll) * 1e3,
+            statistics.median(c_idle) * 1e3,
+            "",
+        ),
         ("arrow -> table redrawn p95 (ms)", _p(c_poll, 0.95) * 1e3, _p(c_idle, 0.95) * 1e3, "<= 100 ms"),
         ("? -> help drawn median (ms)", statistics.median(h_poll) * 1e3, statistics.median(h_idle) * 1e3, ""),
         ("? -> help drawn p95 (ms)", _p(h_poll, 0.95) * 1e3, _p(h_idle, 0.95) * 1e3, "<= 100 ms"),
@@ -314,11 +432,17 @@ def main() -> None:
     ]
     for name, ours, theirs, target in rows:
         print(f"{name:<36}{ours:>12.3f}{theirs:>12.3f}{ours / theirs:>8.2f}  {target}")
-    print("baseline: bare httpx gather of the same requests (cycles, RSS); the same app with polling stopped "
-          f"(keys). Nodes healthy in the view: {dash['healthy']}/{args.agents}")
-    ok = (max(dash["cycle_s"]) <= 1.0 and _p(c_poll, 0.95) <= 0.1 and _p(h_poll, 0.95) <= 0.1
-          and dash["rss_mb"] < 150
-          and dash["healthy"] == args.agents)
+    print(
+        "baseline: bare httpx gather of the same requests (cycles, RSS); the same app with polling stopped "
+        f"(keys). Nodes healthy in the view: {dash['healthy']}/{args.agents}"
+    )
+    ok = (
+        max(dash["cycle_s"]) <= 1.0
+        and _p(c_poll, 0.95) <= 0.1
+        and _p(h_poll, 0.95) <= 0.1
+        and dash["rss_mb"] < 150
+        and dash["healthy"] == args.agents
+    )
     print("targets met" if ok else "TARGETS MISSED")
     sys.exit(0 if ok else 1)
 

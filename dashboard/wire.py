@@ -3,10 +3,10 @@ and consumer cannot drift apart silently (a reply that does not match is reporte
 
 from __future__ import annotations
 
-from agent.api.schemas import ErrorBody, Health, MeshPeers, MeshRoutes, MeshStatus
 from agent.drills.schemas import Drill, DrillList
 from agent.mapek.schemas import Action, ActionList, Incident, IncidentList
 from agent.mapek.schemas import MapekStatus as MapekState
+from agent.mesh.schemas import ErrorBody, Health, MeshPeers, MeshRoutes, MeshStatus
 
 __all__ = [
     "Action",

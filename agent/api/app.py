@@ -1,8 +1,9 @@
 """The x0-agent app factory: `create_app(settings) -> Litestar`.
 
-Controllers per domain (agent/api/controllers), msgspec payloads (agent/api/schemas.py), and a lifespan that
-starts and stops the background work: daemon supervisor (when YGGDRASIL_CONFIG is set), monitor, peering, and
-the extensions (MAPE-K, drills).
+Controllers and msgspec payloads live with their domain (agent/mesh, agent/mapek, agent/drills; none of them
+imports this package, which keeps only the factory, shared error handling and the request timer), and a lifespan
+that starts and stops the background work: daemon supervisor (when YGGDRASIL_CONFIG is set), monitor, peering,
+and the extensions (MAPE-K, drills).
 
 Extensions: an object with `route_handlers` (controllers/handlers it serves), `async start(agent)` and
 `async stop()`; `start` gets the shared `AgentState` (see agent/state.py for what it offers) and runs after the
@@ -25,12 +26,12 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.types import ControllerRouterHandler
 
 from agent import __version__
-from agent.api.controllers.health import HealthController
-from agent.api.controllers.mesh import MeshController
-from agent.api.controllers.metrics import MetricsController
 from agent.api.errors import EXCEPTION_HANDLERS
 from agent.api.middleware import RequestTimer
-from agent.api.responses import ResponseCache
+from agent.drills.extension import DrillsExtension
+from agent.mapek.loop import MapekLoop
+from agent.mesh.controllers import HealthController, MeshController, MetricsController
+from agent.mesh.responses import ResponseCache
 from agent.monitor import Monitor
 from agent.peering import Peering
 from agent.settings import Settings
@@ -55,10 +56,6 @@ class AgentExtension(Protocol):
 
 def default_extensions(settings: Settings) -> list[AgentExtension]:
     """The extensions a production agent runs. MAPE-K and drills register here."""
-    # Imported here: both import agent.api controllers, which import this module's package.
-    from agent.drills.extension import DrillsExtension
-    from agent.mapek.loop import MapekLoop
-
     return [MapekLoop(settings), DrillsExtension(settings)]
 
 

@@ -12,15 +12,11 @@ from typing import Any
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
-from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVICE_UNAVAILABLE
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
-from agent.api.schemas import ErrorBody
+from agent.mesh.schemas import ErrorBody
 
 log = logging.getLogger("x0.api")
-
-
-class ServiceUnavailable(HTTPException):
-    status_code = HTTP_503_SERVICE_UNAVAILABLE
 
 
 def _validation_detail(exc: ValidationException) -> str:

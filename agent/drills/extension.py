@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 
 from litestar import Router
 from litestar.di import Provide
+from litestar.exceptions import ServiceUnavailableException
 
-from agent.api.controllers.drills import DrillsController
-from agent.api.errors import ServiceUnavailable
+from agent.drills.controller import DrillsController
 from agent.drills.manager import DrillManager
 from agent.settings import Settings
 
@@ -26,7 +26,9 @@ class DrillsExtension:
         # A closure, not a bound method: Litestar deep-copies dependencies (see agent.mapek.loop).
         def provide() -> DrillManager:
             if self.manager is None:
-                raise ServiceUnavailable(detail="drills are not running on this agent (starting or stopping)")
+                raise ServiceUnavailableException(
+                    detail="drills are not running on this agent (starting or stopping)"
+                )
             return self.manager
 
         self.route_handlers = [

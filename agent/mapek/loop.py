@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 from litestar import Router
 from litestar.di import Provide
 
-from agent.api.controllers.mapek import MapekController
 from agent.mapek.analyze import analyze
+from agent.mapek.controller import MapekController
 from agent.mapek.execute import Executor
 from agent.mapek.knowledge import Knowledge, Thresholds
 from agent.mapek.monitor import MapekMonitor

@@ -16,8 +16,8 @@ from litestar import Controller, get, post
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.testing import AsyncTestClient
 
-from agent.api import schemas
 from agent.api.app import create_app
+from agent.mesh import schemas
 from agent.settings import Settings
 from agent.state import AgentState
 from agent.yggdrasil.errors import AdminUnavailable

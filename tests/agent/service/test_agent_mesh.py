@@ -20,8 +20,8 @@ import httpx
 import msgspec
 import pytest
 
-from agent.api.schemas import Health, MeshPeers, MeshRoutes, MeshStatus
 from agent.localmesh import LocalMesh, MeshOptions
+from agent.mesh.schemas import Health, MeshPeers, MeshRoutes, MeshStatus
 from tests.agent.service.agentproc import wait_for
 
 pytestmark = [pytest.mark.yggdrasil, pytest.mark.slow]

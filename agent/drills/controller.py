@@ -13,11 +13,11 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_409_CONFLICT
 
-from agent.api.schemas import ErrorBody
 from agent.auth import require_token
 from agent.drills.faults import FaultUnavailable
 from agent.drills.manager import DrillConflict, DrillManager, DrillNotFound
 from agent.drills.schemas import Drill, DrillList, DrillRequest
+from agent.mesh.schemas import ErrorBody
 
 
 class Conflict(HTTPException):
