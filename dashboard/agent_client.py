@@ -61,8 +61,9 @@ class AgentClient:
     def __init__(self, *, timeout: float = 1.5, token: str | None = None, per_agent_connections: int = 8) -> None:
         self.timeout = timeout
         self.token = token
-        self._limits = httpx.Limits(max_connections=per_agent_connections,
-                                    max_keepalive_connections=per_agent_connections)
+        self._limits = httpx.Limits(
+            max_connections=per_agent_connections, max_keepalive_connections=per_agent_connections
+        )
         # Creating an SSL context per client is slow and costs memory; agents share one.
         self._ssl = ssl.create_default_context()
         self._clients: dict[str, httpx.AsyncClient] = {}
@@ -72,7 +73,9 @@ class AgentClient:
         client = self._clients.get(origin)
         if client is None:
             client = self._clients[origin] = httpx.AsyncClient(
-                timeout=httpx.Timeout(self.timeout), limits=self._limits, verify=self._ssl,
+                timeout=httpx.Timeout(self.timeout),
+                limits=self._limits,
+                verify=self._ssl,
                 # Agents live on private underlay addresses; an operator's proxy settings must not capture them.
                 trust_env=False,
                 headers={"accept": "application/json", "user-agent": "x0dash"},
@@ -105,23 +108,27 @@ class AgentClient:
         headers = None
         if auth:
             if not self.token:
-                raise AgentError("auth", "no API token known for this mesh (X0_API_TOKEN / inventory api_token)",
-                                 url=url)
+                raise AgentError(
+                    "auth", "no API token known for this mesh (X0_API_TOKEN / inventory api_token)", url=url
+                )
             headers = {"authorization": f"Bearer {self.token}"}
         try:
             resp = await self._client(url).request(method, url, params=params, json=json, headers=headers)
         except httpx.TimeoutException as exc:
-            raise AgentError("timeout", f"no answer within {self.timeout:g} s ({type(exc).__name__})",
-                             url=url) from exc
+            raise AgentError(
+                "timeout", f"no answer within {self.timeout:g} s ({type(exc).__name__})", url=url
+            ) from exc
         except httpx.ConnectError as exc:
             raise AgentError("refused", f"cannot connect: {exc or type(exc).__name__}", url=url) from exc
         except httpx.HTTPError as exc:
             raise AgentError("protocol", f"{type(exc).__name__}: {exc}", url=url) from exc
         if resp.status_code not in ok_statuses:
             kind: ErrorKind = {401: "auth", 403: "auth", 404: "not_found", 409: "conflict"}.get(
-                resp.status_code, "http")
-            raise AgentError(kind, f"HTTP {resp.status_code}: {_error_detail(resp)}", url=url,
-                             status=resp.status_code)
+                resp.status_code, "http"
+            )
+            raise AgentError(
+                kind, f"HTTP {resp.status_code}: {_error_detail(resp)}", url=url, status=resp.status_code
+            )
         try:
             return _decoder(type_).decode(resp.content)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -145,13 +152,15 @@ class AgentClient:
         return await self.request("GET", base_url, "/mapek", wire.MapekState)
 
     async def incidents(self, base_url: str, since: float) -> list[wire.Incident]:
-        reply = await self.request("GET", base_url, "/mapek/incidents", wire.IncidentList,
-                                   params={"since": f"{since:.3f}"})
+        reply = await self.request(
+            "GET", base_url, "/mapek/incidents", wire.IncidentList, params={"since": f"{since:.3f}"}
+        )
         return reply.incidents
 
     async def actions(self, base_url: str, since: float) -> list[wire.Action]:
-        reply = await self.request("GET", base_url, "/mapek/actions", wire.ActionList,
-                                   params={"since": f"{since:.3f}"})
+        reply = await self.request(
+            "GET", base_url, "/mapek/actions", wire.ActionList, params={"since": f"{since:.3f}"}
+        )
         return reply.actions
 
     async def metrics_text(self, base_url: str) -> str:
@@ -171,8 +180,15 @@ class AgentClient:
         return await self.request("GET", base_url, "/drills", wire.DrillList)
 
     async def start_drill(self, base_url: str, kind: str, duration_s: int) -> wire.Drill:
-        return await self.request("POST", base_url, "/drills", wire.Drill, auth=True,
-                                  json={"kind": kind, "duration_s": duration_s}, ok_statuses=(200, 201, 202))
+        return await self.request(
+            "POST",
+            base_url,
+            "/drills",
+            wire.Drill,
+            auth=True,
+            json={"kind": kind, "duration_s": duration_s},
+            ok_statuses=(200, 201, 202),
+        )
 
     async def stop_drill(self, base_url: str, drill_id: str) -> wire.Drill:
         return await self.request("DELETE", base_url, f"/drills/{drill_id}", wire.Drill, auth=True)

@@ -49,10 +49,19 @@ class X0Dash(App[int]):
         Binding("d", "drills", "Drills"),
     ]
 
-    def __init__(self, provider: Provider, *, interval: float = 1.0, timeout: float = 1.5,
-                 down_after: float = 10.0, reports_dir: Path = DEFAULT_REPORTS_DIR, slo: SLO | None = None,
-                 default_duration: int = 10, clock: Callable[[], float] = time.time,
-                 autopoll: bool = True) -> None:
+    def __init__(
+        self,
+        provider: Provider,
+        *,
+        interval: float = 1.0,
+        timeout: float = 1.5,
+        down_after: float = 10.0,
+        reports_dir: Path = DEFAULT_REPORTS_DIR,
+        slo: SLO | None = None,
+        default_duration: int = 10,
+        clock: Callable[[], float] = time.time,
+        autopoll: bool = True,
+    ) -> None:
         super().__init__()
         self.clock = clock
         self.interval = interval
@@ -145,8 +154,12 @@ class X0Dash(App[int]):
             self.notify(message.error, title="drill refused", severity="error", timeout=8)
         elif message.report is not None:
             verdict = "PASS" if message.report.passed else "FAIL"
-            self.notify(f"{verdict}; report saved to {message.paths[0].parent}", title="drill finished",
-                        severity="information" if message.report.passed else "error", timeout=8)
+            self.notify(
+                f"{verdict}; report saved to {message.paths[0].parent}",
+                title="drill finished",
+                severity="information" if message.report.passed else "error",
+                timeout=8,
+            )
         self._drill_changed()
 
     def _drill_changed(self) -> None:
@@ -240,15 +253,22 @@ class X0Dash(App[int]):
 
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
-        yield SystemCommand("Drills", "pick a fault, a target and a duration; watch the mesh heal",
-                            self.action_drills)
+        yield SystemCommand(
+            "Drills", "pick a fault, a target and a duration; watch the mesh heal", self.action_drills
+        )
         yield SystemCommand("Help", "keys, states, sources, headless drills", self.action_help)
         if self.view is not None:
             for n in self.view.nodes:
-                yield SystemCommand(f"Node {n.id}", f"{n.state}: peers, routes, incidents and heal actions",
-                                    lambda node=n.id: self.open_node(node))
-                yield SystemCommand(f"Drill {n.id}", f"open drills with {n.id} as the target",
-                                    lambda node=n.id: self.open_drills(node))
+                yield SystemCommand(
+                    f"Node {n.id}",
+                    f"{n.state}: peers, routes, incidents and heal actions",
+                    lambda node=n.id: self.open_node(node),
+                )
+                yield SystemCommand(
+                    f"Drill {n.id}",
+                    f"open drills with {n.id} as the target",
+                    lambda node=n.id: self.open_drills(node),
+                )
 
     # ------------------------------------------------------------------------------------------------ drills
     def abort_drill(self) -> None:

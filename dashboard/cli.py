@@ -82,6 +82,7 @@ def _whole(what: str, lo: int, hi: int) -> Callable[[str], int]:
         if not lo <= n <= hi:
             raise argparse.ArgumentTypeError(f"{what} must be {lo}..{hi}, got {n}")
         return n
+
     return parse
 
 
@@ -99,46 +100,86 @@ def _add_common(p: argparse.ArgumentParser, *, sub: bool) -> None:
     src.add_argument("--inventory", type=Path, metavar="FILE", default=d, help="read nodes from an inventory file")
     src.add_argument("--nomad", metavar="ADDR", default=d, help="Nomad address (default $NOMAD_ADDR)")
     src.add_argument("--job", metavar="JOB", default=d, help="Nomad job of the mesh (default x0-mesh)")
-    src.add_argument("--topology", default=d, metavar="T",
-                     help="--local: planned topology (full, ring, …; default full)")
-    src.add_argument("--mode", choices=("netns", "loopback"), default=d,
-                     help="--local: netns (root) or loopback (default: netns when root)")
-    src.add_argument("--run-dir", type=Path, metavar="DIR", default=d,
-                     help="--local: where the mesh keeps configs and logs (default: a temporary directory)")
+    src.add_argument(
+        "--topology", default=d, metavar="T", help="--local: planned topology (full, ring, …; default full)"
+    )
+    src.add_argument(
+        "--mode",
+        choices=("netns", "loopback"),
+        default=d,
+        help="--local: netns (root) or loopback (default: netns when root)",
+    )
+    src.add_argument(
+        "--run-dir",
+        type=Path,
+        metavar="DIR",
+        default=d,
+        help="--local: where the mesh keeps configs and logs (default: a temporary directory)",
+    )
     opt = p.add_argument_group("polling and drills")
     opt.add_argument("--interval", type=_positive, metavar="S", default=d, help="seconds between polls (1)")
     opt.add_argument("--timeout", type=_positive, metavar="S", default=d, help="per-agent poll timeout (1.5)")
-    opt.add_argument("--reports-dir", type=Path, metavar="DIR", default=d,
-                     help=f"where drill reports go (default {DEFAULT_REPORTS_DIR})")
+    opt.add_argument(
+        "--reports-dir",
+        type=Path,
+        metavar="DIR",
+        default=d,
+        help=f"where drill reports go (default {DEFAULT_REPORTS_DIR})",
+    )
     opt.add_argument("--detect-slo", type=_positive, metavar="S", default=d, help="SLO: time to detect (2)")
-    opt.add_argument("--repair-slo", type=_positive, metavar="S", default=d,
-                     help="SLO: time to repair after the fault ends (2)")
-    opt.add_argument("--recover-timeout", type=_positive, metavar="S", default=d,
-                     help="fail when the mesh is not back to its steady state this long after the fault (60)")
+    opt.add_argument(
+        "--repair-slo", type=_positive, metavar="S", default=d, help="SLO: time to repair after the fault ends (2)"
+    )
+    opt.add_argument(
+        "--recover-timeout",
+        type=_positive,
+        metavar="S",
+        default=d,
+        help="fail when the mesh is not back to its steady state this long after the fault (60)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="x0dash", description=DESCRIPTION, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="x0dash", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     _add_common(p, sub=False)
     subs = p.add_subparsers(dest="command", metavar="drill", title="commands", required=False)
-    d = subs.add_parser("drill", help="run one drill without the UI, print the report, exit 0 on pass",
-                        description="Run one drill against the chosen source without the UI, print the report "
-                                    "and exit non-zero when an SLO fails or the mesh does not recover.",
-                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = subs.add_parser(
+        "drill",
+        help="run one drill without the UI, print the report, exit 0 on pass",
+        description="Run one drill against the chosen source without the UI, print the report "
+        "and exit non-zero when an SLO fails or the mesh does not recover.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     d.add_argument("kind", choices=DRILL_KINDS, help="what to break")
     d.add_argument("--target", required=True, metavar="NODE", help="node id to break (e.g. node-b)")
     d.add_argument("--duration", type=_duration, default=10, metavar="S", help="seconds the fault lasts (10)")
-    d.add_argument("--deadline", type=_deadline, default=DEFAULT_DRAIN_DEADLINE_S, metavar="S",
-                   help=f"drain: how long Nomad lets the node's allocations migrate before stopping them "
-                        f"({DEFAULT_DRAIN_DEADLINE_S})")
-    d.add_argument("--task", metavar="TASK",
-                   help="restart-alloc: restart only this task of the allocation (e.g. yggdrasil; default: all)")
-    d.add_argument("--report", type=Path, metavar="FILE",
-                   help="also write the report here (.md: Markdown, otherwise JSON)")
+    d.add_argument(
+        "--deadline",
+        type=_deadline,
+        default=DEFAULT_DRAIN_DEADLINE_S,
+        metavar="S",
+        help=f"drain: how long Nomad lets the node's allocations migrate before stopping them "
+        f"({DEFAULT_DRAIN_DEADLINE_S})",
+    )
+    d.add_argument(
+        "--task",
+        metavar="TASK",
+        help="restart-alloc: restart only this task of the allocation (e.g. yggdrasil; default: all)",
+    )
+    d.add_argument(
+        "--report", type=Path, metavar="FILE", help="also write the report here (.md: Markdown, otherwise JSON)"
+    )
     d.add_argument("--json", action="store_true", help="print the JSON report instead of Markdown")
-    d.add_argument("--steady-timeout", type=_positive, default=60.0, metavar="S",
-                   help="wait this long for the mesh's steady state before injecting (60)")
+    d.add_argument(
+        "--steady-timeout",
+        type=_positive,
+        default=60.0,
+        metavar="S",
+        help="wait this long for the mesh's steady state before injecting (60)",
+    )
     _add_common(d, sub=True)
     return p
 
@@ -172,14 +213,21 @@ def build_provider(args: argparse.Namespace, env: dict[str, str] | None = None) 
         return NomadProvider(address=nomad, job=job, env=env)
     from dashboard.providers.local import LocalProvider
 
-    return LocalProvider(int(local or DEFAULT_LOCAL_NODES), topology=getattr(args, "topology", None) or "full",
-                         mode=getattr(args, "mode", None), run_dir=getattr(args, "run_dir", None))
+    return LocalProvider(
+        int(local or DEFAULT_LOCAL_NODES),
+        topology=getattr(args, "topology", None) or "full",
+        mode=getattr(args, "mode", None),
+        run_dir=getattr(args, "run_dir", None),
+    )
 
 
 def build_slo(args: argparse.Namespace) -> SLO:
     base = SLO()
-    return SLO(detect_s=_num(args, "detect_slo", base.detect_s), repair_s=_num(args, "repair_slo", base.repair_s),
-               recover_timeout_s=_num(args, "recover_timeout", base.recover_timeout_s))
+    return SLO(
+        detect_s=_num(args, "detect_slo", base.detect_s),
+        repair_s=_num(args, "repair_slo", base.repair_s),
+        recover_timeout_s=_num(args, "recover_timeout", base.recover_timeout_s),
+    )
 
 
 def _print_step(step: DrillStep, out: TextIO) -> None:
@@ -187,9 +235,18 @@ def _print_step(step: DrillStep, out: TextIO) -> None:
     print(f"[{t}] {step.what}", file=out, flush=True)
 
 
-async def run_headless(provider: Provider, plan: DrillPlan, *, reports_dir: Path, report_file: Path | None,
-                       as_json: bool, poll_timeout: float = 1.5, steady_timeout: float = 60.0,
-                       out: TextIO | None = None, err: TextIO | None = None) -> int:
+async def run_headless(
+    provider: Provider,
+    plan: DrillPlan,
+    *,
+    reports_dir: Path,
+    report_file: Path | None,
+    as_json: bool,
+    poll_timeout: float = 1.5,
+    steady_timeout: float = 60.0,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
     out, err = out or sys.stdout, err or sys.stderr  # resolved per call: sys.stderr may have been replaced
     session = MeshSession(provider, timeout=poll_timeout)
     try:
@@ -220,11 +277,23 @@ async def _headless_main(args: argparse.Namespace, provider: Provider) -> int:
     if task is not None:
         # SIGTERM (CI timeouts, systemd) must revert the fault and stop a local mesh like Ctrl-C does.
         loop.add_signal_handler(signal.SIGTERM, task.cancel)
-    plan = DrillPlan(kind=args.kind, target=args.target, duration_s=args.duration, slo=build_slo(args),
-                     deadline_s=args.deadline, task=args.task)
-    return await run_headless(provider, plan, reports_dir=_reports_dir(args), report_file=args.report,
-                              as_json=args.json, poll_timeout=_num(args, "timeout", 1.5),
-                              steady_timeout=args.steady_timeout)
+    plan = DrillPlan(
+        kind=args.kind,
+        target=args.target,
+        duration_s=args.duration,
+        slo=build_slo(args),
+        deadline_s=args.deadline,
+        task=args.task,
+    )
+    return await run_headless(
+        provider,
+        plan,
+        reports_dir=_reports_dir(args),
+        report_file=args.report,
+        as_json=args.json,
+        poll_timeout=_num(args, "timeout", 1.5),
+        steady_timeout=args.steady_timeout,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,8 +312,13 @@ def main(argv: list[str] | None = None) -> int:
                 return 130
         from dashboard.app import X0Dash
 
-        app = X0Dash(provider, interval=_num(args, "interval", 1.0), timeout=_num(args, "timeout", 1.5),
-                     reports_dir=_reports_dir(args), slo=build_slo(args))
+        app = X0Dash(
+            provider,
+            interval=_num(args, "interval", 1.0),
+            timeout=_num(args, "timeout", 1.5),
+            reports_dir=_reports_dir(args),
+            slo=build_slo(args),
+        )
         code = app.run()
         if app.source_error:
             print(f"x0dash: the source could not start: {app.source_error}", file=sys.stderr)

@@ -22,10 +22,20 @@ class Event(msgspec.Struct, kw_only=True, frozen=True):
     node: str | None = None
 
 
-_NODE_LEVEL: dict[str, Level] = {"up": "ok", "degraded": "warn", "silent": "warn", "down": "error",
-                                 "unknown": "info"}
-_LINK_LEVEL: dict[str, Level] = {"up": "ok", "temporary": "info", "silent": "warn", "down": "error",
-                                 "unknown": "info"}
+_NODE_LEVEL: dict[str, Level] = {
+    "up": "ok",
+    "degraded": "warn",
+    "silent": "warn",
+    "down": "error",
+    "unknown": "info",
+}
+_LINK_LEVEL: dict[str, Level] = {
+    "up": "ok",
+    "temporary": "info",
+    "silent": "warn",
+    "down": "error",
+    "unknown": "info",
+}
 
 
 def view_events(prev: MeshView | None, cur: MeshView) -> list[Event]:
@@ -33,8 +43,11 @@ def view_events(prev: MeshView | None, cur: MeshView) -> list[Event]:
     events: list[Event] = []
     if prev is None or prev.source_ok != cur.source_ok:
         if not cur.source_ok:
-            events.append(Event(at=cur.taken_at, kind="source", level="error",
-                                text=f"source {cur.source}: {cur.source_detail}"))
+            events.append(
+                Event(
+                    at=cur.taken_at, kind="source", level="error", text=f"source {cur.source}: {cur.source_detail}"
+                )
+            )
         elif prev is not None:
             events.append(Event(at=cur.taken_at, kind="source", level="ok", text=f"source {cur.source} back"))
     before = {n.id: n.state for n in prev.nodes} if prev else {}
@@ -45,8 +58,15 @@ def view_events(prev: MeshView | None, cur: MeshView) -> list[Event]:
         if was is None and n.state == "unknown":
             continue
         change = f"{was} → {n.state}" if was else n.state
-        events.append(Event(at=cur.taken_at, kind="node", node=n.id, level=_NODE_LEVEL[n.state],
-                            text=f"{n.id} {change}: {n.detail}"))
+        events.append(
+            Event(
+                at=cur.taken_at,
+                kind="node",
+                node=n.id,
+                level=_NODE_LEVEL[n.state],
+                text=f"{n.id} {change}: {n.detail}",
+            )
+        )
     links_before = {link.key: link.state for link in prev.links} if prev else {}
     for link in cur.links:
         was = links_before.get(link.key)
@@ -56,23 +76,44 @@ def view_events(prev: MeshView | None, cur: MeshView) -> list[Event]:
             continue  # says nothing about the link, only that we cannot see it: the node events say that
         change = f"{was} → {link.state}" if was else link.state
         detail = f": {link.detail}" if link.detail else ""
-        events.append(Event(at=cur.taken_at, kind="link", level=_LINK_LEVEL[link.state],
-                            text=f"link {link.a}<->{link.b} {change}{detail}"))
+        events.append(
+            Event(
+                at=cur.taken_at,
+                kind="link",
+                level=_LINK_LEVEL[link.state],
+                text=f"link {link.a}<->{link.b} {change}{detail}",
+            )
+        )
     return events
 
 
 def incident_event(observer: str, inc: wire.Incident, what: str) -> Event:
     if what == "resolved":
         took = (inc.resolved_at or inc.detected_at) - inc.detected_at
-        return Event(at=inc.resolved_at or inc.detected_at, kind="incident", node=observer, level="ok",
-                     text=f"{observer}: resolved {inc.kind} {inc.subject} after {took:.1f} s")
+        return Event(
+            at=inc.resolved_at or inc.detected_at,
+            kind="incident",
+            node=observer,
+            level="ok",
+            text=f"{observer}: resolved {inc.kind} {inc.subject} after {took:.1f} s",
+        )
     detail = f" ({inc.detail})" if inc.detail else ""
-    return Event(at=inc.detected_at, kind="incident", node=observer, level="warn",
-                 text=f"{observer}: {inc.kind} {inc.subject}{detail}")
+    return Event(
+        at=inc.detected_at,
+        kind="incident",
+        node=observer,
+        level="warn",
+        text=f"{observer}: {inc.kind} {inc.subject}{detail}",
+    )
 
 
 def action_event(observer: str, act: wire.Action) -> Event:
     level: Level = {"ok": "ok", "failed": "error"}.get(act.outcome, "info")
     why = f": {act.reason}" if act.reason else ""
-    return Event(at=act.at, kind="action", node=observer, level=level,
-                 text=f"{observer}: {act.action} {act.target} {act.outcome}{why}")
+    return Event(
+        at=act.at,
+        kind="action",
+        node=observer,
+        level=level,
+        text=f"{observer}: {act.action} {act.target} {act.outcome}{why}",
+    )

@@ -35,8 +35,9 @@ class DrillStepped(Message):
 class DrillFinished(Message):
     """A drill ended: with a report (saved at `paths`), or refused/failed before one could be made (`error`)."""
 
-    def __init__(self, report: DrillReport | None, *, error: str | None = None,
-                 paths: list[Path] | None = None) -> None:
+    def __init__(
+        self, report: DrillReport | None, *, error: str | None = None, paths: list[Path] | None = None
+    ) -> None:
         super().__init__()
         self.report = report
         self.error = error

@@ -196,7 +196,8 @@ def _observations(agent: AgentData) -> dict[str, _Side]:
         return seen
     # The daemon keeps a silently dropped link "up" for seconds; MAPE-K's probes know better.
     silent_subjects = {
-        i.subject for i in (agent.mapek.active_incidents if agent.mapek else ())
+        i.subject
+        for i in (agent.mapek.active_incidents if agent.mapek else ())
         if i.kind in ("peer_silent", "member_unreachable")
     }
     for p in agent.peers.peers:
@@ -204,8 +205,13 @@ def _observations(agent: AgentData) -> dict[str, _Side]:
         if name is None or name == agent.node_id:
             continue
         prev = seen.get(name)
-        side = _Side(up=p.up, temporary=p.temporary, planned=p.planned, silent=name in silent_subjects,
-                     reason=p.last_error or "")
+        side = _Side(
+            up=p.up,
+            temporary=p.temporary,
+            planned=p.planned,
+            silent=name in silent_subjects,
+            reason=p.last_error or "",
+        )
         # Two links to one peer (inbound + outbound): the up one tells the truth about connectivity.
         if prev is None or (side.up and not prev.up):
             seen[name] = side
@@ -231,9 +237,15 @@ def _link_state(sides: list[_Side], planned: bool) -> tuple[LinkState, str]:
     return "down", downs[0].reason or "no link"
 
 
-def merge(snapshot: SourceSnapshot, agents: Mapping[str, AgentData], now: float, *,
-          polled_at: float | None = None, poll_duration_s: float | None = None,
-          down_after: float = 10.0) -> MeshView:
+def merge(
+    snapshot: SourceSnapshot,
+    agents: Mapping[str, AgentData],
+    now: float,
+    *,
+    polled_at: float | None = None,
+    poll_duration_s: float | None = None,
+    down_after: float = 10.0,
+) -> MeshView:
     """Combine the provider's node list and the agents' replies into one view (pure)."""
     targets = {t.id: t for t in snapshot.nodes}
     planned: set[tuple[str, str]] = {link_key(a, b) for a, b in snapshot.planned_links if a != b}
@@ -253,12 +265,21 @@ def merge(snapshot: SourceSnapshot, agents: Mapping[str, AgentData], now: float,
         agent = agents.get(node_id)
         target = targets.get(node_id)
         if target is None:
-            nodes.append(NodeView(id=node_id, state="unknown", agent_url=None,
-                                  detail="in the planned topology but not listed by the source"))
+            nodes.append(
+                NodeView(
+                    id=node_id,
+                    state="unknown",
+                    agent_url=None,
+                    detail="in the planned topology but not listed by the source",
+                )
+            )
             continue
         state, detail = node_state(agent, now, down_after)
-        nodes.append(_node_view(target.id, target.agent_url, target.nomad, target.yggdrasil_address, agent,
-                                state, detail, now))
+        nodes.append(
+            _node_view(
+                target.id, target.agent_url, target.nomad, target.yggdrasil_address, agent, state, detail, now
+            )
+        )
 
     pairs = set(planned)
     for a, sides in obs.items():
@@ -268,17 +289,47 @@ def merge(snapshot: SourceSnapshot, agents: Mapping[str, AgentData], now: float,
         sides = [s for s in (obs.get(a, {}).get(b), obs.get(b, {}).get(a)) if s is not None]
         is_planned = (a, b) in planned
         state, detail = _link_state(sides, is_planned)
-        lat = [x for x in (_latency(agents[a], b) if a in agents and a in obs else None,
-                           _latency(agents[b], a) if b in agents and b in obs else None) if x is not None]
-        links.append(LinkView(a=a, b=b, state=state, planned=is_planned, detail=detail,
-                              latency_ms=sum(lat) / len(lat) if lat and state != "down" else None))
-    return MeshView(source=snapshot.source, source_ok=snapshot.ok, source_detail=snapshot.detail, taken_at=now,
-                    polled_at=polled_at, poll_duration_s=poll_duration_s, nodes=tuple(nodes), links=tuple(links),
-                    warnings=tuple(snapshot.warnings))
+        lat = [
+            x
+            for x in (
+                _latency(agents[a], b) if a in agents and a in obs else None,
+                _latency(agents[b], a) if b in agents and b in obs else None,
+            )
+            if x is not None
+        ]
+        links.append(
+            LinkView(
+                a=a,
+                b=b,
+                state=state,
+                planned=is_planned,
+                detail=detail,
+                latency_ms=sum(lat) / len(lat) if lat and state != "down" else None,
+            )
+        )
+    return MeshView(
+        source=snapshot.source,
+        source_ok=snapshot.ok,
+        source_detail=snapshot.detail,
+        taken_at=now,
+        polled_at=polled_at,
+        poll_duration_s=poll_duration_s,
+        nodes=tuple(nodes),
+        links=tuple(links),
+        warnings=tuple(snapshot.warnings),
+    )
 
 
-def _node_view(node_id: str, url: str | None, nomad: NomadPlacement | None, address: str | None,
-               agent: AgentData | None, state: NodeState, detail: str, now: float) -> NodeView:
+def _node_view(
+    node_id: str,
+    url: str | None,
+    nomad: NomadPlacement | None,
+    address: str | None,
+    agent: AgentData | None,
+    state: NodeState,
+    detail: str,
+    now: float,
+) -> NodeView:
     if agent is None:
         return NodeView(id=node_id, state=state, detail=detail, agent_url=url, address=address, nomad=nomad)
     st, health, mapek = agent.status, agent.health, agent.mapek
@@ -287,7 +338,10 @@ def _node_view(node_id: str, url: str | None, nomad: NomadPlacement | None, addr
         rate, p99_s = http_rate_and_p99(agent.prev_metrics, agent.metrics)
         p99 = None if p99_s is None else p99_s * 1000.0
     return NodeView(
-        id=node_id, state=state, detail=detail, agent_url=url,
+        id=node_id,
+        state=state,
+        detail=detail,
+        agent_url=url,
         address=(st.address if st else None) or address,
         key=st.key if st else None,
         api_version=(st.api_version if st else None) or (health.yggdrasil.api_version if health else None),
@@ -297,7 +351,8 @@ def _node_view(node_id: str, url: str | None, nomad: NomadPlacement | None, addr
         members_known=st.members_known if st else None,
         members_reachable=mapek.members_reachable if mapek else None,
         incidents_active=len(mapek.active_incidents) if mapek and agent.ok else 0,
-        req_rate=rate, p99_ms=p99,
+        req_rate=rate,
+        p99_ms=p99,
         age_s=None if agent.last_ok_at is None else max(0.0, now - agent.last_ok_at),
         rtt_ms=agent.rtt_ms,
         uptime_s=st.uptime_s if st else None,

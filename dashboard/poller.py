@@ -46,8 +46,14 @@ class Poller:
     """Owns the per-agent store (`agents`). `poll` is serialized by a lock: callers (the UI loop, the drill
     engine) may ask at the same time, the agents still see one cycle after the other."""
 
-    def __init__(self, client: AgentClient, *, clock: Callable[[], float] = time.time,
-                 metrics_every: int = 5, records_every: int = 2) -> None:
+    def __init__(
+        self,
+        client: AgentClient,
+        *,
+        clock: Callable[[], float] = time.time,
+        metrics_every: int = 5,
+        records_every: int = 2,
+    ) -> None:
         self.client = client
         self.clock = clock
         self.metrics_every = max(1, metrics_every)
@@ -84,16 +90,25 @@ class Poller:
                 data = self.agents[t.id] = AgentData(node_id=t.id, agent_url=t.agent_url)
             if t.agent_url is not None:
                 busy = data.mapek is not None and bool(data.mapek.active_incidents)
-                jobs.append(self._poll_agent(data, t.agent_url, with_metrics, t.id in self.detail_nodes,
-                                             records_due or busy or data.cursor is None))
+                jobs.append(
+                    self._poll_agent(
+                        data,
+                        t.agent_url,
+                        with_metrics,
+                        t.id in self.detail_nodes,
+                        records_due or busy or data.cursor is None,
+                    )
+                )
         per_agent = await asyncio.gather(*jobs)
         events = [e for evs in per_agent for e in evs]
         ok = sum(1 for t in targets if t.agent_url and self.agents[t.id].ok)
-        return PollResult(started_at=started, finished_at=self.clock(), agents_ok=ok,
-                          agents_failed=len(jobs) - ok, events=events)
+        return PollResult(
+            started_at=started, finished_at=self.clock(), agents_ok=ok, agents_failed=len(jobs) - ok, events=events
+        )
 
-    async def _poll_agent(self, data: AgentData, url: str, with_metrics: bool, with_routes: bool,
-                          with_records: bool) -> list[Event]:
+    async def _poll_agent(
+        self, data: AgentData, url: str, with_metrics: bool, with_routes: bool, with_records: bool
+    ) -> list[Event]:
         c = self.client
         since = (data.cursor - CURSOR_OVERLAP_S) if data.cursor is not None else self.clock() - FIRST_LOOK_BACK_S
         calls: dict[str, Any] = {
@@ -116,7 +131,8 @@ class Poller:
                 results = await asyncio.gather(*calls.values(), return_exceptions=True)
         except TimeoutError:
             results = [AgentError("timeout", f"no complete answer within {c.timeout + 0.5:g} s", url=url)] * len(
-                calls)
+                calls
+            )
         replies = dict(zip(calls, results, strict=True))
         data.last_attempt_at = attempt_at
         errors: dict[str, str] = {}

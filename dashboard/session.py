@@ -35,13 +35,24 @@ class MeshUpdate(msgspec.Struct, kw_only=True, frozen=True):
 
 
 def _copy(agent: AgentData) -> AgentData:
-    return msgspec.structs.replace(agent, incidents=dict(agent.incidents), actions=dict(agent.actions),
-                                   endpoint_errors=dict(agent.endpoint_errors))
+    return msgspec.structs.replace(
+        agent,
+        incidents=dict(agent.incidents),
+        actions=dict(agent.actions),
+        endpoint_errors=dict(agent.endpoint_errors),
+    )
 
 
 class MeshSession:
-    def __init__(self, provider: Provider, *, timeout: float = 1.5, down_after: float = 10.0,
-                 metrics_every: int = 5, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        provider: Provider,
+        *,
+        timeout: float = 1.5,
+        down_after: float = 10.0,
+        metrics_every: int = 5,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.provider = provider
         self.clock = clock
         self.down_after = down_after
@@ -106,10 +117,14 @@ class MeshSession:
             snap = await asyncio.to_thread(self.provider.refresh)
         except Exception as exc:  # a provider must not raise here; if it does, keep going on the last list
             last = self.snapshot
-            snap = SourceSnapshot(source=last.source if last else self.provider.name, ok=False,
-                                  detail=f"refresh failed: {type(exc).__name__}: {exc}",
-                                  nodes=last.nodes if last else [],
-                                  planned_links=last.planned_links if last else [], taken_at=self.clock())
+            snap = SourceSnapshot(
+                source=last.source if last else self.provider.name,
+                ok=False,
+                detail=f"refresh failed: {type(exc).__name__}: {exc}",
+                nodes=last.nodes if last else [],
+                planned_links=last.planned_links if last else [],
+                taken_at=self.clock(),
+            )
         if not self.client.token:
             self.client.token = self._token()
         return snap
@@ -121,13 +136,20 @@ class MeshSession:
             snap = self.snapshot = await self._refresh_source()
             poll = await self.poller.poll(snap.nodes)
             now = self.clock()
-            view = merge(snap, self.poller.agents, now, polled_at=poll.finished_at,
-                         poll_duration_s=poll.duration_s, down_after=self.down_after)
+            view = merge(
+                snap,
+                self.poller.agents,
+                now,
+                polled_at=poll.finished_at,
+                poll_duration_s=poll.duration_s,
+                down_after=self.down_after,
+            )
             events = view_events(self.view, view) + poll.events
             events.sort(key=lambda e: e.at)
             self.view = view
-            update = MeshUpdate(view=view, events=events, poll=poll,
-                                agents={k: _copy(v) for k, v in self.poller.agents.items()})
+            update = MeshUpdate(
+                view=view, events=events, poll=poll, agents={k: _copy(v) for k, v in self.poller.agents.items()}
+            )
         for listener in list(self.listeners):
             listener(update)
         return update

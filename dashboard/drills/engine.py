@@ -67,25 +67,32 @@ def _alloc(p: NomadPlacement) -> str:
     return f"allocation {p.alloc_id[:8]} ({p.alloc_name}) on Nomad node {p.node_name or p.node_id[:8]}"
 
 
-def describe(plan: DrillPlan, *, via_source: bool, placement: NomadPlacement | None = None,
-             preview: str | None = None) -> str:
+def describe(
+    plan: DrillPlan, *, via_source: bool, placement: NomadPlacement | None = None, preview: str | None = None
+) -> str:
     """What a drill will do, for the confirmation dialog and the headless log. `placement` is the target's
     Nomad allocation (Nomad source), `preview` the source's own account of a drain (which node, which
     allocations, the deadline)."""
     kind, target, duration_s = plan.kind, plan.target, plan.duration_s
     after = "then the fault is reverted and the mesh must return to its steady state."
     # Nomad brings the node back by itself: the fault lasts until it is back, the duration only bounds the wait.
-    waits = (f"(repair is timed from then); waited for at most {duration_s} s plus the recovery timeout. Every "
-             "other node should detect it and the mesh should heal.")
+    waits = (
+        f"(repair is timed from then); waited for at most {duration_s} s plus the recovery timeout. Every "
+        "other node should detect it and the mesh should heal."
+    )
     if kind == "blackhole":
-        what = (f"{target}'s agent installs nftables rules that silently drop its Yggdrasil traffic, so its "
-                "peers see links that stay open but carry nothing")
+        what = (
+            f"{target}'s agent installs nftables rules that silently drop its Yggdrasil traffic, so its "
+            "peers see links that stay open but carry nothing"
+        )
     elif kind == "partition":
         what = f"{target}'s agent cuts it off from every other node (nftables), as a network partition would"
     elif kind == "node-loss" and via_source and placement is not None:
         what = f"Nomad stops {target}'s {_alloc(placement)} (agent and Yggdrasil), as if the node died"
-        return (f"{what}. Nomad places a replacement allocation by itself: the fault lasts until the "
-                f"replacement's agent is healthy {waits} The drill ends once the mesh is whole again.")
+        return (
+            f"{what}. Nomad places a replacement allocation by itself: the fault lasts until the "
+            f"replacement's agent is healthy {waits} The drill ends once the mesh is whole again."
+        )
     elif kind == "node-loss" and via_source:
         what = f"the source stops {target} (agent and Yggdrasil daemon), as if the host died"
     elif kind == "node-loss":
@@ -96,17 +103,25 @@ def describe(plan: DrillPlan, *, via_source: bool, placement: NomadPlacement | N
         what = f"Nomad restarts {tasks} of {target}'s {where}, in place"
         if not restarts_agent(plan):
             # The agent keeps running, so nothing shows when the task is back: the duration is the window.
-            return (f"{what}. Nomad starts it again by itself; the drill watches for {duration_s} s, then until "
-                    f"{target} is healthy and the mesh is whole again. Every other node should detect it.")
-        return (f"{what}. Nomad starts them again by itself: the fault lasts until {target}'s agent is healthy on "
-                f"the restarted allocation {waits} The drill ends once the mesh is whole again.")
+            return (
+                f"{what}. Nomad starts it again by itself; the drill watches for {duration_s} s, then until "
+                f"{target} is healthy and the mesh is whole again. Every other node should detect it."
+            )
+        return (
+            f"{what}. Nomad starts them again by itself: the fault lasts until {target}'s agent is healthy on "
+            f"the restarted allocation {waits} The drill ends once the mesh is whole again."
+        )
     elif kind == "drain":
-        what = preview or (f"the Nomad node running {target} is drained with a deadline of {plan.deadline_s} s "
-                           "(marked ineligible, its allocations stopped)")
-        return (f"{what}\n\nThe drain stays on for {duration_s} s; every other node should detect {target}'s "
-                "loss. Then the drain is undone automatically (also on abort with a; u undoes it at any time), "
-                f"restoring the node's eligibility: Nomad places {target} back and the mesh must return to its "
-                "steady state.")
+        what = preview or (
+            f"the Nomad node running {target} is drained with a deadline of {plan.deadline_s} s "
+            "(marked ineligible, its allocations stopped)"
+        )
+        return (
+            f"{what}\n\nThe drain stays on for {duration_s} s; every other node should detect {target}'s "
+            "loss. Then the drain is undone automatically (also on abort with a; u undoes it at any time), "
+            f"restoring the node's eligibility: Nomad places {target} back and the mesh must return to its "
+            "steady state."
+        )
     else:
         what = f"{kind} on {target}"
     return f"{what}, for {duration_s} s. Every other node should detect it and the mesh should heal; {after}"
@@ -131,8 +146,15 @@ class DrillEngine:
     """One per session. `running` guards against a second drill from this dashboard; the agents' GET /drills
     guards against drills started elsewhere."""
 
-    def __init__(self, session: MeshSession, *, follow_interval: float = 0.5, steady_timeout: float = 60.0,
-                 skew_s: float = 0.5, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        session: MeshSession,
+        *,
+        follow_interval: float = 0.5,
+        steady_timeout: float = 60.0,
+        skew_s: float = 0.5,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.session = session
         self.follow_interval = follow_interval
         self.steady_timeout = steady_timeout
@@ -151,8 +173,9 @@ class DrillEngine:
         self._revert_retry_at = 0.0
 
     # ---------------------------------------------------------------------------------------------- helpers
-    def _step(self, what: str, level: StepLevel = "info", node: str | None = None,
-              at: float | None = None) -> None:
+    def _step(
+        self, what: str, level: StepLevel = "info", node: str | None = None, at: float | None = None
+    ) -> None:
         at = self.clock() if at is None else at
         step = DrillStep(at=at, t_s=None if self._t0 is None else at - self._t0, what=what, level=level, node=node)
         for listener in list(self.listeners):
@@ -178,8 +201,9 @@ class DrillEngine:
 
     def source_brings_back(self, kind: str) -> bool:
         """True when the source undoes the fault by itself (Nomad restarts or re-places the allocation)."""
-        return kind in SOURCE_DRILL_KINDS or (kind == "node-loss" and self.uses_source_for_node_loss
-                                              and self.session.provider.replaces_lost_nodes)
+        return kind in SOURCE_DRILL_KINDS or (
+            kind == "node-loss" and self.uses_source_for_node_loss and self.session.provider.replaces_lost_nodes
+        )
 
     @staticmethod
     def affected(view: MeshView, plan: DrillPlan) -> list[str]:
@@ -188,8 +212,9 @@ class DrillEngine:
         if plan.kind != "drain" or target is None or target.nomad is None:
             return [plan.target]
         host = target.nomad.node_id
-        return [n.id for n in view.nodes
-                if n.id == plan.target or (n.nomad is not None and n.nomad.node_id == host)]
+        return [
+            n.id for n in view.nodes if n.id == plan.target or (n.nomad is not None and n.nomad.node_id == host)
+        ]
 
     def _agent_url(self, view: MeshView, node_id: str) -> str:
         node = view.node(node_id)
@@ -207,8 +232,10 @@ class DrillEngine:
         if plan.kind not in DRILL_KINDS:
             raise DrillRefused(f"unknown drill kind {plan.kind!r}; choose one of {', '.join(DRILL_KINDS)}")
         if plan.kind not in self.kinds:
-            raise DrillRefused(f"{plan.kind} drills need a Nomad source (--nomad or NOMAD_ADDR); the "
-                               f"{self.session.provider.name} source cannot make them")
+            raise DrillRefused(
+                f"{plan.kind} drills need a Nomad source (--nomad or NOMAD_ADDR); the "
+                f"{self.session.provider.name} source cannot make them"
+            )
         lo, hi = DURATION_RANGE
         if not lo <= plan.duration_s <= hi:
             raise DrillRefused(f"duration must be {lo}..{hi} s, got {plan.duration_s}")
@@ -223,8 +250,10 @@ class DrillEngine:
         if node.agent_url is None:
             raise DrillRefused(f"{plan.target}: the source does not say how to reach its agent")
         if not self.via_source(plan.kind) and not self.session.client.token:
-            raise DrillRefused("no API token for this mesh: the agents refuse drills without one (set "
-                               "X0_API_TOKEN, or use an inventory that has api_token)")
+            raise DrillRefused(
+                "no API token for this mesh: the agents refuse drills without one (set "
+                "X0_API_TOKEN, or use an inventory that has api_token)"
+            )
         await self._check_no_active_drill(view)
         return view
 
@@ -235,8 +264,11 @@ class DrillEngine:
             except AgentError:
                 # An agent we cannot ask shows as silent/down on screen; refusing for it would block every drill.
                 return []
-            return [f"{d.kind} on {node_id} (id {d.id}, ends in {max(0.0, d.ends_at - self.clock()):.0f} s)"
-                    for d in listed.active]
+            return [
+                f"{d.kind} on {node_id} (id {d.id}, ends in {max(0.0, d.ends_at - self.clock()):.0f} s)"
+                for d in listed.active
+            ]
+
         found = await asyncio.gather(*(active(n.id, n.agent_url) for n in view.nodes if n.agent_url))
         running = [d for ds in found for d in ds]
         if running:
@@ -280,8 +312,10 @@ class DrillEngine:
                 raise DrillRefused("aborted before the fault was injected")
             if self.clock() >= deadline:
                 broken = ", ".join(before.nodes_not_up + before.links_not_up) or "members unreachable"
-                raise DrillRefused(f"the mesh is not in a steady state after {self.steady_timeout:g} s "
-                                   f"({before.summary()}: {broken}); a drill would measure nothing")
+                raise DrillRefused(
+                    f"the mesh is not in a steady state after {self.steady_timeout:g} s "
+                    f"({before.summary()}: {broken}); a drill would measure nothing"
+                )
             await asyncio.sleep(self.follow_interval)
 
     async def _run(self, plan: DrillPlan, view: MeshView) -> DrillReport:
@@ -291,13 +325,18 @@ class DrillEngine:
         taken = self.affected(view, plan)
         observers = [n.id for n in view.nodes if n.id not in taken and n.state == "up"]
         if not observers and len(taken) > 1:
-            raise DrillRefused(f"draining {plan.target}'s Nomad node takes every mesh node ({', '.join(taken)}): "
-                               "nobody would be left to detect it")
+            raise DrillRefused(
+                f"draining {plan.target}'s Nomad node takes every mesh node ({', '.join(taken)}): "
+                "nobody would be left to detect it"
+            )
         aliases = {plan.target} | {x for x in (target.key, target.address) if x}
         url = self._agent_url(view, plan.target)
         # For faults the source undoes itself: each taken node's allocation now, to tell its replacement apart.
-        allocs_before = {n: p.alloc_id for n in taken if (p := self._placement(view, n)) is not None} \
-            if self.source_brings_back(plan.kind) else {}
+        allocs_before = (
+            {n: p.alloc_id for n in taken if (p := self._placement(view, n)) is not None}
+            if self.source_brings_back(plan.kind)
+            else {}
+        )
         if plan.kind == "drain":
             await self._announce_drain(plan)
         fault = await self._inject(plan, url)
@@ -328,8 +367,12 @@ class DrillEngine:
                     self.fault_reverted.set()
                     give_up_at = fault.ended_at + plan.slo.recover_timeout_s
                     if fault.aborted or not self._self_healing(plan, fault):  # else the "back" step said it
-                        self._step("fault aborted and reverted" if fault.aborted else "fault reverted",
-                                   "info", plan.target, at=fault.ended_at)
+                        self._step(
+                            "fault aborted and reverted" if fault.aborted else "fault reverted",
+                            "info",
+                            plan.target,
+                            at=fault.ended_at,
+                        )
                     continue
             else:
                 after = steady_state(view)
@@ -343,17 +386,34 @@ class DrillEngine:
                 after = steady_state(view)
                 if fault.ended_at is None and not self._self_healing(plan, fault):
                     fault = await self._force_end(plan, fault, url)
-                self._step("recovery timeout: the mesh did not return to its steady state"
-                           + ("" if fault.back_at is not None or not allocs_before else
-                              f" ({plan.target} never came back on a running allocation with a healthy agent)"),
-                           "error")
+                self._step(
+                    "recovery timeout: the mesh did not return to its steady state"
+                    + (
+                        ""
+                        if fault.back_at is not None or not allocs_before
+                        else f" ({plan.target} never came back on a running allocation with a healthy agent)"
+                    ),
+                    "error",
+                )
                 break
         self._collect(observers, fault, seen, acted, announced, aliases)
-        report = score(source=view.source, fault=fault, aliases=aliases, observers=observers,
-                       incidents=list(seen.values()), actions=list(acted.values()), before=before, after=after,
-                       steady_confirmed_at=steady_at, slo=plan.slo, created_at=self.clock(), skew_s=self.skew_s)
-        self._step("PASS" if report.passed else "FAIL: " + "; ".join(report.failures),
-                   "ok" if report.passed else "error")
+        report = score(
+            source=view.source,
+            fault=fault,
+            aliases=aliases,
+            observers=observers,
+            incidents=list(seen.values()),
+            actions=list(acted.values()),
+            before=before,
+            after=after,
+            steady_confirmed_at=steady_at,
+            slo=plan.slo,
+            created_at=self.clock(),
+            skew_s=self.skew_s,
+        )
+        self._step(
+            "PASS" if report.passed else "FAIL: " + "; ".join(report.failures), "ok" if report.passed else "error"
+        )
         return report
 
     @staticmethod
@@ -361,8 +421,9 @@ class DrillEngine:
         node = view.node(node_id)
         return node.nomad if node is not None else None
 
-    def _back(self, plan: DrillPlan, view: MeshView, fault: FaultWindow, allocs_before: dict[str, str]
-              ) -> str | None:
+    def _back(
+        self, plan: DrillPlan, view: MeshView, fault: FaultWindow, allocs_before: dict[str, str]
+    ) -> str | None:
         """How every node the fault took is back (None while one is not): up, on a running allocation that is
         a new one (stop, drain) or, for a restart, one whose agent started after the restart was asked."""
         since = view.taken_at - fault.started_at
@@ -410,17 +471,32 @@ class DrillEngine:
             except ProviderError as exc:
                 verb = {"restart-alloc": "restart", "drain": "drain the Nomad node of"}.get(plan.kind, "stop")
                 raise DrillRefused(f"the source could not {verb} {plan.target}: {exc}") from exc
-            return FaultWindow(kind=plan.kind, method=f"source: {detail}", target=plan.target,
-                               duration_s=plan.duration_s, started_at=started, ended_at=None, clock="dashboard",
-                               source_brings_back=self.source_brings_back(plan.kind))
+            return FaultWindow(
+                kind=plan.kind,
+                method=f"source: {detail}",
+                target=plan.target,
+                duration_s=plan.duration_s,
+                started_at=started,
+                ended_at=None,
+                clock="dashboard",
+                source_brings_back=self.source_brings_back(plan.kind),
+            )
         agent_kind = "kill-daemon" if plan.kind == "node-loss" else plan.kind
         try:
             drill = await client.start_drill(url, agent_kind, plan.duration_s)
         except AgentError as exc:
             raise DrillRefused(f"{plan.target} refused the {agent_kind} drill: {exc.detail}") from exc
-        return FaultWindow(kind=plan.kind, method=f"agent drill {agent_kind}", target=plan.target,
-                           duration_s=plan.duration_s, started_at=drill.started_at, ended_at=None, clock="agent",
-                           drill_id=drill.id, detail=drill.detail)
+        return FaultWindow(
+            kind=plan.kind,
+            method=f"agent drill {agent_kind}",
+            target=plan.target,
+            duration_s=plan.duration_s,
+            started_at=drill.started_at,
+            ended_at=None,
+            clock="agent",
+            drill_id=drill.id,
+            detail=drill.detail,
+        )
 
     async def _maybe_end(self, plan: DrillPlan, fault: FaultWindow, url: str) -> FaultWindow:
         if fault.drill_id is None:  # made by the source: we end it
@@ -442,8 +518,12 @@ class DrillEngine:
         for d in (*listed.active, *listed.past):
             if d.id == fault.drill_id and d.state != "active":
                 ended = d.reverted_at if d.reverted_at is not None else self.clock()
-                return msgspec.structs.replace(fault, ended_at=ended, detail=d.detail or fault.detail,
-                                               aborted=fault.aborted or d.state == "aborted")
+                return msgspec.structs.replace(
+                    fault,
+                    ended_at=ended,
+                    detail=d.detail or fault.detail,
+                    aborted=fault.aborted or d.state == "aborted",
+                )
         return fault
 
     @staticmethod
@@ -470,15 +550,22 @@ class DrillEngine:
                         # restore_node returned once the node's agent answers again: its own boot is not the
                         # mesh's repair, so the repair clock starts here and the boot time is shown.
                         booted = self.clock()
-                        self._step(f"{plan.target} back and answering after {booted - ended:.2f} s; repair timed "
-                                   "from here", "ok", plan.target)
+                        self._step(
+                            f"{plan.target} back and answering after {booted - ended:.2f} s; repair timed "
+                            "from here",
+                            "ok",
+                            plan.target,
+                        )
                         ended = booted
                 # restart-alloc: Nomad started the tasks again itself; nothing to undo
             except ProviderError as exc:
                 what = "undo the drain of" if plan.kind == "drain" else "restore"
                 self._revert_retry_at = self.clock() + REVERT_RETRY_S
-                self._step(f"could not {what} {plan.target}: {exc} (retrying in {REVERT_RETRY_S:g} s)", "error",
-                           plan.target)
+                self._step(
+                    f"could not {what} {plan.target}: {exc} (retrying in {REVERT_RETRY_S:g} s)",
+                    "error",
+                    plan.target,
+                )
                 return msgspec.structs.replace(fault, aborted=aborted, detail=str(exc))
             return msgspec.structs.replace(fault, ended_at=ended, aborted=aborted)
         try:
@@ -499,8 +586,15 @@ class DrillEngine:
         self._step(done, "ok", target)
         return done
 
-    def _collect(self, observers: list[str], fault: FaultWindow, seen: dict[tuple[str, str], IncidentSeen],
-                 acted: dict[tuple[str, str], ActionSeen], announced: set[str], aliases: set[str]) -> None:
+    def _collect(
+        self,
+        observers: list[str],
+        fault: FaultWindow,
+        seen: dict[tuple[str, str], IncidentSeen],
+        acted: dict[tuple[str, str], ActionSeen],
+        announced: set[str],
+        aliases: set[str],
+    ) -> None:
         """Fold the poller's records of every observer into the drill's own, keeping each incident's earliest
         detection, and tell the listeners what is new."""
         since = fault.started_at - self.skew_s
@@ -514,8 +608,15 @@ class DrillEngine:
                 key = (obs, inc.id)
                 old = seen.get(key)
                 first = min(inc.detected_at, old.detected_at) if old else inc.detected_at
-                now = IncidentSeen(observer=obs, id=inc.id, kind=inc.kind, subject=inc.subject, detected_at=first,
-                                   resolved_at=inc.resolved_at, detail=inc.detail)
+                now = IncidentSeen(
+                    observer=obs,
+                    id=inc.id,
+                    kind=inc.kind,
+                    subject=inc.subject,
+                    detected_at=first,
+                    resolved_at=inc.resolved_at,
+                    detail=inc.detail,
+                )
                 seen[key] = now
                 if not relevant(now, aliases, fault, self.skew_s):
                     continue
@@ -527,7 +628,18 @@ class DrillEngine:
             for act in agent.actions.values():
                 if act.at < since or (obs, act.id) in acted:
                     continue
-                acted[(obs, act.id)] = ActionSeen(observer=obs, id=act.id, at=act.at, action=act.action,
-                                                  target=act.target, outcome=act.outcome, reason=act.reason)
-                self._step(f"heal action by {obs}: {act.action} {act.target} {act.outcome}",
-                           "ok" if act.outcome == "ok" else "warn", obs, at=act.at)
+                acted[(obs, act.id)] = ActionSeen(
+                    observer=obs,
+                    id=act.id,
+                    at=act.at,
+                    action=act.action,
+                    target=act.target,
+                    outcome=act.outcome,
+                    reason=act.reason,
+                )
+                self._step(
+                    f"heal action by {obs}: {act.action} {act.target} {act.outcome}",
+                    "ok" if act.outcome == "ok" else "warn",
+                    obs,
+                    at=act.at,
+                )

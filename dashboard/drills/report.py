@@ -64,8 +64,10 @@ def to_markdown(report: DrillReport) -> str:
     for o in report.observers:
         ok = "ok" if o.detect_ok and o.repair_ok else "FAIL"
         note = f" ({o.note})" if o.note else ""
-        lines.append(f"| {o.observer} | {o.detected_by or '-'} | {_s(o.detect_s)} | {_s(o.repair_s, signed=True)} "
-                     f"| {o.incidents} | {o.actions} | {ok}{note} |")
+        lines.append(
+            f"| {o.observer} | {o.detected_by or '-'} | {_s(o.detect_s)} | {_s(o.repair_s, signed=True)} "
+            f"| {o.incidents} | {o.actions} | {ok}{note} |"
+        )
     after = report.after.summary() if report.after else "never measured"
     lines += [
         "",

@@ -39,24 +39,35 @@ class SteadyState(msgspec.Struct, kw_only=True, frozen=True):
 
     @property
     def steady(self) -> bool:
-        return (self.nodes_up == self.nodes_total and self.links_up == self.links_planned
-                and all(r == t for r, t in self.reachability.values()))
+        return (
+            self.nodes_up == self.nodes_total
+            and self.links_up == self.links_planned
+            and all(r == t for r, t in self.reachability.values())
+        )
 
     def summary(self) -> str:
         reach = sum(1 for r, t in self.reachability.values() if r == t)
-        return (f"nodes {self.nodes_up}/{self.nodes_total} up, links {self.links_up}/{self.links_planned} up, "
-                f"{reach}/{len(self.reachability)} nodes reach every member")
+        return (
+            f"nodes {self.nodes_up}/{self.nodes_total} up, links {self.links_up}/{self.links_planned} up, "
+            f"{reach}/{len(self.reachability)} nodes reach every member"
+        )
 
 
 def steady_state(view: MeshView) -> SteadyState:
-    reach = {n.id: [n.members_reachable, n.members_known]
-             for n in view.nodes if n.members_reachable is not None and n.members_known is not None}
+    reach = {
+        n.id: [n.members_reachable, n.members_known]
+        for n in view.nodes
+        if n.members_reachable is not None and n.members_known is not None
+    }
     return SteadyState(
         taken_at=view.taken_at,
-        nodes_up=view.nodes_healthy, nodes_total=view.nodes_total,
-        links_up=view.links_up, links_planned=view.links_planned,
-        links_not_up=[f"{link.a}<->{link.b} {link.state}" for link in view.links
-                      if link.planned and link.state != "up"],
+        nodes_up=view.nodes_healthy,
+        nodes_total=view.nodes_total,
+        links_up=view.links_up,
+        links_planned=view.links_planned,
+        links_not_up=[
+            f"{link.a}<->{link.b} {link.state}" for link in view.links if link.planned and link.state != "up"
+        ],
         reachability=reach,  # type: ignore[arg-type]
         nodes_not_up=[f"{n.id} {n.state}" for n in view.nodes if n.state != "up"],
     )
@@ -166,12 +177,23 @@ def relevant(inc: IncidentSeen, aliases: Iterable[str], fault: FaultWindow, skew
     return inc.detected_at >= fault.started_at - skew_s
 
 
-def score_observer(observer: str, incidents: Sequence[IncidentSeen], actions: Sequence[ActionSeen],
-                   fault: FaultWindow, slo: SLO) -> ObserverScore:
+def score_observer(
+    observer: str, incidents: Sequence[IncidentSeen], actions: Sequence[ActionSeen], fault: FaultWindow, slo: SLO
+) -> ObserverScore:
     if not incidents:
-        return ObserverScore(observer=observer, detected_at=None, detect_s=None, detected_by=None,
-                             repaired_at=None, repair_s=None, incidents=0, actions=len(actions),
-                             detect_ok=False, repair_ok=False, note="no incident about the target")
+        return ObserverScore(
+            observer=observer,
+            detected_at=None,
+            detect_s=None,
+            detected_by=None,
+            repaired_at=None,
+            repair_s=None,
+            incidents=0,
+            actions=len(actions),
+            detect_ok=False,
+            repair_ok=False,
+            note="no incident about the target",
+        )
     first = min(incidents, key=lambda i: i.detected_at)
     detect_s = first.detected_at - fault.started_at
     unresolved = [i for i in incidents if i.resolved_at is None]
@@ -187,50 +209,103 @@ def score_observer(observer: str, incidents: Sequence[IncidentSeen], actions: Se
     if repair_s is not None and repair_s < 0:
         notes.append("healed before the fault ended")
     return ObserverScore(
-        observer=observer, detected_at=first.detected_at, detect_s=detect_s, detected_by=first.kind,
-        repaired_at=repaired_at, repair_s=repair_s, incidents=len(incidents), actions=len(actions),
+        observer=observer,
+        detected_at=first.detected_at,
+        detect_s=detect_s,
+        detected_by=first.kind,
+        repaired_at=repaired_at,
+        repair_s=repair_s,
+        incidents=len(incidents),
+        actions=len(actions),
         detect_ok=detect_s <= slo.detect_s,
         repair_ok=repair_s is not None and repair_s <= slo.repair_s,
         note="; ".join(notes),
     )
 
 
-def build_timeline(fault: FaultWindow, observers: Sequence[ObserverScore], incidents: Sequence[IncidentSeen],
-                   actions: Sequence[ActionSeen], recovered_at: float | None) -> list[TimelineEntry]:
+def build_timeline(
+    fault: FaultWindow,
+    observers: Sequence[ObserverScore],
+    incidents: Sequence[IncidentSeen],
+    actions: Sequence[ActionSeen],
+    recovered_at: float | None,
+) -> list[TimelineEntry]:
     t0 = fault.started_at
-    entries = [TimelineEntry(at=t0, t_s=0.0, node=fault.target,
-                             what=f"fault injected: {fault.kind} ({fault.method})")]
+    entries = [
+        TimelineEntry(at=t0, t_s=0.0, node=fault.target, what=f"fault injected: {fault.kind} ({fault.method})")
+    ]
     for o in observers:
         if o.detected_at is not None:
-            entries.append(TimelineEntry(at=o.detected_at, t_s=o.detected_at - t0, node=o.observer,
-                                         what=f"first detection by {o.observer}: {o.detected_by}"))
+            entries.append(
+                TimelineEntry(
+                    at=o.detected_at,
+                    t_s=o.detected_at - t0,
+                    node=o.observer,
+                    what=f"first detection by {o.observer}: {o.detected_by}",
+                )
+            )
     for a in actions:
-        entries.append(TimelineEntry(at=a.at, t_s=a.at - t0, node=a.observer,
-                                     what=f"heal action by {a.observer}: {a.action} {a.target} {a.outcome}"))
+        entries.append(
+            TimelineEntry(
+                at=a.at,
+                t_s=a.at - t0,
+                node=a.observer,
+                what=f"heal action by {a.observer}: {a.action} {a.target} {a.outcome}",
+            )
+        )
     for i in incidents:
         if i.resolved_at is not None:
-            entries.append(TimelineEntry(at=i.resolved_at, t_s=i.resolved_at - t0, node=i.observer,
-                                         what=f"{i.observer} resolved {i.kind} {i.subject}"))
+            entries.append(
+                TimelineEntry(
+                    at=i.resolved_at,
+                    t_s=i.resolved_at - t0,
+                    node=i.observer,
+                    what=f"{i.observer} resolved {i.kind} {i.subject}",
+                )
+            )
     # A fault the source undid by itself ends when the node is back: one entry says both.
     over_when_back = fault.back_at is not None and fault.ended_at == fault.back_at and not fault.aborted
     if fault.ended_at is not None and not over_when_back:
         what = "fault aborted and reverted" if fault.aborted else "fault reverted"
         entries.append(TimelineEntry(at=fault.ended_at, t_s=fault.ended_at - t0, node=fault.target, what=what))
     if fault.back_at is not None:
-        entries.append(TimelineEntry(at=fault.back_at, t_s=fault.back_at - t0, node=fault.target,
-                                     what=("fault over, " if over_when_back else "") + f"back: {fault.back_what}"))
+        entries.append(
+            TimelineEntry(
+                at=fault.back_at,
+                t_s=fault.back_at - t0,
+                node=fault.target,
+                what=("fault over, " if over_when_back else "") + f"back: {fault.back_what}",
+            )
+        )
     if recovered_at is not None:
-        entries.append(TimelineEntry(at=recovered_at, t_s=recovered_at - t0, node=None,
-                                     what="full recovery: every observer's incidents about the target resolved"))
+        entries.append(
+            TimelineEntry(
+                at=recovered_at,
+                t_s=recovered_at - t0,
+                node=None,
+                what="full recovery: every observer's incidents about the target resolved",
+            )
+        )
     # Full recovery is the last word at its instant (it is the max of the resolutions it summarizes).
     entries.sort(key=lambda e: (e.at, e.what.startswith("full recovery"), e.what))
     return entries
 
 
-def score(*, source: str, fault: FaultWindow, aliases: Iterable[str], observers: Sequence[str],
-          incidents: Sequence[IncidentSeen], actions: Sequence[ActionSeen], before: SteadyState,
-          after: SteadyState | None, steady_confirmed_at: float | None, slo: SLO, created_at: float,
-          skew_s: float = 0.5) -> DrillReport:
+def score(
+    *,
+    source: str,
+    fault: FaultWindow,
+    aliases: Iterable[str],
+    observers: Sequence[str],
+    incidents: Sequence[IncidentSeen],
+    actions: Sequence[ActionSeen],
+    before: SteadyState,
+    after: SteadyState | None,
+    steady_confirmed_at: float | None,
+    slo: SLO,
+    created_at: float,
+    skew_s: float = 0.5,
+) -> DrillReport:
     """The whole report. `observers` are the nodes whose detection counts (every node but the target that was
     up before the fault); `incidents`/`actions` are everything they recorded during the drill."""
     names = set(aliases) | {fault.target}
@@ -238,8 +313,9 @@ def score(*, source: str, fault: FaultWindow, aliases: Iterable[str], observers:
     end = fault.ended_at
     window_actions = [a for a in actions if a.at >= fault.started_at - skew_s]
     scores = [
-        score_observer(o, [i for i in mine if i.observer == o], [a for a in window_actions if a.observer == o],
-                       fault, slo)
+        score_observer(
+            o, [i for i in mine if i.observer == o], [a for a in window_actions if a.observer == o], fault, slo
+        )
         for o in observers
     ]
     repaired = [s.repaired_at for s in scores]
@@ -261,23 +337,38 @@ def score(*, source: str, fault: FaultWindow, aliases: Iterable[str], observers:
         if s.detect_s is not None and s.repair_s is None:
             failures.append(f"{s.observer}: incidents about {fault.target} not resolved ({s.note})")
         elif s.repair_s is not None and not s.repair_ok:
-            failures.append(f"{s.observer} repaired {s.repair_s:.2f} s after the fault ended "
-                            f"(SLO {slo.repair_s:g} s)")
+            failures.append(
+                f"{s.observer} repaired {s.repair_s:.2f} s after the fault ended (SLO {slo.repair_s:g} s)"
+            )
     if end is None:
         failures.append("the fault was never reverted")
     if never_back:
         failures.append(f"{fault.target} never came back on a running allocation with a healthy agent")
     if not back:
         now = after.summary() if after is not None else "never measured"
-        failures.append(f"mesh did not return to its steady state within {slo.recover_timeout_s:g} s "
-                        f"(before: {before.summary()}; after: {now})")
+        failures.append(
+            f"mesh did not return to its steady state within {slo.recover_timeout_s:g} s "
+            f"(before: {before.summary()}; after: {now})"
+        )
     if fault.aborted:
         failures.append("aborted by the operator")
     return DrillReport(
-        version=REPORT_VERSION, kind=fault.kind, target=fault.target, source=source, slo=slo, fault=fault,
-        observers=scores, before=before, after=after, recovered=back, recovered_at=recovered_at,
+        version=REPORT_VERSION,
+        kind=fault.kind,
+        target=fault.target,
+        source=source,
+        slo=slo,
+        fault=fault,
+        observers=scores,
+        before=before,
+        after=after,
+        recovered=back,
+        recovered_at=recovered_at,
         recovery_s=None if recovered_at is None or end is None else recovered_at - end,
         steady_confirmed_at=steady_confirmed_at,
         timeline=build_timeline(fault, scores, mine, window_actions, recovered_at),
-        passed=not failures, failures=failures, created_at=created_at, actions=window_actions,
+        passed=not failures,
+        failures=failures,
+        created_at=created_at,
+        actions=window_actions,
     )

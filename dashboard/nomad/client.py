@@ -80,8 +80,9 @@ class NomadClient:
         try:
             return fn()
         except Exception as exc:  # python-nomad, requests and JSON errors all become one NomadError
-            raise classify(exc, operation, namespace=self.settings.namespace_or_default,
-                           address=self.settings.address) from exc
+            raise classify(
+                exc, operation, namespace=self.settings.namespace_or_default, address=self.settings.address
+            ) from exc
 
     # Reads ----------------------------------------------------------------------------------------------------
     def job(self, job_id: str) -> dict[str, Any]:
@@ -98,48 +99,67 @@ class NomadClient:
 
     def node_allocations(self, node_id: str) -> list[dict[str, Any]]:
         """GET /v1/node/:id/allocations: every job's allocations on that Nomad node (what a drain stops)."""
-        return self._call("list node allocations",
-                          lambda: self._expect(list, self._node.get_allocations(node_id)))
+        return self._call("list node allocations", lambda: self._expect(list, self._node.get_allocations(node_id)))
 
     def service(self, name: str) -> list[dict[str, Any]]:
         """GET /v1/service/:name (an unknown name is `[]`, not 404)."""
         params = {"namespace": self.settings.namespace_or_default}
-        return self._call("read services", lambda: self._expect(
-            list, _json(self._services.request(name, method="get", params=params), empty=[])))
+        return self._call(
+            "read services",
+            lambda: self._expect(list, _json(self._services.request(name, method="get", params=params), empty=[])),
+        )
 
     def variable(self, path: str) -> dict[str, Any]:
         # Variables never get the client namespace appended by python-nomad: pass it.
-        return self._call("read variable", lambda: self._expect(
-            dict, self._variable.get_variable(path, namespace=self.settings.namespace_or_default)))
+        return self._call(
+            "read variable",
+            lambda: self._expect(
+                dict, self._variable.get_variable(path, namespace=self.settings.namespace_or_default)
+            ),
+        )
 
     # Writes ---------------------------------------------------------------------------------------------------
     def stop_allocation(self, alloc_id: str) -> dict[str, Any]:
         """POST /v1/allocation/:id/stop → {"EvalID", "Index"}."""
-        return self._call("stop allocation", lambda: self._expect(
-            dict, _json(self._allocation.request(alloc_id, "stop", method="post"), empty={})))
+        return self._call(
+            "stop allocation",
+            lambda: self._expect(dict, _json(self._allocation.request(alloc_id, "stop", method="post"), empty={})),
+        )
 
     def restart_allocation(self, alloc_id: str, task: str | None = None) -> dict[str, Any]:
         """POST /v1/client/allocation/:id/restart; python-nomad's helper sends no body, so no TaskName."""
         body: dict[str, Any] = {"TaskName": task} if task else {}
-        return self._call("restart allocation", lambda: self._expect(
-            dict, _json(self._client_allocation.request(alloc_id, "restart", json=body, method="post"),
-                        empty={})))
+        return self._call(
+            "restart allocation",
+            lambda: self._expect(
+                dict,
+                _json(self._client_allocation.request(alloc_id, "restart", json=body, method="post"), empty={}),
+            ),
+        )
 
-    def drain_node(self, node_id: str, deadline_s: float | None, *, mark_eligible: bool | None = None
-                   ) -> dict[str, Any]:
+    def drain_node(
+        self, node_id: str, deadline_s: float | None, *, mark_eligible: bool | None = None
+    ) -> dict[str, Any]:
         """Enable a drain (deadline_s set) or cancel it (None). The legacy `drain_node` sends no body and gets
         400 "Request body is empty" on modern Nomad, so use the spec form."""
         spec = {"Deadline": int(deadline_s * 1e9), "IgnoreSystemJobs": False} if deadline_s is not None else None
-        return self._call("drain node", lambda: self._expect(
-            dict, self._node.drain_node_with_spec(node_id, spec, mark_eligible=mark_eligible)))
+        return self._call(
+            "drain node",
+            lambda: self._expect(
+                dict, self._node.drain_node_with_spec(node_id, spec, mark_eligible=mark_eligible)
+            ),
+        )
 
     # Event stream ---------------------------------------------------------------------------------------------
     def open_event_stream(self, *, index: int, topics: list[str]) -> requests.Response:
         """Open GET /v1/event/stream (NDJSON); the caller iterates lines and closes the response."""
-        params: dict[str, Any] = {"index": index, "topic": topics,
-                                  "namespace": self.settings.namespace_or_default}
-        return self._call("event stream", lambda: self._events.request(
-            method="get", params=params, stream=True, timeout=(self.settings.timeout_s, STREAM_READ_TIMEOUT_S)))
+        params: dict[str, Any] = {"index": index, "topic": topics, "namespace": self.settings.namespace_or_default}
+        return self._call(
+            "event stream",
+            lambda: self._events.request(
+                method="get", params=params, stream=True, timeout=(self.settings.timeout_s, STREAM_READ_TIMEOUT_S)
+            ),
+        )
 
     @staticmethod
     def _expect(type_: type[T], value: object) -> T:

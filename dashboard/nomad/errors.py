@@ -35,8 +35,15 @@ CAPABILITIES: dict[str, str] = {
 class NomadError(Exception):
     """One failed Nomad call. `str()` is the operator-facing message."""
 
-    def __init__(self, kind: ErrorKind, operation: str, detail: str, *, status: int | None = None,
-                 capability: str | None = None) -> None:
+    def __init__(
+        self,
+        kind: ErrorKind,
+        operation: str,
+        detail: str,
+        *,
+        status: int | None = None,
+        capability: str | None = None,
+    ) -> None:
         self.kind: ErrorKind = kind
         self.operation = operation
         self.detail = detail
@@ -65,8 +72,9 @@ def classify(exc: BaseException, operation: str, *, namespace: str = "default", 
     where = f" at {address}" if address else ""
     cause: object = exc
     if isinstance(exc, nomad_exc.BaseNomadException | nomad_exc.TimeoutNomadException):
-        cause = exc.nomad_resp if isinstance(exc, nomad_exc.BaseNomadException) else (exc.args[0] if exc.args
-                                                                                        else exc)
+        cause = (
+            exc.nomad_resp if isinstance(exc, nomad_exc.BaseNomadException) else (exc.args[0] if exc.args else exc)
+        )
     if isinstance(cause, requests.Response):
         status = cause.status_code
         body = _body_text(cause)
@@ -87,8 +95,9 @@ def classify(exc: BaseException, operation: str, *, namespace: str = "default", 
         reason = str(cause)
         if "timed out" in reason.lower():
             return NomadError("timeout", operation, f"no answer{where} in time (connect timed out)")
-        return NomadError("unreachable", operation,
-                          f"cannot connect{where} (is Nomad running? {type(cause).__name__})")
+        return NomadError(
+            "unreachable", operation, f"cannot connect{where} (is Nomad running? {type(cause).__name__})"
+        )
     if isinstance(cause, ValueError):  # requests' JSONDecodeError and our own shape checks
         return NomadError("protocol", operation, f"unexpected response body: {cause}")
     if isinstance(cause, requests.RequestException):

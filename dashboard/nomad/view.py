@@ -54,8 +54,10 @@ def mesh_node_id(raw: str) -> str:
 
 def is_live(alloc: Mapping[str, Any]) -> bool:
     """Allocation meant to run and not finished (pending/running, desired run)."""
-    return (field(alloc, "AllocListStub.DesiredStatus") == "run"
-            and field(alloc, "AllocListStub.ClientStatus") in _LIVE_CLIENT)
+    return (
+        field(alloc, "AllocListStub.DesiredStatus") == "run"
+        and field(alloc, "AllocListStub.ClientStatus") in _LIVE_CLIENT
+    )
 
 
 def alloc_index(alloc: Mapping[str, Any]) -> int | None:
@@ -106,7 +108,7 @@ def interpolate_node_name(template: str, alloc: Mapping[str, Any], node: Mapping
 def tag_node_name(registration: Mapping[str, Any]) -> str | None:
     for tag in field(registration, "ServiceRegistration.Tags", []):
         if tag.startswith(NODE_TAG_PREFIX):
-            return tag[len(NODE_TAG_PREFIX):]
+            return tag[len(NODE_TAG_PREFIX) :]
     return None
 
 
@@ -215,8 +217,11 @@ def build_view(
     job_id = field(job, "Job.ID", "")
     job_type = field(job, "Job.Type", "")
     nodes_by_id = {field(n, "NodeListStub.ID"): dict(n) for n in nomad_nodes}
-    regs = {field(r, "ServiceRegistration.AllocID"): r for r in registrations
-            if field(r, "ServiceRegistration.JobID") == job_id}
+    regs = {
+        field(r, "ServiceRegistration.AllocID"): r
+        for r in registrations
+        if field(r, "ServiceRegistration.JobID") == job_id
+    }
     name_tpl = node_name_template(job)
     warnings: list[str] = []
 
@@ -255,25 +260,44 @@ def build_view(
             url, source = None, ""
             need_ports.append(alloc_id)
         if is_live(current) and field(current, "AllocListStub.ClientStatus") == "running" and reg is None:
-            warnings.append(f"{node_id}: allocation {alloc_id[:8]} is running but has no {AGENT_SERVICE} service "
-                            f"registration" + (f"; using its allocated port ({url})" if url else ""))
+            warnings.append(
+                f"{node_id}: allocation {alloc_id[:8]} is running but has no {AGENT_SERVICE} service "
+                f"registration" + (f"; using its allocated port ({url})" if url else "")
+            )
         if nomad_node is not None and is_live(current):
             status = field(nomad_node, "NodeListStub.Status")
             if status in {"down", "disconnected"}:
                 client = field(current, "AllocListStub.ClientStatus")
-                warnings.append(f"{node_id}: allocation {alloc_id[:8]} is {client} but its Nomad node "
-                                f"{field(nomad_node, 'NodeListStub.Name')} is {status}")
-        nodes.append(MeshNode(node_id=node_id, alloc=current, nomad_node=nomad_node, agent_url=url,
-                              url_source=source, others=others))
+                warnings.append(
+                    f"{node_id}: allocation {alloc_id[:8]} is {client} but its Nomad node "
+                    f"{field(nomad_node, 'NodeListStub.Name')} is {status}"
+                )
+        nodes.append(
+            MeshNode(
+                node_id=node_id,
+                alloc=current,
+                nomad_node=nomad_node,
+                agent_url=url,
+                url_source=source,
+                others=others,
+            )
+        )
 
     if job_type == "system":
         warnings.extend(_system_gaps(job, nodes_by_id.values(), allocs_on=[n.alloc for n in nodes if n.live]))
-    return NomadView(job_id=job_id, job_type=job_type, job_status=field(job, "Job.Status", ""), nodes=nodes,
-                     warnings=warnings, need_ports=need_ports)
+    return NomadView(
+        job_id=job_id,
+        job_type=job_type,
+        job_status=field(job, "Job.Status", ""),
+        nodes=nodes,
+        warnings=warnings,
+        need_ports=need_ports,
+    )
 
 
-def _system_gaps(job: Mapping[str, Any], nomad_nodes: Iterable[Mapping[str, Any]],
-                 allocs_on: Iterable[Mapping[str, Any]]) -> list[str]:
+def _system_gaps(
+    job: Mapping[str, Any], nomad_nodes: Iterable[Mapping[str, Any]], allocs_on: Iterable[Mapping[str, Any]]
+) -> list[str]:
     """Nodes a system job should cover but has no live allocation on (Nomad does not report this, GH-25058)."""
     if field(job, "Job.Stop", False):
         return []
@@ -294,9 +318,11 @@ def _system_gaps(job: Mapping[str, Any], nomad_nodes: Iterable[Mapping[str, Any]
             continue
         if pool and pool != "all" and field(node, "NodeListStub.NodePool", "default") != pool:
             continue
-        gaps.append(f"Nomad node {field(node, 'NodeListStub.Name')} ({field(node, 'NodeListStub.Datacenter')}) is "
-                    f"ready and eligible but runs no {field(job, 'Job.ID')} allocation (constraint, driver or "
-                    f"port conflict? try `nomad job plan`)")
+        gaps.append(
+            f"Nomad node {field(node, 'NodeListStub.Name')} ({field(node, 'NodeListStub.Datacenter')}) is "
+            f"ready and eligible but runs no {field(job, 'Job.ID')} allocation (constraint, driver or "
+            f"port conflict? try `nomad job plan`)"
+        )
     return gaps
 
 
@@ -312,9 +338,13 @@ def agent_warnings(nodes: Iterable[MeshNode], health: Mapping[str, str | None]) 
         desired = field(node.alloc, "AllocListStub.DesiredStatus")
         short = node.alloc_id[:8]
         if node.live and client == "running" and problem is not None:
-            out.append(f"{node.node_id}: Nomad says allocation {short} is running, but the agent at "
-                       f"{node.agent_url} is {problem}")
+            out.append(
+                f"{node.node_id}: Nomad says allocation {short} is running, but the agent at "
+                f"{node.agent_url} is {problem}"
+            )
         elif not node.live and problem is None:
-            out.append(f"{node.node_id}: the agent at {node.agent_url} still answers, but Nomad's allocation "
-                       f"{short} is {client} (desired {desired})")
+            out.append(
+                f"{node.node_id}: the agent at {node.agent_url} still answers, but Nomad's allocation "
+                f"{short} is {client} (desired {desired})"
+            )
     return out

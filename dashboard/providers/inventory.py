@@ -50,13 +50,15 @@ def parse_inventory(doc: Any) -> tuple[str | None, list[NodeTarget], list[tuple[
         if node_id in seen:
             raise InventoryError(f"{where}: duplicate node id {node_id!r}")
         seen.add(node_id)
-        nodes.append(NodeTarget(
-            id=node_id,
-            agent_url=_str(raw, "agent_url", where, required=True),
-            metrics_url=_str(raw, "metrics_url", where),
-            overlay_url=_str(raw, "overlay_url", where),
-            yggdrasil_address=_str(raw, "yggdrasil_address", where),
-        ))
+        nodes.append(
+            NodeTarget(
+                id=node_id,
+                agent_url=_str(raw, "agent_url", where, required=True),
+                metrics_url=_str(raw, "metrics_url", where),
+                overlay_url=_str(raw, "overlay_url", where),
+                yggdrasil_address=_str(raw, "yggdrasil_address", where),
+            )
+        )
     links: list[tuple[str, str]] = []
     for i, pair in enumerate(doc.get("links") or []):
         if not (isinstance(pair, list | tuple) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
@@ -97,15 +99,18 @@ class InventoryProvider(Provider):
         self._stamp = (st.st_mtime, st.st_size)
         self._warnings = []
         if self._token and stat.S_IMODE(st.st_mode) & 0o077:
-            self._warnings.append(f"{self.path} holds the API token but has mode {stat.S_IMODE(st.st_mode):o}; "
-                                  "make it 0600")
+            self._warnings.append(
+                f"{self.path} holds the API token but has mode {stat.S_IMODE(st.st_mode):o}; make it 0600"
+            )
 
     def start(self) -> None:
         try:
             self._load()
         except FileNotFoundError as exc:
-            raise ProviderError(f"inventory file {self.path} does not exist (write one with "
-                                f"`x0-agent local-mesh --inventory {self.path}`)") from exc
+            raise ProviderError(
+                f"inventory file {self.path} does not exist (write one with "
+                f"`x0-agent local-mesh --inventory {self.path}`)"
+            ) from exc
         except (OSError, json.JSONDecodeError, InventoryError) as exc:
             raise ProviderError(f"inventory file {self.path} is unusable: {exc}") from exc
 
@@ -119,6 +124,12 @@ class InventoryProvider(Provider):
             ok, detail = False, f"{self.path} is gone; showing the last node list read"
         except (OSError, json.JSONDecodeError, InventoryError) as exc:
             ok, detail = False, f"{self.path} unreadable ({exc}); showing the last node list read"
-        return SourceSnapshot(source=self.label, ok=ok, detail=detail, nodes=list(self._nodes),
-                              planned_links=list(self._links), warnings=list(self._warnings),
-                              taken_at=time.time())
+        return SourceSnapshot(
+            source=self.label,
+            ok=ok,
+            detail=detail,
+            nodes=list(self._nodes),
+            planned_links=list(self._links),
+            warnings=list(self._warnings),
+            taken_at=time.time(),
+        )

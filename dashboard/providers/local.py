@@ -29,8 +29,9 @@ def default_mode() -> Mode:
 class LocalProvider(Provider):
     name = "local"
 
-    def __init__(self, nodes: int, *, topology: str = "full", mode: Mode | None = None,
-                 run_dir: Path | None = None) -> None:
+    def __init__(
+        self, nodes: int, *, topology: str = "full", mode: Mode | None = None, run_dir: Path | None = None
+    ) -> None:
         if nodes < 1:
             raise ProviderError(f"--local needs at least 1 node, got {nodes}")
         self.nodes = nodes
@@ -63,8 +64,9 @@ class LocalProvider(Provider):
         if run_dir is None:
             run_dir = self._own_run_dir = Path(tempfile.mkdtemp(prefix="x0dash-local-"))
         try:
-            mesh = LocalMesh(MeshOptions(nodes=self.nodes, topology=self.topology, mode=self.mode,
-                                         run_dir=run_dir))
+            mesh = LocalMesh(
+                MeshOptions(nodes=self.nodes, topology=self.topology, mode=self.mode, run_dir=run_dir)
+            )
             self._mesh = self._stack.enter_context(mesh)
             self._inventory = dict(self._mesh.inventory)
             parse_inventory(self._inventory)
@@ -82,8 +84,9 @@ class LocalProvider(Provider):
         with self._lock:
             lost = sorted(self._lost)
         detail = f"{len(nodes)} nodes" + (f"; stopped by a drill: {', '.join(lost)}" if lost else "")
-        return SourceSnapshot(source=self.label, ok=True, detail=detail, nodes=nodes, planned_links=links,
-                              taken_at=time.time())
+        return SourceSnapshot(
+            source=self.label, ok=True, detail=detail, nodes=nodes, planned_links=links, taken_at=time.time()
+        )
 
     @property
     def label(self) -> str:

@@ -171,10 +171,19 @@ class NomadProvider(Provider):
         if self._events is not None and not self._events.live and self._events.last_error is not None:
             # Reads still work (polling fallback), but changes now show only at the next poll: say why first.
             warnings.insert(0, f"Nomad event stream {self._events.state}; polling Nomad on every refresh")
-        detail = (f"job {view.job_id} ({view.job_type}, {view.job_status or 'unknown'}): {len(view.nodes)} nodes; "
-                  f"events {self.events_state}")
-        return SourceSnapshot(source=self.settings.describe(), ok=True, detail=detail, nodes=view.targets(),
-                              planned_links=view.planned_links(), warnings=warnings, taken_at=self._clock())
+        detail = (
+            f"job {view.job_id} ({view.job_type}, {view.job_status or 'unknown'}): {len(view.nodes)} nodes; "
+            f"events {self.events_state}"
+        )
+        return SourceSnapshot(
+            source=self.settings.describe(),
+            ok=True,
+            detail=detail,
+            nodes=view.targets(),
+            planned_links=view.planned_links(),
+            warnings=warnings,
+            taken_at=self._clock(),
+        )
 
     def _needs_read(self, now: float) -> bool:
         if self._view is None or self._dirty.is_set() or now - self._view_at >= self._resync_s:
@@ -187,9 +196,13 @@ class NomadProvider(Provider):
             job = client.job(job_id)
         except NomadError as exc:
             if exc.kind == "not_found":
-                raise NomadError("not_found", "read job",
-                                 f"no job {job_id!r} in namespace {self.settings.namespace_or_default!r} (run "
-                                 f"`nomad job run nomad/mesh.nomad.hcl`, or pass --job)", status=404) from None
+                raise NomadError(
+                    "not_found",
+                    "read job",
+                    f"no job {job_id!r} in namespace {self.settings.namespace_or_default!r} (run "
+                    f"`nomad job run nomad/mesh.nomad.hcl`, or pass --job)",
+                    status=404,
+                ) from None
             raise
         allocs = client.job_allocations(job_id)
         nodes = client.nodes()
@@ -214,12 +227,15 @@ class NomadProvider(Provider):
         reason = error.message if error is not None else "Nomad not read yet"
         last = self._view
         return SourceSnapshot(
-            source=self.settings.describe(), ok=False,
+            source=self.settings.describe(),
+            ok=False,
             detail=f"{reason} (retrying in {wait_s:.0f} s)",
             # The agents may be fine while Nomad is not: keep polling the nodes we last knew.
             nodes=last.targets() if last is not None else [],
             planned_links=last.planned_links() if last is not None else [],
-            warnings=[], taken_at=self._clock())
+            warnings=[],
+            taken_at=self._clock(),
+        )
 
     # Agents' view ---------------------------------------------------------------------------------------------
     def _probe(self, nodes: list[MeshNode]) -> dict[str, str | None]:
@@ -275,13 +291,17 @@ class NomadProvider(Provider):
     def node_loss(self, node_id: str, duration_s: float) -> str:
         node = self._node(node_id)
         if not node.live:
-            raise ProviderError(f"nomad: {node_id}'s allocation {node.alloc_id[:8]} is not running "
-                                f"({field(node.alloc, 'AllocListStub.ClientStatus')})")
+            raise ProviderError(
+                f"nomad: {node_id}'s allocation {node.alloc_id[:8]} is not running "
+                f"({field(node.alloc, 'AllocListStub.ClientStatus')})"
+            )
         resp = self._write(lambda: self.client.stop_allocation(node.alloc_id))
         eval_id = field(resp, "AllocStopResponse.EvalID", "")
-        return (f"stopped allocation {node.alloc_id[:8]} ({field(node.alloc, 'AllocListStub.Name')}) on "
-                f"{field(node.alloc, 'AllocListStub.NodeName')}; evaluation {eval_id[:8]} places a replacement "
-                f"(Nomad brings the node back itself, so the {duration_s:g} s window only bounds the report)")
+        return (
+            f"stopped allocation {node.alloc_id[:8]} ({field(node.alloc, 'AllocListStub.Name')}) on "
+            f"{field(node.alloc, 'AllocListStub.NodeName')}; evaluation {eval_id[:8]} places a replacement "
+            f"(Nomad brings the node back itself, so the {duration_s:g} s window only bounds the report)"
+        )
 
     def restore_node(self, node_id: str) -> None:
         """Nothing to undo: Nomad replaced the stopped allocation on its own."""
@@ -304,8 +324,10 @@ class NomadProvider(Provider):
         if placement.eligibility:
             self._prior_eligibility.setdefault(nomad_node_id, placement.eligibility)
         resp = self._write(lambda: self.client.drain_node(nomad_node_id, deadline_s))
-        return (f"draining Nomad node {placement.node_name} (deadline {deadline_s:g} s, index "
-                f"{field(resp, 'NodeDrainUpdateResponse.NodeModifyIndex')})")
+        return (
+            f"draining Nomad node {placement.node_name} (deadline {deadline_s:g} s, index "
+            f"{field(resp, 'NodeDrainUpdateResponse.NodeModifyIndex')})"
+        )
 
     def drain_preview(self, node_id: str, deadline_s: float) -> str:
         """Exactly what drain_node(node_id, deadline_s) will do: the Nomad node, every allocation on it (any job,
@@ -315,11 +337,16 @@ class NomadProvider(Provider):
         nomad_node_id = placement.node_id
         view = self._view
         mesh_by_alloc = {n.alloc_id: n.node_id for n in view.nodes} if view is not None else {}
-        mesh_here = sorted(n.node_id for n in (view.nodes if view is not None else [])
-                           if n.live and field(n.alloc, "AllocListStub.NodeID") == nomad_node_id)
+        mesh_here = sorted(
+            n.node_id
+            for n in (view.nodes if view is not None else [])
+            if n.live and field(n.alloc, "AllocListStub.NodeID") == nomad_node_id
+        )
         where = ", ".join(x for x in (placement.datacenter, placement.node_status, placement.eligibility) if x)
-        lines = [f"Nomad node {placement.node_name} (id {nomad_node_id[:8]}{', ' + where if where else ''}) is "
-                 f"marked ineligible and drained with a deadline of {deadline_s:g} s. Allocations on it:"]
+        lines = [
+            f"Nomad node {placement.node_name} (id {nomad_node_id[:8]}{', ' + where if where else ''}) is "
+            f"marked ineligible and drained with a deadline of {deadline_s:g} s. Allocations on it:"
+        ]
         try:
             allocs = self.client.node_allocations(nomad_node_id)
         except NomadError as exc:
@@ -327,27 +354,37 @@ class NomadProvider(Provider):
             lines.append(f"  (could not list them: {exc.message}; at least the mesh's own:)")
             for mesh_id in mesh_here or [node_id]:
                 n = self._node(mesh_id)
-                lines.append(f"  - {field(n.alloc, 'AllocListStub.Name')} ({n.alloc_id[:8]}, job "
-                             f"{self.settings.job}) = mesh node {mesh_id}")
+                lines.append(
+                    f"  - {field(n.alloc, 'AllocListStub.Name')} ({n.alloc_id[:8]}, job "
+                    f"{self.settings.job}) = mesh node {mesh_id}"
+                )
         for alloc in allocs or []:
             if field(alloc, "Allocation.DesiredStatus") != "run":
                 continue  # already stopping: the drain changes nothing for it
             alloc_id = field(alloc, "Allocation.ID", "")
             mesh = mesh_by_alloc.get(alloc_id)
             job, status = field(alloc, "Allocation.JobID"), field(alloc, "Allocation.ClientStatus")
-            lines.append(f"  - {field(alloc, 'Allocation.Name')} ({alloc_id[:8]}, job {job}, {status})"
-                         + (f" = mesh node {mesh}" if mesh else ""))
+            lines.append(
+                f"  - {field(alloc, 'Allocation.Name')} ({alloc_id[:8]}, job {job}, {status})"
+                + (f" = mesh node {mesh}" if mesh else "")
+            )
         if allocs is not None and len(lines) == 1:
             lines.append("  (none running)")
-        lines.append(f"Nomad migrates service and batch allocations first and stops system ones last; after "
-                     f"{deadline_s:g} s it stops whatever still runs there.")
+        lines.append(
+            f"Nomad migrates service and batch allocations first and stops system ones last; after "
+            f"{deadline_s:g} s it stops whatever still runs there."
+        )
         others = [m for m in mesh_here if m != node_id]
         if others:
-            lines.append(f"This also takes down mesh node{'s' if len(others) > 1 else ''} {', '.join(others)}: "
-                         f"{'they run' if len(others) > 1 else 'it runs'} on the same Nomad node.")
+            lines.append(
+                f"This also takes down mesh node{'s' if len(others) > 1 else ''} {', '.join(others)}: "
+                f"{'they run' if len(others) > 1 else 'it runs'} on the same Nomad node."
+            )
         before = self._prior_eligibility.get(nomad_node_id, placement.eligibility or "eligible")
-        lines.append(f"Undo cancels the drain and makes the node {before} again"
-                     + (", so Nomad places the mesh allocation back." if before == "eligible" else "."))
+        lines.append(
+            f"Undo cancels the drain and makes the node {before} again"
+            + (", so Nomad places the mesh allocation back." if before == "eligible" else ".")
+        )
         return "\n".join(lines)
 
     def undo_drain(self, node_id: str) -> str:
@@ -356,5 +393,7 @@ class NomadProvider(Provider):
         nomad_node_id = placement.node_id
         eligible = self._prior_eligibility.pop(nomad_node_id, "eligible") == "eligible"
         self._write(lambda: self.client.drain_node(nomad_node_id, None, mark_eligible=eligible))
-        return (f"drain of Nomad node {placement.node_name} cancelled; "
-                f"{'eligible' if eligible else 'left ineligible as before'}")
+        return (
+            f"drain of Nomad node {placement.node_name} cancelled; "
+            f"{'eligible' if eligible else 'left ineligible as before'}"
+        )

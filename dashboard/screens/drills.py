@@ -43,8 +43,13 @@ from dashboard.screens.confirm import ConfirmDrillScreen
 from dashboard.session import MeshUpdate
 from dashboard.widgets.styles import LEVEL_STYLE
 
-KIND_LABELS = {"blackhole": "blackhole", "partition": "partition", "node-loss": "node loss",
-               "restart-alloc": "restart allocation (Nomad)", "drain": "drain Nomad node"}
+KIND_LABELS = {
+    "blackhole": "blackhole",
+    "partition": "partition",
+    "node-loss": "node loss",
+    "restart-alloc": "restart allocation (Nomad)",
+    "drain": "drain Nomad node",
+}
 ALL_TASKS = "all"
 
 
@@ -72,20 +77,27 @@ class DrillScreen(MeshScreen):
                 with RadioSet(id="kind"):
                     # Only what this source can make: the Nomad-only kinds appear with a Nomad source.
                     for kind in self.dash.engine.kinds:
-                        yield RadioButton(KIND_LABELS.get(kind, kind), value=kind == "blackhole",
-                                          id=f"kind-{kind}")
+                        yield RadioButton(
+                            KIND_LABELS.get(kind, kind), value=kind == "blackhole", id=f"kind-{kind}"
+                        )
                 yield Label("target", classes="field-label")
                 yield Select[str]([], id="target", prompt="pick a node")
                 yield Label(f"duration, s ({DURATION_RANGE[0]}..{DURATION_RANGE[1]})", classes="field-label")
                 yield Input(str(self.dash.default_duration), id="duration", type="integer")
                 # The deadline: how long Nomad lets the node's allocations migrate before it stops them.
-                yield Label(f"drain deadline, s ({DEADLINE_RANGE[0]}..{DEADLINE_RANGE[1]})",
-                            classes="field-label drain-field")
+                yield Label(
+                    f"drain deadline, s ({DEADLINE_RANGE[0]}..{DEADLINE_RANGE[1]})",
+                    classes="field-label drain-field",
+                )
                 yield Input(str(DEFAULT_DRAIN_DEADLINE_S), id="deadline", type="integer", classes="drain-field")
                 yield Label("restart which task", classes="field-label restart-field")
-                yield Select[str]([("all tasks", ALL_TASKS), (AGENT_TASK, AGENT_TASK),
-                                   (YGGDRASIL_TASK, YGGDRASIL_TASK)], id="task", value=ALL_TASKS,
-                                  allow_blank=False, classes="restart-field")
+                yield Select[str](
+                    [("all tasks", ALL_TASKS), (AGENT_TASK, AGENT_TASK), (YGGDRASIL_TASK, YGGDRASIL_TASK)],
+                    id="task",
+                    value=ALL_TASKS,
+                    allow_blank=False,
+                    classes="restart-field",
+                )
                 yield Label("SLO: detect within, s", classes="field-label")
                 yield Input(f"{slo.detect_s:g}", id="slo-detect", type="number")
                 yield Label("SLO: repair within, s (after)", classes="field-label")
@@ -172,8 +184,13 @@ class DrillScreen(MeshScreen):
         running = dash.engine.running
         status = self.query_one("#drill-status", Static)
         if running is not None:
-            status.update(Text(f"running: {KIND_LABELS.get(running.kind, running.kind)} on {running.target} for "
-                               f"{running.duration_s} s   (a: abort, reverts the fault at once)", "bold red"))
+            status.update(
+                Text(
+                    f"running: {KIND_LABELS.get(running.kind, running.kind)} on {running.target} for "
+                    f"{running.duration_s} s   (a: abort, reverts the fault at once)",
+                    "bold red",
+                )
+            )
         elif dash.last_drill_error:
             status.update(Text(f"refused: {dash.last_drill_error}", "bold red"))
         elif dash.last_report is not None:
@@ -190,7 +207,7 @@ class DrillScreen(MeshScreen):
         if len(steps) < self._steps_shown:
             table.clear()
             self._steps_shown = 0
-        for step in steps[self._steps_shown:]:
+        for step in steps[self._steps_shown :]:
             t = "" if step.t_s is None else f"{step.t_s:+.2f} s"
             table.add_row(t, step.node or "", Text(step.what, LEVEL_STYLE.get(step.level, "")))
         if len(steps) != self._steps_shown:
@@ -236,8 +253,14 @@ class DrillScreen(MeshScreen):
         if kind == "drain":
             deadline = self._seconds("deadline", "drain deadline", DEADLINE_RANGE)
         task = self.query_one("#task", Select).value if kind == "restart-alloc" else ALL_TASKS
-        return DrillPlan(kind=kind, target=target, duration_s=duration, slo=slo, deadline_s=deadline,
-                         task=None if task == ALL_TASKS or not isinstance(task, str) else task)
+        return DrillPlan(
+            kind=kind,
+            target=target,
+            duration_s=duration,
+            slo=slo,
+            deadline_s=deadline,
+            task=None if task == ALL_TASKS or not isinstance(task, str) else task,
+        )
 
     def action_start(self) -> None:
         error = self.query_one("#form-error", Static)
@@ -261,8 +284,9 @@ class DrillScreen(MeshScreen):
     async def _confirm_drain(self, plan: DrillPlan) -> None:
         error = self.query_one("#form-error", Static)
         try:
-            preview = await asyncio.to_thread(self.dash.session.provider.drain_preview, plan.target,
-                                              plan.deadline_s)
+            preview = await asyncio.to_thread(
+                self.dash.session.provider.drain_preview, plan.target, plan.deadline_s
+            )
         except ProviderError as exc:
             error.update(Text(f"cannot drain: {exc}", "red"))
             return
@@ -274,8 +298,10 @@ class DrillScreen(MeshScreen):
         node = self.dash.view.node(plan.target) if self.dash.view is not None else None
         placement = node.nomad if node is not None else None
         text = describe(plan, via_source=engine.via_source(plan.kind), placement=placement, preview=preview)
-        text += (f"\n\nSLOs: detect <= {plan.slo.detect_s:g} s, repair <= {plan.slo.repair_s:g} s after the fault "
-                 f"ends. Abort with a at any time.")
+        text += (
+            f"\n\nSLOs: detect <= {plan.slo.detect_s:g} s, repair <= {plan.slo.repair_s:g} s after the fault "
+            f"ends. Abort with a at any time."
+        )
         if plan.kind == "drain" and placement is not None:
             title = f"Drain Nomad node {placement.node_name or placement.node_id[:8]} (runs {plan.target})?"
         else:
@@ -298,8 +324,9 @@ class DrillScreen(MeshScreen):
         if running is not None and running.kind == "drain":
             # The running drill's own revert is the undo; it also ends the fault window in the report.
             self.dash.abort_drill()
-            self.query_one("#drill-status", Static).update(Text("undoing the drain (aborting the drill)…",
-                                                                "bold yellow"))
+            self.query_one("#drill-status", Static).update(
+                Text("undoing the drain (aborting the drill)…", "bold yellow")
+            )
             return
         value = self.query_one("#target", Select).value
         selected = value if isinstance(value, str) else None

@@ -35,17 +35,28 @@ def node_summary(node: NodeView | None, agent: AgentData | None, node_id: str) -
         ("yggdrasil", f"API {node.api_version or '?'}"),
         ("agent version", node.version or "-"),
         ("agent uptime", fmt_age(node.uptime_s)),
-        ("peers", f"{node.peers_up if node.peers_up is not None else '-'} up of "
-                  f"{node.peers_planned if node.peers_planned is not None else '?'} planned"),
-        ("members reachable", f"{node.members_reachable if node.members_reachable is not None else '-'} of "
-                              f"{node.members_known if node.members_known is not None else '?'}"),
+        (
+            "peers",
+            f"{node.peers_up if node.peers_up is not None else '-'} up of "
+            f"{node.peers_planned if node.peers_planned is not None else '?'} planned",
+        ),
+        (
+            "members reachable",
+            f"{node.members_reachable if node.members_reachable is not None else '-'} of "
+            f"{node.members_known if node.members_known is not None else '?'}",
+        ),
         ("data age", f"{fmt_age(node.age_s)} (poll round trip {fmt_ms(node.rtt_ms)})"),
     ]
     if node.nomad is not None:
         nm = node.nomad
         where = f"{nm.node_name or nm.node_id[:8]} ({nm.datacenter or '?'}, node {nm.node_status or '?'}"
-        rows.append(("nomad", f"alloc {nm.alloc_id[:8]} {nm.client_status}/{nm.desired_status} on {where}"
-                              f", {nm.eligibility or '?'}{', draining' if nm.drain else ''})"))
+        rows.append(
+            (
+                "nomad",
+                f"alloc {nm.alloc_id[:8]} {nm.client_status}/{nm.desired_status} on {where}"
+                f", {nm.eligibility or '?'}{', draining' if nm.drain else ''})",
+            )
+        )
     for name, value in rows:
         t.append(f"{name:>18}  ", "grey50")
         t.append(f"{value}\n")
@@ -103,10 +114,12 @@ class NodeDetailScreen(MeshScreen):
 
     def on_mount(self) -> None:
         self.query_one("#peers", DataTable).add_columns(
-            "peer", "state", "planned", "temporary", "direction", "remote", "latency", "uptime", "last error")
+            "peer", "state", "planned", "temporary", "direction", "remote", "latency", "uptime", "last error"
+        )
         self.query_one("#routes", DataTable).add_columns("kind", "to", "address", "next hop", "path")
         self.query_one("#incidents", DataTable).add_columns(
-            "detected", "kind", "subject", "resolved", "took", "count", "detail")
+            "detected", "kind", "subject", "resolved", "took", "count", "detail"
+        )
         self.query_one("#actions", DataTable).add_columns("at", "action", "target", "outcome", "reason", "uri")
         self.dash.watch_routes(self.node_id, True)
         self.query_one("#peers").focus()
@@ -129,10 +142,13 @@ class NodeDetailScreen(MeshScreen):
         self.query_one("#spark-latency").display = bool(latency)
         low, high = (min(peers), max(peers)) if peers else (0, 0)
         self.query_one("#peers-label", Label).update(
-            f"peers up, session: {low:.0f}..{high:.0f}" if peers else "peers up: no data yet")
+            f"peers up, session: {low:.0f}..{high:.0f}" if peers else "peers up: no data yet"
+        )
         self.query_one("#latency-label", Label).update(
-            f"link latency, session: {min(latency):.1f}..{max(latency):.1f} ms" if latency
-            else "link latency: not reported (Yggdrasil 0.5.6+ or MAPE-K probes give it)")
+            f"link latency, session: {min(latency):.1f}..{max(latency):.1f} ms"
+            if latency
+            else "link latency: not reported (Yggdrasil 0.5.6+ or MAPE-K probes give it)"
+        )
         self._fill(agent)
 
     def _fill(self, agent: AgentData | None) -> None:
@@ -145,26 +161,61 @@ class NodeDetailScreen(MeshScreen):
                 state = "up" if p.up else "down"
                 style = LINK_STYLE["temporary" if p.temporary and p.up else state]
                 direction = "-" if p.inbound is None else ("in" if p.inbound else "out")
-                peers.append((Text(p.node_id or p.key[:16] + "…", "bold"), Text(state, style),
-                              "yes" if p.planned else "no", "yes" if p.temporary else "no", direction,
-                              p.remote or "-", fmt_ms(p.latency_ms), fmt_age(p.uptime_s), p.last_error or ""))
+                peers.append(
+                    (
+                        Text(p.node_id or p.key[:16] + "…", "bold"),
+                        Text(state, style),
+                        "yes" if p.planned else "no",
+                        "yes" if p.temporary else "no",
+                        direction,
+                        p.remote or "-",
+                        fmt_ms(p.latency_ms),
+                        fmt_age(p.uptime_s),
+                        p.last_error or "",
+                    )
+                )
             for m in agent.peers.missing:
-                peers.append((Text(m.node_id, "bold"), Text("missing", LINK_STYLE["down"]), "yes", "no", "-",
-                              m.listen_uri or "-", "-", "-", m.reason))
+                peers.append(
+                    (
+                        Text(m.node_id, "bold"),
+                        Text("missing", LINK_STYLE["down"]),
+                        "yes",
+                        "no",
+                        "-",
+                        m.listen_uri or "-",
+                        "-",
+                        "-",
+                        m.reason,
+                    )
+                )
         if agent is not None and agent.routes is not None:
             for r in agent.routes.routes:
-                routes.append((r.kind, r.node_id or r.key[:16] + "…", r.address,
-                               r.next_hop_node_id or (r.next_hop_key[:12] + "…" if r.next_hop_key else "-"),
-                               " ".join(map(str, r.path)) if r.path else "-"))
+                routes.append(
+                    (
+                        r.kind,
+                        r.node_id or r.key[:16] + "…",
+                        r.address,
+                        r.next_hop_node_id or (r.next_hop_key[:12] + "…" if r.next_hop_key else "-"),
+                        " ".join(map(str, r.path)) if r.path else "-",
+                    )
+                )
         elif agent is not None:
             routes.append(("…", "fetching routes (polled while this screen is open)", "", "", ""))
         if agent is not None:
             for i in sorted(agent.incidents.values(), key=lambda i: i.detected_at, reverse=True):
                 took = "-" if i.resolved_at is None else f"{i.resolved_at - i.detected_at:.2f} s"
                 style = "yellow" if i.resolved_at is None else "green"
-                incidents.append((_t(i.detected_at), Text(i.kind, style), i.subject,
-                                  _t(i.resolved_at) if i.resolved_at else Text("open", "bold yellow"),
-                                  took, str(i.count), i.detail))
+                incidents.append(
+                    (
+                        _t(i.detected_at),
+                        Text(i.kind, style),
+                        i.subject,
+                        _t(i.resolved_at) if i.resolved_at else Text("open", "bold yellow"),
+                        took,
+                        str(i.count),
+                        i.detail,
+                    )
+                )
             for a in sorted(agent.actions.values(), key=lambda a: a.at, reverse=True):
                 style = {"ok": "green", "failed": "red"}.get(a.outcome, "yellow")
                 actions.append((_t(a.at), a.action, a.target, Text(a.outcome, style), a.reason, a.uri or "-"))

@@ -12,8 +12,16 @@ from textual.widgets import DataTable
 from dashboard.models import NodeView
 from dashboard.widgets.styles import NODE_STYLE, NODE_SYMBOL, fmt_age, fmt_ms
 
-BASE_COLUMNS = (("node", "node"), ("health", "health"), ("address", "Yggdrasil address"), ("peers", "peers"),
-                ("incidents", "incidents"), ("rps", "req/s"), ("p99", "p99"), ("age", "data age"))
+BASE_COLUMNS = (
+    ("node", "node"),
+    ("health", "health"),
+    ("address", "Yggdrasil address"),
+    ("peers", "peers"),
+    ("incidents", "incidents"),
+    ("rps", "req/s"),
+    ("p99", "p99"),
+    ("age", "data age"),
+)
 NOMAD_COLUMNS = (("alloc", "alloc"), ("nomad", "alloc status"), ("host", "Nomad node"))
 
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-NODE_STYLE = {"up": "bold green", "degraded": "bold yellow", "silent": "bold dark_orange", "down": "bold red",
-              "unknown": "grey50"}
+NODE_STYLE = {
+    "up": "bold green",
+    "degraded": "bold yellow",
+    "silent": "bold dark_orange",
+    "down": "bold red",
+    "unknown": "grey50",
+}
 NODE_SYMBOL = {"up": "●", "degraded": "◐", "silent": "◌", "down": "✖", "unknown": "?"}
 LINK_STYLE = {"up": "green", "silent": "yellow", "down": "red", "temporary": "cyan", "unknown": "grey42"}
 # The matrix/list symbol of a link state (also readable without colour).

@@ -82,8 +82,9 @@ def ring_positions(n: int, width: int, height: int) -> list[tuple[int, int]]:
     return pos
 
 
-def draw_ring(nodes: Sequence[NodeView], links: Sequence[LinkView], width: int, height: int,
-              *, latency: bool = True) -> list[list[Cell]]:
+def draw_ring(
+    nodes: Sequence[NodeView], links: Sequence[LinkView], width: int, height: int, *, latency: bool = True
+) -> list[list[Cell]]:
     canvas = Canvas(width, height)
     pos = dict(zip((n.id for n in nodes), ring_positions(len(nodes), width, height), strict=True))
     # Healthy links first so a broken link is drawn on top where lines cross.
@@ -93,8 +94,9 @@ def draw_ring(nodes: Sequence[NodeView], links: Sequence[LinkView], width: int, 
             continue
         (x0, y0), (x1, y1) = pos[link.a], pos[link.b]
         ch = _line_char(x1 - x0, y1 - y0)
-        canvas.line(x0, y0, x1, y1, ch, LINK_STYLE[link.state],
-                    dotted=link.state in ("down", "temporary", "unknown"))
+        canvas.line(
+            x0, y0, x1, y1, ch, LINK_STYLE[link.state], dotted=link.state in ("down", "temporary", "unknown")
+        )
     if latency and len(nodes) <= 8:
         for link in links:
             if link.latency_ms is None or link.a not in pos or link.b not in pos:

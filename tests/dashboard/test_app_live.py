@@ -41,8 +41,12 @@ LOOSE_SLO = ["--detect-slo", "10", "--repair-slo", "20"]  # the tests check the 
 
 
 def make_app(mesh: object, tmp_path: Path) -> X0Dash:
-    return X0Dash(InventoryProvider(mesh.inventory_path), interval=0.5, timeout=1.0,  # type: ignore[attr-defined]
-                  reports_dir=tmp_path / "reports")
+    return X0Dash(
+        InventoryProvider(mesh.inventory_path),
+        interval=0.5,
+        timeout=1.0,  # type: ignore[attr-defined]
+        reports_dir=tmp_path / "reports",
+    )
 
 
 def whole(app: X0Dash) -> bool:
@@ -66,8 +70,11 @@ def check_measured_from_records(report: DrillReport, mesh: object) -> None:
     assert [o.observer for o in report.observers] == ["node-a", "node-c"]
     for o in report.observers:
         assert o.detected_at is not None and o.repaired_at is not None, o
-        own = [i for i in agent_incidents(mesh.node(o.observer).agent_url, report.fault.started_at - 1)
-               if i["subject"] == "node-b"]
+        own = [
+            i
+            for i in agent_incidents(mesh.node(o.observer).agent_url, report.fault.started_at - 1)
+            if i["subject"] == "node-b"
+        ]
         assert own, f"{o.observer} has no incident about node-b"
         # The engine keeps the earliest detection it saw; an incident reopened later has a newer detected_at.
         assert o.detected_at <= min(i["detected_at"] for i in own) + 1e-6
@@ -100,8 +107,11 @@ async def test_overview_filter_detail_help_palette(mesh: object, tmp_path: Path)
         peers = screen.query_one("#peers", DataTable)
         await until(pilot, "node-b's peers listed", lambda: peers.row_count == 2)
         routes = screen.query_one("#routes", DataTable)
-        await until(pilot, "node-b's routes fetched",
-                    lambda: routes.row_count > 0 and "fetching" not in str(routes.get_row_at(0)[1]))
+        await until(
+            pilot,
+            "node-b's routes fetched",
+            lambda: routes.row_count > 0 and "fetching" not in str(routes.get_row_at(0)[1]),
+        )
         assert "node-b" in app.session.poller.detail_nodes
         await pilot.press("escape")
         assert isinstance(app.screen, OverviewScreen)
@@ -177,16 +187,39 @@ async def test_abort_reverts_at_once_and_second_drill_is_refused(mesh: object, t
 
 
 def test_headless_blackhole_and_refusals(mesh: object, tmp_path: Path) -> None:
-    base = [sys.executable, "-m", "dashboard.cli", "--inventory", str(mesh.inventory_path),
-            "--reports-dir", str(tmp_path)]
-    missing = subprocess.run([*base, "drill", "blackhole", "--target", "node-x"], capture_output=True, text=True,
-                             timeout=60)
+    base = [
+        sys.executable,
+        "-m",
+        "dashboard.cli",
+        "--inventory",
+        str(mesh.inventory_path),
+        "--reports-dir",
+        str(tmp_path),
+    ]
+    missing = subprocess.run(
+        [*base, "drill", "blackhole", "--target", "node-x"], capture_output=True, text=True, timeout=60
+    )
     assert missing.returncode == 2
     assert "no node 'node-x'" in missing.stderr and "node-a, node-b, node-c" in missing.stderr
 
-    out = subprocess.run([*base, "drill", "blackhole", "--target", "node-b", "--duration", "3", "--json",
-                          "--report", str(tmp_path / "r.md"), *LOOSE_SLO],
-                         capture_output=True, text=True, timeout=150)
+    out = subprocess.run(
+        [
+            *base,
+            "drill",
+            "blackhole",
+            "--target",
+            "node-b",
+            "--duration",
+            "3",
+            "--json",
+            "--report",
+            str(tmp_path / "r.md"),
+            *LOOSE_SLO,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
     report = from_json(out.stdout)
     assert out.returncode == (0 if report.passed else 1), out.stderr
     check_measured_from_records(report, mesh)
@@ -195,8 +228,12 @@ def test_headless_blackhole_and_refusals(mesh: object, tmp_path: Path) -> None:
     assert "first detection by node-a" in out.stderr and "full recovery" in out.stderr
 
     # An SLO nobody can meet: same drill, measured the same way, exit 1.
-    strict = subprocess.run([*base, "drill", "blackhole", "--target", "node-a", "--duration", "2", "--json",
-                             "--detect-slo", "0.001"], capture_output=True, text=True, timeout=150)
+    strict = subprocess.run(
+        [*base, "drill", "blackhole", "--target", "node-a", "--duration", "2", "--json", "--detect-slo", "0.001"],
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
     assert strict.returncode == 1, strict.stderr
     failed = json.loads(strict.stdout)
     assert not failed["passed"] and any("detected after" in f for f in failed["failures"])
@@ -226,8 +263,12 @@ async def test_one_agent_silent_then_down_then_back(mesh: object, tmp_path: Path
         mesh.stop_node("node-c")
         try:
             await until(pilot, "node-c down", lambda: app.view.node("node-c").state == "down", within=15)
-            await until(pilot, "links to node-c not up",
-                        lambda: app.view.links_up == 1 and app.view.nodes_healthy == 2, within=30)
+            await until(
+                pilot,
+                "links to node-c not up",
+                lambda: app.view.links_up == 1 and app.view.nodes_healthy == 2,
+                within=30,
+            )
             assert any("node-c up → down" in e.text for e in app.screen.query_one("#events").events)
         finally:
             mesh.start_node("node-c")
@@ -237,16 +278,21 @@ async def test_one_agent_silent_then_down_then_back(mesh: object, tmp_path: Path
     assert app.return_code == 0
 
 
-async def test_local_source_starts_its_mesh_and_stops_it_on_quit(require_yggdrasil: str, require_root: None,
-                                                                 tmp_path: Path) -> None:
+async def test_local_source_starts_its_mesh_and_stops_it_on_quit(
+    require_yggdrasil: str, require_root: None, tmp_path: Path
+) -> None:
     from agent.localmesh import netns
 
     provider = LocalProvider(2, mode="netns", run_dir=tmp_path / "run")
     app = X0Dash(provider, interval=0.5, reports_dir=tmp_path)
     try:
         async with app.run_test(size=(120, 36)) as pilot:
-            await until(pilot, "local mesh up", lambda: app.view is not None and app.view.nodes_healthy == 2
-                        and app.view.links_up == 1, within=60)
+            await until(
+                pilot,
+                "local mesh up",
+                lambda: app.view is not None and app.view.nodes_healthy == 2 and app.view.links_up == 1,
+                within=60,
+            )
             assert app.view.source.startswith("local netns mesh") and "(2 nodes)" in app.view.source
             names = [n for n in netns.list_netns() if provider.mesh.id in n]
             assert len(names) == 2

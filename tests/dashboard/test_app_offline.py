@@ -19,10 +19,15 @@ from .conftest import closed_port, until
 
 
 def write_inventory(path: Path, ports: list[int], **extra: object) -> Path:
-    doc = {"mesh": "dead", "mode": "loopback", "api_token": "t0k",
-           "links": [["node-a", "node-b"], ["node-b", "node-c"], ["node-a", "node-c"]],
-           "nodes": [{"id": f"node-{c}", "agent_url": f"http://127.0.0.1:{p}"}
-                     for c, p in zip("abc", ports, strict=True)]}
+    doc = {
+        "mesh": "dead",
+        "mode": "loopback",
+        "api_token": "t0k",
+        "links": [["node-a", "node-b"], ["node-b", "node-c"], ["node-a", "node-c"]],
+        "nodes": [
+            {"id": f"node-{c}", "agent_url": f"http://127.0.0.1:{p}"} for c, p in zip("abc", ports, strict=True)
+        ],
+    }
     doc.update(extra)
     path.write_text(json.dumps(doc))
     path.chmod(0o600)

@@ -68,8 +68,9 @@ def test_temporary_stand_in_link() -> None:
     agents = healthy_mesh()
     agents["node-a"] = agent("node-a", [peer("node-b"), peer("node-c", planned=False, temporary=True)])
     agents["node-c"] = agent("node-c", [peer("node-b"), peer("node-a", planned=False, temporary=True)])
-    view = merge(snapshot("node-a", "node-b", "node-c", links=[("node-a", "node-b"), ("node-b", "node-c")]),
-                 agents, 101.0)
+    view = merge(
+        snapshot("node-a", "node-b", "node-c", links=[("node-a", "node-b"), ("node-b", "node-c")]), agents, 101.0
+    )
     ac = link(view, "node-a", "node-c")
     assert (ac.state, ac.planned) == ("temporary", False)
     assert view.links_temporary == 1 and view.links_planned == 2

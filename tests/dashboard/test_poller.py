@@ -30,8 +30,9 @@ async def test_concurrent_callers_get_serialized_cycles() -> None:
 async def test_agents_without_url_are_not_polled_and_removed_ones_are_forgotten() -> None:
     async with AgentClient(timeout=0.5) as client:
         poller = Poller(client)
-        await poller.poll([NodeTarget(id="a", agent_url=f"http://127.0.0.1:{closed_port()}"),
-                           NodeTarget(id="b", agent_url=None)])
+        await poller.poll(
+            [NodeTarget(id="a", agent_url=f"http://127.0.0.1:{closed_port()}"), NodeTarget(id="b", agent_url=None)]
+        )
         assert poller.agents["b"].last_attempt_at is None
         await poller.poll([NodeTarget(id="b", agent_url=None)])
         assert set(poller.agents) == {"b"}

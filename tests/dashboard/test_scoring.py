@@ -11,35 +11,78 @@ T0 = 1000.0
 
 
 def steady(links_up: int = 3, nodes_up: int = 3, reach: int = 3) -> SteadyState:
-    return SteadyState(taken_at=T0, nodes_up=nodes_up, nodes_total=3, links_up=links_up, links_planned=3,
-                       links_not_up=[], nodes_not_up=[],
-                       reachability={n: [reach, 3] for n in ("node-a", "node-b", "node-c")})
+    return SteadyState(
+        taken_at=T0,
+        nodes_up=nodes_up,
+        nodes_total=3,
+        links_up=links_up,
+        links_planned=3,
+        links_not_up=[],
+        nodes_not_up=[],
+        reachability={n: [reach, 3] for n in ("node-a", "node-b", "node-c")},
+    )
 
 
 def fault(ended: float | None = T0 + 5.0, aborted: bool = False) -> FaultWindow:
-    return FaultWindow(kind="blackhole", method="agent drill blackhole", target="node-b", duration_s=5,
-                       started_at=T0, ended_at=ended, clock="agent", drill_id="d1", aborted=aborted)
+    return FaultWindow(
+        kind="blackhole",
+        method="agent drill blackhole",
+        target="node-b",
+        duration_s=5,
+        started_at=T0,
+        ended_at=ended,
+        clock="agent",
+        drill_id="d1",
+        aborted=aborted,
+    )
 
 
-def inc(observer: str, detected: float, resolved: float | None, *, subject: str = "node-b",
-        kind: str = "peer_silent", iid: str | None = None) -> IncidentSeen:
-    return IncidentSeen(observer=observer, id=iid or f"{observer}-{kind}-{detected}", kind=kind, subject=subject,
-                        detected_at=detected, resolved_at=resolved)
+def inc(
+    observer: str,
+    detected: float,
+    resolved: float | None,
+    *,
+    subject: str = "node-b",
+    kind: str = "peer_silent",
+    iid: str | None = None,
+) -> IncidentSeen:
+    return IncidentSeen(
+        observer=observer,
+        id=iid or f"{observer}-{kind}-{detected}",
+        kind=kind,
+        subject=subject,
+        detected_at=detected,
+        resolved_at=resolved,
+    )
 
 
 DEFAULT_SLO = SLO()
 
 
 def run(incidents, *, after=None, f=None, slo=DEFAULT_SLO, actions=()):
-    return score(source="test", fault=f or fault(), aliases={"node-b", "key-b"}, observers=["node-a", "node-c"],
-                 incidents=incidents, actions=list(actions), before=steady(),
-                 after=steady() if after is None else after, steady_confirmed_at=T0 + 7, slo=slo,
-                 created_at=T0 + 8)
+    return score(
+        source="test",
+        fault=f or fault(),
+        aliases={"node-b", "key-b"},
+        observers=["node-a", "node-c"],
+        incidents=incidents,
+        actions=list(actions),
+        before=steady(),
+        after=steady() if after is None else after,
+        steady_confirmed_at=T0 + 7,
+        slo=slo,
+        created_at=T0 + 8,
+    )
 
 
 def test_pass_with_times_from_records() -> None:
-    r = run([inc("node-a", T0 + 1.2, T0 + 6.0), inc("node-c", T0 + 0.8, T0 + 6.5),
-             inc("node-a", T0 + 1.5, T0 + 6.9, kind="member_unreachable")])
+    r = run(
+        [
+            inc("node-a", T0 + 1.2, T0 + 6.0),
+            inc("node-c", T0 + 0.8, T0 + 6.5),
+            inc("node-a", T0 + 1.5, T0 + 6.9, kind="member_unreachable"),
+        ]
+    )
     a, c = r.observers
     assert (a.detect_s, a.repair_s) == (approx(1.2), approx(1.9))
     assert (a.detected_by, a.incidents) == ("peer_silent", 2)
@@ -55,8 +98,9 @@ def test_slo_failures_are_named() -> None:
     assert not r.passed
     assert any("node-a detected after 3.00 s" in f for f in r.failures)
     assert any("node-c repaired 4.00 s after" in f for f in r.failures)
-    assert run([inc("node-a", T0 + 3.0, T0 + 6.0), inc("node-c", T0 + 0.5, T0 + 9.0)],
-               slo=SLO(detect_s=5, repair_s=5)).passed
+    assert run(
+        [inc("node-a", T0 + 3.0, T0 + 6.0), inc("node-c", T0 + 0.5, T0 + 9.0)], slo=SLO(detect_s=5, repair_s=5)
+    ).passed
 
 
 def test_observer_that_never_detected_and_unresolved_incident_fail() -> None:
@@ -68,8 +112,14 @@ def test_observer_that_never_detected_and_unresolved_incident_fail() -> None:
 
 
 def test_unrelated_and_earlier_incidents_do_not_count() -> None:
-    r = run([inc("node-a", T0 - 30, T0 - 20), inc("node-a", T0 + 0.2, T0 + 6, subject="node-c"),
-             inc("node-a", T0 + 1.0, T0 + 6), inc("node-c", T0 + 1.0, T0 + 6, subject="key-b")])
+    r = run(
+        [
+            inc("node-a", T0 - 30, T0 - 20),
+            inc("node-a", T0 + 0.2, T0 + 6, subject="node-c"),
+            inc("node-a", T0 + 1.0, T0 + 6),
+            inc("node-c", T0 + 1.0, T0 + 6, subject="key-b"),
+        ]
+    )
     assert r.observers[0].incidents == 1 and r.observers[0].detect_s == 1.0
     assert r.observers[1].detect_s == 1.0  # matched by the target's key
 

@@ -38,14 +38,22 @@ def recorded_app() -> tuple[X0Dash, MeshUpdate]:
     rec = load_recording()
     now = rec.taken_at + 0.4
     # The provider is never started (autopoll=False): the recorded poll stands in for it.
-    app = X0Dash(InventoryProvider(Path("recorded-inventory.json")), autopoll=False, clock=lambda: now,
-                 reports_dir=Path("reports"))
+    app = X0Dash(
+        InventoryProvider(Path("recorded-inventory.json")),
+        autopoll=False,
+        clock=lambda: now,
+        reports_dir=Path("reports"),
+    )
     view = merge(rec.snapshot, rec.agents, now, polled_at=rec.taken_at, poll_duration_s=0.042)
     for _ in range(4):  # plus the one the update itself records: five points per sparkline
         app.history.record(view)
     events = [incident_event(a.node_id, i, "opened") for a in rec.agents.values() for i in a.incidents.values()]
-    events += [incident_event(a.node_id, i, "resolved") for a in rec.agents.values() for i in a.incidents.values()
-               if i.resolved_at is not None]
+    events += [
+        incident_event(a.node_id, i, "resolved")
+        for a in rec.agents.values()
+        for i in a.incidents.values()
+        if i.resolved_at is not None
+    ]
     events += [action_event(a.node_id, x) for a in rec.agents.values() for x in a.actions.values()]
     return app, MeshUpdate(view=view, events=events, poll=None, agents=rec.agents)
 
@@ -54,6 +62,7 @@ def feed(app: X0Dash, update: MeshUpdate):
     async def run_before(pilot) -> None:
         app.post_message(MeshUpdated(update))
         await pilot.pause()
+
     return run_before
 
 
@@ -71,8 +80,10 @@ def test_finished_drill_report_snapshot(snap_compare) -> None:
     app, update = recorded_app()
     report = from_json(REPORT_FILE.read_bytes())
     app.last_report = report
-    app.last_report_paths = [Path("reports/drill-blackhole-node-b.json"),
-                             Path("reports/drill-blackhole-node-b.md")]
+    app.last_report_paths = [
+        Path("reports/drill-blackhole-node-b.json"),
+        Path("reports/drill-blackhole-node-b.md"),
+    ]
     app.drill_steps = [DrillStep(at=e.at, t_s=e.t_s, what=e.what, node=e.node) for e in report.timeline]
 
     async def run_before(pilot) -> None:

@@ -9,8 +9,17 @@ import pytest
 
 from tests.nomad.fake_nomad import FakeNomad
 
-NOMAD_ENV = ("NOMAD_ADDR", "NOMAD_TOKEN", "NOMAD_NAMESPACE", "NOMAD_REGION", "NOMAD_CACERT", "NOMAD_CLIENT_CERT",
-             "NOMAD_CLIENT_KEY", "NOMAD_SKIP_VERIFY", "X0_API_TOKEN")
+NOMAD_ENV = (
+    "NOMAD_ADDR",
+    "NOMAD_TOKEN",
+    "NOMAD_NAMESPACE",
+    "NOMAD_REGION",
+    "NOMAD_CACERT",
+    "NOMAD_CLIENT_CERT",
+    "NOMAD_CLIENT_KEY",
+    "NOMAD_SKIP_VERIFY",
+    "X0_API_TOKEN",
+)
 
 
 @pytest.fixture(autouse=True)

@@ -64,8 +64,13 @@ class FakeNomad:
                 parts = urlsplit(self.path)
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                seen = Seen(self.command, parts.path, parse_qs(parts.query, keep_blank_values=True),
-                            {k.lower(): v for k, v in self.headers.items()}, body)
+                seen = Seen(
+                    self.command,
+                    parts.path,
+                    parse_qs(parts.query, keep_blank_values=True),
+                    {k.lower(): v for k, v in self.headers.items()},
+                    body,
+                )
                 fake.requests.append(seen)
                 if fake.on_request is not None:
                     fake.on_request(seen)
@@ -140,8 +145,16 @@ class FakeNomad:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def set(self, method: str, path: str, body: Any = None, *, status: int = 200, delay_s: float = 0.0,
-            index: int = 100) -> None:
+    def set(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        status: int = 200,
+        delay_s: float = 0.0,
+        index: int = 100,
+    ) -> None:
         self.routes[(method, path)] = Reply(body, status, delay_s, index)
 
     def seen(self, method: str, path: str) -> list[Seen]:

@@ -68,20 +68,49 @@ def conform(struct: str, obj: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- Job ----------------------------------------------------------------------------------------------------
-def job(*, job_type: str = "system", node_name: str = "${node.unique.name}", datacenters: list[str] | None = None,
-        status: str = "running") -> dict[str, Any]:
+def job(
+    *,
+    job_type: str = "system",
+    node_name: str = "${node.unique.name}",
+    datacenters: list[str] | None = None,
+    status: str = "running",
+) -> dict[str, Any]:
     """GET /v1/job/x0-mesh, from jobs.mdx "Read Job" (pre-1.0 shape) with the 1.11 keys and our task group."""
     raw = copy.deepcopy(sample("job.json"))
-    raw.update(ID=JOB, Name=JOB, Type=job_type, Datacenters=datacenters or ["dc1"], Status=status,
-               NodePool="default", Version=3, SubmitTime=1_700_000_000_000_000_000)
+    raw.update(
+        ID=JOB,
+        Name=JOB,
+        Type=job_type,
+        Datacenters=datacenters or ["dc1"],
+        Status=status,
+        NodePool="default",
+        Version=3,
+        SubmitTime=1_700_000_000_000_000_000,
+    )
     group = copy.deepcopy(raw["TaskGroups"][0])
-    ygg = conform("Task", {"Name": "yggdrasil", "Driver": "raw_exec", "Config": {"command": "/bin/sh"},
-                           "Lifecycle": conform("TaskLifecycleConfig", {"Hook": "prestart", "Sidecar": True}),
-                           "Env": {"YGGDRASIL_BIN": "/usr/sbin/yggdrasil"}})
-    agent = conform("Task", {"Name": "agent", "Driver": "raw_exec",
-                             "Config": {"command": "/usr/local/bin/x0-agent"},
-                             "Env": {"LISTEN_PORT": "${NOMAD_PORT_api}", "X0_NODE_NAME": node_name,
-                                     "MESH_MEMBERS": "${NOMAD_TASK_DIR}/members.json"}})
+    ygg = conform(
+        "Task",
+        {
+            "Name": "yggdrasil",
+            "Driver": "raw_exec",
+            "Config": {"command": "/bin/sh"},
+            "Lifecycle": conform("TaskLifecycleConfig", {"Hook": "prestart", "Sidecar": True}),
+            "Env": {"YGGDRASIL_BIN": "/usr/sbin/yggdrasil"},
+        },
+    )
+    agent = conform(
+        "Task",
+        {
+            "Name": "agent",
+            "Driver": "raw_exec",
+            "Config": {"command": "/usr/local/bin/x0-agent"},
+            "Env": {
+                "LISTEN_PORT": "${NOMAD_PORT_api}",
+                "X0_NODE_NAME": node_name,
+                "MESH_MEMBERS": "${NOMAD_TASK_DIR}/members.json",
+            },
+        },
+    )
     group.update(Name="node", Count=1, Tasks=[ygg, agent])
     raw["TaskGroups"] = [conform("TaskGroup", group)]
     raw["Update"] = conform("UpdateStrategy", {"MaxParallel": 1, "HealthCheck": "checks"})
@@ -89,13 +118,29 @@ def job(*, job_type: str = "system", node_name: str = "${node.unique.name}", dat
 
 
 # -- Nodes --------------------------------------------------------------------------------------------------
-def node(node_id: str, name: str, *, dc: str = "dc1", status: str = "ready", eligibility: str = "eligible",
-         drain: bool = False, address: str = "127.0.0.1") -> dict[str, Any]:
+def node(
+    node_id: str,
+    name: str,
+    *,
+    dc: str = "dc1",
+    status: str = "ready",
+    eligibility: str = "eligible",
+    drain: bool = False,
+    address: str = "127.0.0.1",
+) -> dict[str, Any]:
     """One NodeListStub from nodes.mdx "List Nodes" (without ?os=true, so no Attributes)."""
     raw = copy.deepcopy(sample("nodes.json")[0])
     raw.pop("Attributes", None)
-    raw.update(ID=node_id, Name=name, Datacenter=dc, Status=status, SchedulingEligibility=eligibility,
-               Drain=drain, Address=address, Version="1.11.2")
+    raw.update(
+        ID=node_id,
+        Name=name,
+        Datacenter=dc,
+        Status=status,
+        SchedulingEligibility=eligibility,
+        Drain=drain,
+        Address=address,
+        Version="1.11.2",
+    )
     return conform("NodeListStub", raw)
 
 
@@ -109,49 +154,103 @@ def _task_state(state: str) -> dict[str, Any]:
     return conform("TaskState", base)
 
 
-def alloc_stub(alloc_id: str, node_id: str, node_name: str, *, index: int = 0, client: str = "running",
-               desired: str = "run", create_index: int = 10, job_type: str = "system") -> dict[str, Any]:
+def alloc_stub(
+    alloc_id: str,
+    node_id: str,
+    node_name: str,
+    *,
+    index: int = 0,
+    client: str = "running",
+    desired: str = "run",
+    create_index: int = 10,
+    job_type: str = "system",
+) -> dict[str, Any]:
     """One AllocListStub from allocations.mdx "List Allocations" (written for 1.2; closest to 1.11)."""
     raw = copy.deepcopy(sample("allocations.json")[0])
-    task_state = "dead" if client in {"complete", "failed", "lost"} else ("pending" if client == "pending"
-                                                                          else "running")
-    raw.update(ID=alloc_id, Name=f"{JOB}.node[{index}]", JobID=JOB, JobType=job_type, TaskGroup="node",
-               NodeID=node_id, NodeName=node_name, ClientStatus=client, DesiredStatus=desired,
-               CreateIndex=create_index, ModifyIndex=create_index + 5, JobVersion=3,
-               ClientDescription={"running": "Tasks are running", "pending": "No tasks have started"}.get(
-                   client, "All tasks have completed"),
-               TaskStates={"yggdrasil": _task_state(task_state), "agent": _task_state(task_state)})
+    task_state = (
+        "dead" if client in {"complete", "failed", "lost"} else ("pending" if client == "pending" else "running")
+    )
+    raw.update(
+        ID=alloc_id,
+        Name=f"{JOB}.node[{index}]",
+        JobID=JOB,
+        JobType=job_type,
+        TaskGroup="node",
+        NodeID=node_id,
+        NodeName=node_name,
+        ClientStatus=client,
+        DesiredStatus=desired,
+        CreateIndex=create_index,
+        ModifyIndex=create_index + 5,
+        JobVersion=3,
+        ClientDescription={"running": "Tasks are running", "pending": "No tasks have started"}.get(
+            client, "All tasks have completed"
+        ),
+        TaskStates={"yggdrasil": _task_state(task_state), "agent": _task_state(task_state)},
+    )
     raw["DesiredTransition"] = conform("DesiredTransition", raw["DesiredTransition"])
     raw["DeploymentStatus"] = conform("AllocDeploymentStatus", raw["DeploymentStatus"])
     return conform("AllocListStub", raw)
 
 
-def allocation(stub: dict[str, Any], *, api_port: int, peer_port: int, host_ip: str = "127.0.0.1"
-               ) -> dict[str, Any]:
+def allocation(
+    stub: dict[str, Any], *, api_port: int, peer_port: int, host_ip: str = "127.0.0.1"
+) -> dict[str, Any]:
     """GET /v1/allocation/:id from allocations.mdx "Read Allocation" (0.6-era) corrected: struct-level
     omitempty, null zero times, ports in AllocatedResources.Shared.Ports."""
     raw = copy.deepcopy(sample("allocation.json"))
-    for key in ("ID", "Name", "NodeID", "NodeName", "JobID", "TaskGroup", "ClientStatus", "DesiredStatus",
-                "CreateIndex", "ModifyIndex", "TaskStates", "DesiredTransition"):
+    for key in (
+        "ID",
+        "Name",
+        "NodeID",
+        "NodeName",
+        "JobID",
+        "TaskGroup",
+        "ClientStatus",
+        "DesiredStatus",
+        "CreateIndex",
+        "ModifyIndex",
+        "TaskStates",
+        "DesiredTransition",
+    ):
         raw[key] = stub[key]
-    raw.update(Namespace="default", PreviousAllocation="", NextAllocation="", RescheduleTracker=None,
-               Job=job())
+    raw.update(Namespace="default", PreviousAllocation="", NextAllocation="", RescheduleTracker=None, Job=job())
     raw["RescheduleTracker"] = None
-    ports = [conform("AllocatedPortMapping", {"HostIP": host_ip, "Label": label, "Value": value})
-             for label, value in (("api", api_port), ("peer", peer_port))]
+    ports = [
+        conform("AllocatedPortMapping", {"HostIP": host_ip, "Label": label, "Value": value})
+        for label, value in (("api", api_port), ("peer", peer_port))
+    ]
     shared = conform("AllocatedSharedResources", {"DiskMB": 300, "Ports": ports})
     raw["AllocatedResources"] = conform("AllocatedResources", {"Shared": shared})
     return conform("Allocation", raw)
 
 
 # -- Services -----------------------------------------------------------------------------------------------
-def registration(stub: dict[str, Any], *, service: str, port: int, node_name: str, address: str = "127.0.0.1",
-                 task: str = "agent", port_label: str = "api", index: int = 20) -> dict[str, Any]:
+def registration(
+    stub: dict[str, Any],
+    *,
+    service: str,
+    port: int,
+    node_name: str,
+    address: str = "127.0.0.1",
+    task: str = "agent",
+    port_label: str = "api",
+    index: int = 20,
+) -> dict[str, Any]:
     """One ServiceRegistration from services.mdx "Read Service"; ID format from client/serviceregistration."""
     raw = copy.deepcopy(sample("service.json")[0])
-    raw.update(ID=f"_nomad-task-{stub['ID']}-{task}-{service}-{port_label}", ServiceName=service, JobID=JOB,
-               AllocID=stub["ID"], NodeID=stub["NodeID"], Address=address, Port=port,
-               Tags=["x0-mesh", f"x0-node={node_name}"], CreateIndex=index, ModifyIndex=index)
+    raw.update(
+        ID=f"_nomad-task-{stub['ID']}-{task}-{service}-{port_label}",
+        ServiceName=service,
+        JobID=JOB,
+        AllocID=stub["ID"],
+        NodeID=stub["NodeID"],
+        Address=address,
+        Port=port,
+        Tags=["x0-mesh", f"x0-node={node_name}"],
+        CreateIndex=index,
+        ModifyIndex=index,
+    )
     return conform("ServiceRegistration", raw)
 
 
@@ -181,8 +280,15 @@ def alloc_event_frame(index: int, stub: dict[str, Any]) -> dict[str, Any]:
     doc_frame = json.loads(sample_lines("event_stream.ndjson")[1])
     event = dict(doc_frame["Events"][0])
     payload = {k: v for k, v in stub.items() if k in fields()["Allocation"]["fields"]}
-    event.update(Topic="Allocation", Type="AllocationUpdated", Key=stub["ID"], Namespace="default",
-                 FilterKeys=[JOB, ""], Index=index, Payload={"Allocation": conform("Allocation", payload)})
+    event.update(
+        Topic="Allocation",
+        Type="AllocationUpdated",
+        Key=stub["ID"],
+        Namespace="default",
+        FilterKeys=[JOB, ""],
+        Index=index,
+        Payload={"Allocation": conform("Allocation", payload)},
+    )
     return conform("Events", {"Index": index, "Events": [conform("Event", event)]})
 
 

@@ -15,8 +15,13 @@ def test_nomad_dev_without_nomad_explains_and_fails(tmp_path) -> None:
     bindir.mkdir()
     for tool in ("bash", "dirname", "cat"):
         os.symlink(shutil.which(tool), bindir / tool)
-    proc = subprocess.run([str(bindir / "bash"), str(ROOT / "nomad" / "dev-up.sh")], capture_output=True,
-                          text=True, env={"PATH": str(bindir)}, timeout=30)
+    proc = subprocess.run(
+        [str(bindir / "bash"), str(ROOT / "nomad" / "dev-up.sh")],
+        capture_output=True,
+        text=True,
+        env={"PATH": str(bindir)},
+        timeout=30,
+    )
     assert proc.returncode == 127
     assert "`nomad` binary is not installed" in proc.stderr
     assert "https://developer.hashicorp.com/nomad/install" in proc.stderr

@@ -31,8 +31,9 @@ def frame(index: int) -> dict:
 def test_stream_resumes_after_the_last_index_and_drops_replays(fake_nomad: FakeNomad) -> None:
     seen: list[int] = []
     client = NomadClient(load_settings({"NOMAD_ADDR": fake_nomad.url}))
-    stream = EventStream(client, ["Allocation:x0-mesh", "Node"], lambda f: seen.append(f["Index"]),
-                         backoff=Backoff(0.05, 0.2))
+    stream = EventStream(
+        client, ["Allocation:x0-mesh", "Node"], lambda f: seen.append(f["Index"]), backoff=Backoff(0.05, 0.2)
+    )
     stream.start()
     try:
         assert stream.wait_live(5.0), stream.state

@@ -16,8 +16,13 @@ def reads() -> list[tuple[str, str, str]]:
     out = []
     for path in SOURCES:
         for node in ast.walk(ast.parse(path.read_text())):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "field"
-                    and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant)):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "field"
+                and len(node.args) >= 2
+                and isinstance(node.args[1], ast.Constant)
+            ):
                 out.append((path.name, *node.args[1].value.split(".", 1)))
     return out
 
@@ -26,8 +31,11 @@ def test_every_key_read_is_a_field_of_that_nomad_struct() -> None:
     found = reads()
     assert len(found) > 40, "the AST walk found too few reads: did the accessor change?"
     structs = shapes.fields()
-    bad = [f"{src}: {struct}.{key}" for src, struct, key in found
-           if struct not in structs or key not in structs[struct]["fields"]]
+    bad = [
+        f"{src}: {struct}.{key}"
+        for src, struct, key in found
+        if struct not in structs or key not in structs[struct]["fields"]
+    ]
     assert bad == []
 
 
@@ -37,5 +45,5 @@ def test_dict_access_on_nomad_objects_goes_through_field() -> None:
         text = path.read_text()
         for line in text.splitlines():
             free_form = ("env.get", "items.get", "values.get")
-            if ".get(\"" in line and not any(f in line for f in free_form):
+            if '.get("' in line and not any(f in line for f in free_form):
                 raise AssertionError(f"{path.name}: direct key read {line.strip()!r}")

@@ -35,8 +35,14 @@ TASKS = js.tasks(GROUP)
 ALLOWED: dict[str, set[str]] = {
     "job": {"type", "datacenters", "constraint", "update", "group"},
     "constraint": {"attribute", "value"},
-    "update": {"max_parallel", "health_check", "min_healthy_time", "healthy_deadline", "progress_deadline",
-               "auto_revert"},
+    "update": {
+        "max_parallel",
+        "health_check",
+        "min_healthy_time",
+        "healthy_deadline",
+        "progress_deadline",
+        "auto_revert",
+    },
     "group": {"count", "network", "restart", "ephemeral_disk", "task"},
     "network": {"port"},
     "port": {"static"},
@@ -174,12 +180,13 @@ def test_templates_use_registered_services_and_cannot_cascade_restarts() -> None
 
 
 def test_members_template_node_ids_match_the_dashboard_and_agents() -> None:
-    assert LOCALS["node_id"] == ('toLower | regexReplaceAll "[^a-z0-9-]+" "-" | regexReplaceAll "^-+" "" | '
-                                 'printf "%.63s"')
+    assert LOCALS["node_id"] == (
+        'toLower | regexReplaceAll "[^a-z0-9-]+" "-" | regexReplaceAll "^-+" "" | printf "%.63s"'
+    )
     members = next(d for _, t, d in _templates() if t["destination"] == "local/members.json")
     env_tpl = next(d for _, t, d in _templates() if t["destination"] == "secrets/agent.env")
     assert f'NODE_ID={{{{ env "X0_NODE_NAME" | {LOCALS["node_id"]} }}}}' in env_tpl
-    assert f'$id := $raw | {LOCALS["node_id"]}' in members
+    assert f"$id := $raw | {LOCALS['node_id']}" in members
     assert 'regexMatch "^x0-node="' in members and view.NODE_TAG_PREFIX == "x0-node="
     # Structural JSON checks (consul-template cannot run here): every member object is opened and closed in the
     # same guarded block, the separator is written before all but the first, and the list is always closed.
@@ -224,8 +231,12 @@ def _free_port() -> int:
 
 
 def _start(alloc: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(["/bin/sh", str(alloc / "yggdrasil" / "local" / "run-yggdrasil.sh")], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        ["/bin/sh", str(alloc / "yggdrasil" / "local" / "run-yggdrasil.sh")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def _self_key(sock: Path, timeout: float = 10.0) -> str:
@@ -250,10 +261,14 @@ def test_run_yggdrasil_keeps_its_key_across_restarts(require_yggdrasil: str, tmp
     for d in (alloc / "alloc" / "data", local, secrets):
         d.mkdir(parents=True)
     variables = dict(VARS, yggdrasil_ifname="none")
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "YGGDRASIL_BIN": require_yggdrasil,
-           "NOMAD_ALLOC_DIR": str(alloc / "alloc"), "NOMAD_TASK_DIR": str(local),
-           "NOMAD_SECRETS_DIR": str(secrets),
-           "NOMAD_ADDR_peer": f"127.0.0.1:{_free_port()}"}
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "YGGDRASIL_BIN": require_yggdrasil,
+        "NOMAD_ALLOC_DIR": str(alloc / "alloc"),
+        "NOMAD_TASK_DIR": str(local),
+        "NOMAD_SECRETS_DIR": str(secrets),
+        "NOMAD_ADDR_peer": f"127.0.0.1:{_free_port()}",
+    }
     for tpl in TASKS["yggdrasil"]["template"]:
         text = _render_env_only(js.evaluate(tpl["data"], variables, LOCALS), env)
         dest = alloc / "yggdrasil" / tpl["destination"]
@@ -279,9 +294,14 @@ def test_run_yggdrasil_keeps_its_key_across_restarts(require_yggdrasil: str, tmp
 def test_members_file_shape_is_what_the_agent_parses() -> None:
     """What the template writes for 0, 1 and 2 registrations (rendered by hand from the template's structure:
     `{"mesh": …, "members": [` + members joined by ", " + `]}`) parses with the agent's own parser."""
-    for members in ([], [("node-0", "http://127.0.0.1:21000", "tls://127.0.0.1:23000")],
-                    [("node-0", "http://127.0.0.1:21000", None), ("node-1", "http://[fd00::1]:21001",
-                                                                  "tls://[fd00::1]:23001")]):
+    for members in (
+        [],
+        [("node-0", "http://127.0.0.1:21000", "tls://127.0.0.1:23000")],
+        [
+            ("node-0", "http://127.0.0.1:21000", None),
+            ("node-1", "http://[fd00::1]:21001", "tls://[fd00::1]:23001"),
+        ],
+    ):
         parts = []
         for node_id, url, listen in members:
             item = f'{{"node_id": {json.dumps(node_id)}, "agent_url": {json.dumps(url)}'

@@ -50,8 +50,9 @@ def cluster_for(mesh: LocalMesh) -> Cluster:
     for i, handle in enumerate(mesh.nodes):
         # A system job names mesh nodes after their Nomad client (X0_NODE_NAME = ${node.unique.name}).
         nd = shapes.node(f"{i + 1:08d}-aaaa-4bbb-8ccc-000000000000", handle.id)
-        stub = shapes.alloc_stub(f"{i + 1:08d}-dddd-4eee-8fff-000000000000", nd["ID"], nd["Name"],
-                                 create_index=10 + i)
+        stub = shapes.alloc_stub(
+            f"{i + 1:08d}-dddd-4eee-8fff-000000000000", nd["ID"], nd["Name"], create_index=10 + i
+        )
         port = int(handle.agent_url.rsplit(":", 1)[1])
         regs.append(shapes.registration(stub, service=AGENT_SERVICE, port=port, node_name=handle.id))
         nodes.append(nd)
@@ -92,8 +93,14 @@ def test_snapshot_maps_allocations_to_nomad_nodes_and_live_agents(fake_nomad: Fa
     a = snap.nodes[0]
     assert a.agent_url == mesh.node("node-a").agent_url
     assert a.nomad is not None
-    assert (a.nomad.node_name, a.nomad.datacenter, a.nomad.node_status, a.nomad.eligibility, a.nomad.drain,
-            a.nomad.client_status) == ("node-a", "dc1", "ready", "eligible", False, "running")
+    assert (
+        a.nomad.node_name,
+        a.nomad.datacenter,
+        a.nomad.node_status,
+        a.nomad.eligibility,
+        a.nomad.drain,
+        a.nomad.client_status,
+    ) == ("node-a", "dc1", "ready", "eligible", False, "running")
     assert snap.planned_links == [("node-a", "node-b")]
     assert "job x0-mesh (system, running): 2 nodes" in snap.detail
     assert snap.source == f"nomad {fake_nomad.url} job=x0-mesh ns=mesh region=eu"
@@ -111,14 +118,20 @@ def test_agent_url_falls_back_to_the_allocation_ports(fake_nomad: FakeNomad, mes
     c = cluster_for(mesh)
     dropped = c.regs.pop(1)
     c.serve(fake_nomad)
-    fake_nomad.set("GET", f"/v1/allocation/{c.allocs[1]['ID']}",
-                   shapes.allocation(c.allocs[1], api_port=dropped["Port"], peer_port=1))
+    fake_nomad.set(
+        "GET",
+        f"/v1/allocation/{c.allocs[1]['ID']}",
+        shapes.allocation(c.allocs[1], api_port=dropped["Port"], peer_port=1),
+    )
     p = provider_for(fake_nomad)
     try:
         snap = wait_snapshot(p, lambda s: s.ok and not agent_warnings(s))
         assert snap.nodes[1].agent_url == mesh.node("node-b").agent_url
-        assert any("node-b: allocation" in w and "has no x0-mesh-agent service registration; using its "
-                   "allocated port" in w for w in snap.warnings)
+        assert any(
+            "node-b: allocation" in w
+            and "has no x0-mesh-agent service registration; using its allocated port" in w
+            for w in snap.warnings
+        )
         assert agent_warnings(snap) == []
         # Ports of an allocation never change: read once, then cached.
         p.refresh()
@@ -128,11 +141,13 @@ def test_agent_url_falls_back_to_the_allocation_ports(fake_nomad: FakeNomad, mes
 
 
 def test_nomad_running_but_agent_unreachable_and_agent_answering_for_a_stopped_alloc(
-        fake_nomad: FakeNomad, mesh: LocalMesh) -> None:
+    fake_nomad: FakeNomad, mesh: LocalMesh
+) -> None:
     c = cluster_for(mesh)
     # node-b's allocation is stopped in Nomad, but its registration (and agent) are still there.
-    c.allocs[1] = shapes.alloc_stub(c.allocs[1]["ID"], c.nodes[1]["ID"], "node-b", client="complete",
-                                    desired="stop")
+    c.allocs[1] = shapes.alloc_stub(
+        c.allocs[1]["ID"], c.nodes[1]["ID"], "node-b", client="complete", desired="stop"
+    )
     # A third allocation Nomad thinks is running, whose agent port refuses connections.
     gone = shapes.node("00000003-aaaa-4bbb-8ccc-000000000000", "node-c")
     stub = shapes.alloc_stub("00000003-dddd-4eee-8fff-000000000000", gone["ID"], "node-c")
@@ -147,10 +162,18 @@ def test_nomad_running_but_agent_unreachable_and_agent_answering_for_a_stopped_a
     finally:
         p.stop()
     warnings = agent_warnings(snap)
-    assert any(w.startswith("node-c: Nomad says allocation 00000003 is running, but the agent at "
-                            f"http://127.0.0.1:{refused_port} is unreachable") for w in warnings), warnings
-    assert any(w.startswith("node-b: the agent at") and "still answers, but Nomad's allocation 00000002 is "
-               "complete (desired stop)" in w for w in warnings), warnings
+    assert any(
+        w.startswith(
+            "node-c: Nomad says allocation 00000003 is running, but the agent at "
+            f"http://127.0.0.1:{refused_port} is unreachable"
+        )
+        for w in warnings
+    ), warnings
+    assert any(
+        w.startswith("node-b: the agent at")
+        and "still answers, but Nomad's allocation 00000002 is complete (desired stop)" in w
+        for w in warnings
+    ), warnings
 
 
 def test_ready_client_without_an_allocation_of_the_system_job(fake_nomad: FakeNomad, mesh: LocalMesh) -> None:
@@ -162,21 +185,35 @@ def test_ready_client_without_an_allocation_of_the_system_job(fake_nomad: FakeNo
         snap = p.refresh()
     finally:
         p.stop()
-    assert any(w.startswith("Nomad node client-9 (dc1) is ready and eligible but runs no x0-mesh allocation")
-               for w in snap.warnings), snap.warnings
+    assert any(
+        w.startswith("Nomad node client-9 (dc1) is ready and eligible but runs no x0-mesh allocation")
+        for w in snap.warnings
+    ), snap.warnings
 
 
-@pytest.mark.parametrize(("route", "status", "body", "expect"), [
-    ("/v1/nodes", 403, "Permission denied", 'Nomad list nodes: 403 Permission denied; the token needs node { '
-                                            'policy = "read" }'),
-    ("/v1/job/x0-mesh/allocations", 403, "ACL token not found",
-     'the token needs namespace "default" { capabilities = ["read-job"] }'),
-    ("/v1/job/x0-mesh", 404, "job not found", "no job 'x0-mesh' in namespace 'default' (run `nomad job run"),
-    ("/v1/job/x0-mesh", 500, "No cluster leader", "Nomad read job: HTTP 500 No cluster leader"),
-    ("/v1/service/x0-mesh-agent", 200, "not json", "unexpected response body"),
-])
+@pytest.mark.parametrize(
+    ("route", "status", "body", "expect"),
+    [
+        (
+            "/v1/nodes",
+            403,
+            "Permission denied",
+            'Nomad list nodes: 403 Permission denied; the token needs node { policy = "read" }',
+        ),
+        (
+            "/v1/job/x0-mesh/allocations",
+            403,
+            "ACL token not found",
+            'the token needs namespace "default" { capabilities = ["read-job"] }',
+        ),
+        ("/v1/job/x0-mesh", 404, "job not found", "no job 'x0-mesh' in namespace 'default' (run `nomad job run"),
+        ("/v1/job/x0-mesh", 500, "No cluster leader", "Nomad read job: HTTP 500 No cluster leader"),
+        ("/v1/service/x0-mesh-agent", 200, "not json", "unexpected response body"),
+    ],
+)
 def test_nomad_errors_become_a_clear_failed_snapshot_with_backoff(
-        fake_nomad: FakeNomad, mesh: LocalMesh, route: str, status: int, body: str, expect: str) -> None:
+    fake_nomad: FakeNomad, mesh: LocalMesh, route: str, status: int, body: str, expect: str
+) -> None:
     c = cluster_for(mesh)
     c.serve(fake_nomad)
     p = provider_for(fake_nomad, backoff=Backoff(base_s=30.0, cap_s=60.0))
@@ -233,7 +270,7 @@ def test_api_token_from_the_job_variable(fake_nomad: FakeNomad, mesh: LocalMesh)
     p.stop()
     p = provider_for(fake_nomad)
     assert p.api_token is None
-    assert "variables { path \"nomad/jobs/*\"" in p.token_detail
+    assert 'variables { path "nomad/jobs/*"' in p.token_detail
     p.stop()
 
 
@@ -267,7 +304,7 @@ def test_drills_through_nomad(fake_nomad: FakeNomad, mesh: LocalMesh) -> None:
         assert drains[1] == {"NodeID": n1, "DrainSpec": None, "MarkEligible": True}
 
         fake_nomad.set("POST", f"/v1/allocation/{a0}/stop", "Permission denied", status=403)
-        with pytest.raises(ProviderError, match=r'alloc-lifecycle'):
+        with pytest.raises(ProviderError, match=r"alloc-lifecycle"):
             p.node_loss("node-a", 20)
         with pytest.raises(ProviderError, match="no mesh node 'node-z'"):
             p.node_loss("node-z", 20)
@@ -291,8 +328,9 @@ def test_undo_drain_keeps_a_node_that_was_ineligible_before(fake_nomad: FakeNoma
         p.stop()
 
 
-def test_allocation_collected_between_list_and_read_is_not_a_failure(fake_nomad: FakeNomad,
-                                                                     mesh: LocalMesh) -> None:
+def test_allocation_collected_between_list_and_read_is_not_a_failure(
+    fake_nomad: FakeNomad, mesh: LocalMesh
+) -> None:
     c = cluster_for(mesh)
     c.regs.pop(1)
     c.serve(fake_nomad)

@@ -46,8 +46,9 @@ SCHEDULE_S = 0.1  # the simulated scheduler's delay before it places or restarts
 
 
 @pytest.fixture(scope="module")
-def mesh(require_yggdrasil: str, require_root: None, tmp_path_factory: pytest.TempPathFactory
-         ) -> Iterator[LocalMesh]:
+def mesh(
+    require_yggdrasil: str, require_root: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalMesh]:
     options = MeshOptions(nodes=2, topology="full", mode="netns", run_dir=tmp_path_factory.mktemp("nomadui"))
     with LocalMesh(options) as m:
         yield m
@@ -73,15 +74,21 @@ class NomadSim:
         self.addrs = {h.id: urlsplit(h.agent_url) for h in mesh.nodes}
         for i, handle in enumerate(mesh.nodes):
             host = mesh.nodes[0].id if same_host else handle.id
-            self.nodes[handle.id] = shapes.node(f"{(0 if same_host else i) + 1:08d}-aaaa-4bbb-8ccc-000000000000",
-                                                host)
+            self.nodes[handle.id] = shapes.node(
+                f"{(0 if same_host else i) + 1:08d}-aaaa-4bbb-8ccc-000000000000", host
+            )
             self._place(handle.id)
         # Another job's allocation on node-b's client: a drain stops it too, and the confirmation must say so.
-        web = shapes.alloc_stub("0000000f-dddd-4eee-8fff-000000000000", self.nomad_node("node-b")["ID"],
-                                self.nomad_node("node-b")["Name"], job_type="service")
+        web = shapes.alloc_stub(
+            "0000000f-dddd-4eee-8fff-000000000000",
+            self.nomad_node("node-b")["ID"],
+            self.nomad_node("node-b")["Name"],
+            job_type="service",
+        )
         self.web = shapes.allocation(web, api_port=1, peer_port=2)
-        self.web.update(JobID="web", Name="web.cache[0]", Job=dict(self.web["Job"], ID="web", Name="web",
-                                                                    Type="service"))
+        self.web.update(
+            JobID="web", Name="web.cache[0]", Job=dict(self.web["Job"], ID="web", Name="web", Type="service")
+        )
         self.timers: list[threading.Timer] = []
         fake.on_request = self._on_request
         self.serve()
@@ -102,11 +109,17 @@ class NomadSim:
         self.serial += 1
         self.index += 1
         nd = self.nomad_node(mesh_id)
-        stub = shapes.alloc_stub(f"{self.serial:08d}-dddd-4eee-8fff-000000000000", nd["ID"], nd["Name"],
-                                 index=sorted(self.addrs).index(mesh_id), create_index=self.index)
+        stub = shapes.alloc_stub(
+            f"{self.serial:08d}-dddd-4eee-8fff-000000000000",
+            nd["ID"],
+            nd["Name"],
+            index=sorted(self.addrs).index(mesh_id),
+            create_index=self.index,
+        )
         addr = self.addrs[mesh_id]
-        reg = shapes.registration(stub, service=AGENT_SERVICE, port=addr.port, address=addr.hostname,
-                                  node_name=mesh_id)
+        reg = shapes.registration(
+            stub, service=AGENT_SERVICE, port=addr.port, address=addr.hostname, node_name=mesh_id
+        )
         self.allocs.append(stub)
         self.regs.append(reg)
         self.owner[stub["ID"]] = mesh_id
@@ -146,8 +159,11 @@ class NomadSim:
         f.set("GET", f"/v1/service/{AGENT_SERVICE}", list(self.regs))
         f.set("GET", "/v1/var/nomad/jobs/x0-mesh", "variable not found", status=404)
         for nd in self.nodes.values():
-            on_node = [shapes.allocation(a, api_port=1, peer_port=2) for a in self.allocs
-                       if a["NodeID"] == nd["ID"] and a["DesiredStatus"] == "run"]
+            on_node = [
+                shapes.allocation(a, api_port=1, peer_port=2)
+                for a in self.allocs
+                if a["NodeID"] == nd["ID"] and a["DesiredStatus"] == "run"
+            ]
             if nd["Name"] == "node-b":
                 on_node.append(self.web)
             f.set("GET", f"/v1/node/{nd['ID']}/allocations", on_node)
@@ -235,8 +251,7 @@ def dash(tmp_path: Path) -> Iterator[Dash]:
 
 
 def make_app(dash: Dash, fake: FakeNomad) -> X0Dash:
-    provider = NomadProvider(env={"NOMAD_ADDR": fake.url}, events=True, resync_s=3600,
-                             backoff=Backoff(0.2, 1.0))
+    provider = NomadProvider(env={"NOMAD_ADDR": fake.url}, events=True, resync_s=3600, backoff=Backoff(0.2, 1.0))
     app = dash(provider, interval=0.5)
     app.engine.steady_timeout = 20
     app.engine.follow_interval = 0.25  # two agents: following closely costs little and keeps the tests short
@@ -250,8 +265,7 @@ def whole(app: X0Dash) -> bool:
 
 def posts(fake: FakeNomad) -> list[tuple[str, str, Any]]:
     """Every write x0dash sent to Nomad: (method, path, JSON body)."""
-    return [(r.method, r.path, json.loads(r.body) if r.body else None) for r in fake.requests
-            if r.method != "GET"]
+    return [(r.method, r.path, json.loads(r.body) if r.body else None) for r in fake.requests if r.method != "GET"]
 
 
 async def open_form(pilot: Any, app: X0Dash, kind: str, target: str, **fields: str) -> DrillScreen:
@@ -269,11 +283,16 @@ async def open_form(pilot: Any, app: X0Dash, kind: str, target: str, **fields: s
 async def wait_report(pilot: Any, app: X0Dash) -> DrillReport:
     """The finished drill's report; on failure the drill's own timeline says where it stuck."""
     try:
-        await until(pilot, "drill finished",
-                    lambda: app.last_report is not None or app.last_drill_error is not None, within=60)
+        await until(
+            pilot,
+            "drill finished",
+            lambda: app.last_report is not None or app.last_drill_error is not None,
+            within=60,
+        )
     except AssertionError as exc:
-        raise AssertionError("\n".join([str(exc), *(f"{s.t_s} {s.node} {s.what}" for s in app.drill_steps)])
-                             ) from None
+        raise AssertionError(
+            "\n".join([str(exc), *(f"{s.t_s} {s.node} {s.what}" for s in app.drill_steps)])
+        ) from None
     assert app.last_report is not None, app.last_drill_error
     return app.last_report
 
@@ -297,8 +316,9 @@ def check_report(report: DrillReport, target: str) -> None:
         assert obs.repair_s == pytest.approx(obs.repaired_at - report.fault.back_at)
 
 
-async def test_drain_with_confirmation_then_undo_at_the_end(sim: NomadSim, fake_nomad: FakeNomad,
-                                                            dash: Dash) -> None:
+async def test_drain_with_confirmation_then_undo_at_the_end(
+    sim: NomadSim, fake_nomad: FakeNomad, dash: Dash
+) -> None:
     app = make_app(dash, fake_nomad)
     node_b = sim.nomad_node("node-b")
     alloc_b = sim.current("node-b")
@@ -326,8 +346,11 @@ async def test_drain_with_confirmation_then_undo_at_the_end(sim: NomadSim, fake_
         report = await wait_report(pilot, app)
     drain_path = f"/v1/node/{node_b['ID']}/drain"
     assert posts(fake_nomad) == [
-        ("POST", drain_path, {"NodeID": node_b["ID"],
-                              "DrainSpec": {"Deadline": 45_000_000_000, "IgnoreSystemJobs": False}}),
+        (
+            "POST",
+            drain_path,
+            {"NodeID": node_b["ID"], "DrainSpec": {"Deadline": 45_000_000_000, "IgnoreSystemJobs": False}},
+        ),
         ("POST", drain_path, {"NodeID": node_b["ID"], "DrainSpec": None, "MarkEligible": True}),
     ]
     check_report(report, "node-b")
@@ -340,8 +363,9 @@ async def test_drain_with_confirmation_then_undo_at_the_end(sim: NomadSim, fake_
     assert any(s.startswith("drain of Nomad node node-b cancelled; eligible") for s in steps)
 
 
-async def test_undo_key_aborts_a_running_drain_and_undoes_a_leftover_one(sim: NomadSim, fake_nomad: FakeNomad,
-                                                                         dash: Dash) -> None:
+async def test_undo_key_aborts_a_running_drain_and_undoes_a_leftover_one(
+    sim: NomadSim, fake_nomad: FakeNomad, dash: Dash
+) -> None:
     app = make_app(dash, fake_nomad)
     node_a = sim.nomad_node("node-a")
     drain_path = f"/v1/node/{node_a['ID']}/drain"
@@ -360,7 +384,10 @@ async def test_undo_key_aborts_a_running_drain_and_undoes_a_leftover_one(sim: No
         assert report.fault.ended_at is not None and report.fault.ended_at - report.fault.started_at < 30
         assert "aborted by the operator" in report.failures
         assert json.loads(fake_nomad.seen("POST", drain_path)[1].body) == {
-            "NodeID": node_a["ID"], "DrainSpec": None, "MarkEligible": True}
+            "NodeID": node_a["ID"],
+            "DrainSpec": None,
+            "MarkEligible": True,
+        }
         assert report.recovered and report.fault.back_at is not None
 
         # A drain left on outside any drill (another operator, a crashed session): shown, and `u` undoes it.
@@ -369,13 +396,19 @@ async def test_undo_key_aborts_a_running_drain_and_undoes_a_leftover_one(sim: No
             sim.serve()
         sim.announce(sim.current("node-a"))
         state = screen.query_one("#nomad-state", Static)
-        await until(pilot, "draining shown", lambda: "Nomad node node-a is draining (node-a): u undoes it"
-                    in str(state.render()))
+        await until(
+            pilot,
+            "draining shown",
+            lambda: "Nomad node node-a is draining (node-a): u undoes it" in str(state.render()),
+        )
         screen.query_one("#target", Select).value = "node-a"
         await pilot.press("u")
         await until(pilot, "undo sent", lambda: len(fake_nomad.seen("POST", drain_path)) == 3)
         assert json.loads(fake_nomad.seen("POST", drain_path)[2].body) == {
-            "NodeID": node_a["ID"], "DrainSpec": None, "MarkEligible": True}
+            "NodeID": node_a["ID"],
+            "DrainSpec": None,
+            "MarkEligible": True,
+        }
         sim.announce(sim.current("node-a"))
         await until(pilot, "drain gone", lambda: "draining" not in str(state.render()))
         assert any(s.what.startswith("drain of Nomad node node-a cancelled") for s in app.drill_steps)
@@ -397,7 +430,8 @@ async def test_restart_allocation_drill(sim: NomadSim, fake_nomad: FakeNomad, da
         await until(pilot, "refusal", lambda: app.last_drill_error is not None)
         assert app.last_drill_error == (
             "the source could not restart node-b: Nomad restart allocation: 403 Permission denied; the token "
-            'needs namespace "default" { capabilities = ["alloc-lifecycle"] }')
+            'needs namespace "default" { capabilities = ["alloc-lifecycle"] }'
+        )
         assert "refused: the source could not restart node-b" in str(screen.query_one("#drill-status").render())
         assert app.engine.running is None and sim.mesh.is_running("node-b")
         sim.serve()  # the token gets alloc-lifecycle
@@ -405,8 +439,10 @@ async def test_restart_allocation_drill(sim: NomadSim, fake_nomad: FakeNomad, da
         await until(pilot, "confirmation", lambda: isinstance(app.screen, ConfirmDrillScreen))
         confirm = app.screen
         assert isinstance(confirm, ConfirmDrillScreen)
-        assert (f"Nomad restarts all tasks (Yggdrasil and the agent) of node-b's allocation {alloc['ID'][:8]} "
-                "(x0-mesh.node[1]) on Nomad node node-b, in place") in confirm.description
+        assert (
+            f"Nomad restarts all tasks (Yggdrasil and the agent) of node-b's allocation {alloc['ID'][:8]} "
+            "(x0-mesh.node[1]) on Nomad node node-b, in place"
+        ) in confirm.description
         await pilot.press("y")
         report = await wait_report(pilot, app)
     assert posts(fake_nomad) == [("POST", restart_path, {})] * 2
@@ -415,8 +451,9 @@ async def test_restart_allocation_drill(sim: NomadSim, fake_nomad: FakeNomad, da
     assert report.fault.back_what == f"node-b's allocation {alloc['ID'][:8]} restarted, agent healthy"
 
 
-async def test_node_loss_stops_the_allocation_and_waits_for_the_replacement(sim: NomadSim, fake_nomad: FakeNomad,
-                                                                            dash: Dash) -> None:
+async def test_node_loss_stops_the_allocation_and_waits_for_the_replacement(
+    sim: NomadSim, fake_nomad: FakeNomad, dash: Dash
+) -> None:
     app = make_app(dash, fake_nomad)
     alloc = sim.current("node-a")
     async with app.run_test(size=(150, 48)) as pilot:
@@ -426,8 +463,10 @@ async def test_node_loss_stops_the_allocation_and_waits_for_the_replacement(sim:
         await until(pilot, "confirmation", lambda: isinstance(app.screen, ConfirmDrillScreen))
         confirm = app.screen
         assert isinstance(confirm, ConfirmDrillScreen)
-        assert (f"Nomad stops node-a's allocation {alloc['ID'][:8]} (x0-mesh.node[0]) on Nomad node node-a"
-                in confirm.description)
+        assert (
+            f"Nomad stops node-a's allocation {alloc['ID'][:8]} (x0-mesh.node[0]) on Nomad node node-a"
+            in confirm.description
+        )
         assert "the fault lasts until the replacement's agent is healthy" in confirm.description
         await pilot.press("y")
         report = await wait_report(pilot, app)
@@ -440,8 +479,9 @@ async def test_node_loss_stops_the_allocation_and_waits_for_the_replacement(sim:
     assert report.steady_confirmed_at is not None and report.steady_confirmed_at >= report.fault.back_at
 
 
-async def test_headless_drain_refused_when_it_would_take_every_mesh_node(fake_nomad: FakeNomad, mesh: LocalMesh,
-                                                                         tmp_path: Path) -> None:
+async def test_headless_drain_refused_when_it_would_take_every_mesh_node(
+    fake_nomad: FakeNomad, mesh: LocalMesh, tmp_path: Path
+) -> None:
     """`x0dash drill drain` on a Nomad source: both mesh nodes on one Nomad client (a dev agent), so draining it
     leaves nobody to observe; refused before anything is written to Nomad."""
     sim = NomadSim(fake_nomad, mesh, same_host=True)
@@ -453,26 +493,41 @@ async def test_headless_drain_refused_when_it_would_take_every_mesh_node(fake_no
         assert "This also takes down mesh node node-a: it runs on the same Nomad node." in preview
         provider.stop()
         plan = DrillPlan(kind="drain", target="node-b", duration_s=5, deadline_s=30)
-        code = await run_headless(provider, plan, reports_dir=tmp_path, report_file=None, as_json=True,
-                                  poll_timeout=1.0, steady_timeout=20, out=io.StringIO(), err=err)
+        code = await run_headless(
+            provider,
+            plan,
+            reports_dir=tmp_path,
+            report_file=None,
+            as_json=True,
+            poll_timeout=1.0,
+            steady_timeout=20,
+            out=io.StringIO(),
+            err=err,
+        )
     finally:
         provider.stop()
         sim.close()
     assert code == 2, err.getvalue()
-    assert ("drill refused: draining node-b's Nomad node takes every mesh node (node-a, node-b): nobody would be "
-            "left to detect it") in err.getvalue()
+    assert (
+        "drill refused: draining node-b's Nomad node takes every mesh node (node-a, node-b): nobody would be "
+        "left to detect it"
+    ) in err.getvalue()
     assert "steady state: nodes 2/2 up" in err.getvalue()
     assert posts(fake_nomad) == []
 
 
 # Live updates ---------------------------------------------------------------------------------------------------
-async def test_a_nomad_event_refreshes_at_once_instead_of_at_the_next_poll(sim: NomadSim, fake_nomad: FakeNomad,
-                                                                          dash: Dash) -> None:
+async def test_a_nomad_event_refreshes_at_once_instead_of_at_the_next_poll(
+    sim: NomadSim, fake_nomad: FakeNomad, dash: Dash
+) -> None:
     provider = NomadProvider(env={"NOMAD_ADDR": fake_nomad.url}, events=True, resync_s=3600)
     app = dash(provider, interval=30)  # no poll of its own for 30 s
     async with app.run_test(size=(150, 48)) as pilot:
-        await until(pilot, "first view, stream live",
-                    lambda: app.view is not None and provider._events is not None and provider._events.live)
+        await until(
+            pilot,
+            "first view, stream live",
+            lambda: app.view is not None and provider._events is not None and provider._events.live,
+        )
         poller = app.session.poller
         await until(pilot, "polling settled", lambda: poller.cycles >= 1 and not poller.busy)
 
@@ -486,8 +541,9 @@ async def test_a_nomad_event_refreshes_at_once_instead_of_at_the_next_poll(sim: 
             sim.serve()
         reads, cycles = len(fake_nomad.seen("GET", "/v1/nodes")), app.session.poller.cycles
         await pilot.pause(0.5)
-        assert eligibility() == "eligible" and len(fake_nomad.seen("GET", "/v1/nodes")) == reads, \
+        assert eligibility() == "eligible" and len(fake_nomad.seen("GET", "/v1/nodes")) == reads, (
             "without an event nothing re-reads Nomad before the interval"
+        )
         for _ in range(5):  # a burst, as a drain produces
             sim.announce(sim.current("node-b"))
         waited = await until(pilot, "the change on screen", lambda: eligibility() == "ineligible", within=5)
@@ -501,23 +557,44 @@ async def test_a_nomad_event_refreshes_at_once_instead_of_at_the_next_poll(sim: 
 
 # Nomad failing --------------------------------------------------------------------------------------------------
 ERRORS = [
-    pytest.param("GET", "/v1/job/x0-mesh/allocations", "Permission denied", 403, 0.0,
-                 'Nomad list allocations: 403 Permission denied; the token needs namespace "default" { '
-                 'capabilities = ["read-job"] }', id="403-names-the-capability"),
-    pytest.param("GET", "/v1/job/x0-mesh", "job not found", 404, 0.0,
-                 "no job 'x0-mesh' in namespace 'default' (run `nomad job run nomad/mesh.nomad.hcl`, or pass "
-                 "--job)",
-                 id="404-job"),
-    pytest.param("GET", "/v1/nodes", "No cluster leader", 500, 0.0,
-                 "Nomad list nodes: HTTP 500 No cluster leader", id="500"),
+    pytest.param(
+        "GET",
+        "/v1/job/x0-mesh/allocations",
+        "Permission denied",
+        403,
+        0.0,
+        'Nomad list allocations: 403 Permission denied; the token needs namespace "default" { '
+        'capabilities = ["read-job"] }',
+        id="403-names-the-capability",
+    ),
+    pytest.param(
+        "GET",
+        "/v1/job/x0-mesh",
+        "job not found",
+        404,
+        0.0,
+        "no job 'x0-mesh' in namespace 'default' (run `nomad job run nomad/mesh.nomad.hcl`, or pass --job)",
+        id="404-job",
+    ),
+    pytest.param(
+        "GET", "/v1/nodes", "No cluster leader", 500, 0.0, "Nomad list nodes: HTTP 500 No cluster leader", id="500"
+    ),
     pytest.param("GET", "/v1/job/x0-mesh", None, 200, 1.0, "Nomad read job: no answer at", id="timeout"),
 ]
 
 
 @pytest.mark.parametrize(("method", "path", "body", "status", "delay", "expect"), ERRORS)
 async def test_nomad_errors_show_in_the_header_and_the_agents_stay_watched(
-        sim: NomadSim, fake_nomad: FakeNomad, dash: Dash, method: str, path: str, body: str | None,
-        status: int, delay: float, expect: str) -> None:
+    sim: NomadSim,
+    fake_nomad: FakeNomad,
+    dash: Dash,
+    method: str,
+    path: str,
+    body: str | None,
+    status: int,
+    delay: float,
+    expect: str,
+) -> None:
     settings = load_settings({"NOMAD_ADDR": fake_nomad.url}, timeout_s=0.3)
     provider = NomadProvider(settings, events=False, backoff=Backoff(0.1, 0.4))
     app = dash(provider, interval=0.15)
@@ -535,8 +612,9 @@ async def test_nomad_errors_show_in_the_header_and_the_agents_stay_watched(
         assert expect not in header.render_header().plain
 
 
-async def test_unreachable_nomad_and_a_refused_event_stream(fake_nomad: FakeNomad, dash: Dash,
-                                                            sim: NomadSim) -> None:
+async def test_unreachable_nomad_and_a_refused_event_stream(
+    fake_nomad: FakeNomad, dash: Dash, sim: NomadSim
+) -> None:
     gone = NomadProvider(env={"NOMAD_ADDR": closed_port_url()}, events=True, backoff=Backoff(0.1, 0.4))
     app = dash(gone, interval=0.3, timeout=0.5)
     async with app.run_test(size=(200, 40)) as pilot:
@@ -555,13 +633,25 @@ async def test_unreachable_nomad_and_a_refused_event_stream(fake_nomad: FakeNoma
     provider = NomadProvider(env={"NOMAD_ADDR": fake_nomad.url}, events=True, backoff=Backoff(0.1, 0.4))
     app = dash(provider, interval=0.3)
     async with app.run_test(size=(250, 40)) as pilot:
-        await until(pilot, "stream refusal shown", lambda: app.view is not None and bool(app.view.warnings)
-                    and app.view.warnings[0].startswith("Nomad event stream down"))
+        await until(
+            pilot,
+            "stream refusal shown",
+            lambda: (
+                app.view is not None
+                and bool(app.view.warnings)
+                and app.view.warnings[0].startswith("Nomad event stream down")
+            ),
+        )
         line = app.screen.query_one("#header", Static).render_header().plain
-        assert ('⚠ Nomad event stream down: Nomad event stream: 403 Permission denied; the token needs namespace '
-                '"default" { capabilities = ["read-job"] } and node { policy = "read" }') in line, line
+        assert (
+            "⚠ Nomad event stream down: Nomad event stream: 403 Permission denied; the token needs namespace "
+            '"default" { capabilities = ["read-job"] } and node { policy = "read" }'
+        ) in line, line
         assert "polling Nomad on every refresh" in app.view.warnings[0]
         assert app.view.source_ok
         reads = len(fake_nomad.seen("GET", "/v1/job/x0-mesh/allocations"))
-        await until(pilot, "polling fallback", lambda: len(fake_nomad.seen("GET", "/v1/job/x0-mesh/allocations"))
-                    >= reads + 2)
+        await until(
+            pilot,
+            "polling fallback",
+            lambda: len(fake_nomad.seen("GET", "/v1/job/x0-mesh/allocations")) >= reads + 2,
+        )

@@ -8,13 +8,16 @@ from dashboard.nomad import view
 from tests.nomad import shapes
 
 
-@pytest.mark.parametrize(("raw", "expected"), [
-    ("nomad-4", "nomad-4"),
-    ("ip-10-0-1-5.EC2.internal", "ip-10-0-1-5-ec2-internal"),
-    ("__Edge_Node__", "edge-node-"),
-    ("node-0", "node-0"),
-    ("x" * 80, "x" * 63),
-])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("nomad-4", "nomad-4"),
+        ("ip-10-0-1-5.EC2.internal", "ip-10-0-1-5-ec2-internal"),
+        ("__Edge_Node__", "edge-node-"),
+        ("node-0", "node-0"),
+        ("x" * 80, "x" * 63),
+    ],
+)
 def test_mesh_node_id_matches_the_job_template_pipeline(raw: str, expected: str) -> None:
     assert view.mesh_node_id(raw) == expected
 
@@ -22,10 +25,14 @@ def test_mesh_node_id_matches_the_job_template_pipeline(raw: str, expected: str)
 def _system(n: int = 3) -> tuple[dict, list[dict], list[dict], list[dict]]:
     job = shapes.job()
     nodes = [shapes.node(f"{i:08d}-0000-4000-8000-000000000000", f"nomad-{i}") for i in range(1, n + 1)]
-    allocs = [shapes.alloc_stub(f"a{i:07d}-1111-4000-8000-000000000000", nd["ID"], nd["Name"], create_index=10 + i)
-              for i, nd in enumerate(nodes, 1)]
-    regs = [shapes.registration(a, service=view.AGENT_SERVICE, port=21000 + i, node_name=a["NodeName"])
-            for i, a in enumerate(allocs)]
+    allocs = [
+        shapes.alloc_stub(f"a{i:07d}-1111-4000-8000-000000000000", nd["ID"], nd["Name"], create_index=10 + i)
+        for i, nd in enumerate(nodes, 1)
+    ]
+    regs = [
+        shapes.registration(a, service=view.AGENT_SERVICE, port=21000 + i, node_name=a["NodeName"])
+        for i, a in enumerate(allocs)
+    ]
     return job, nodes, allocs, regs
 
 
@@ -38,7 +45,12 @@ def test_system_job_maps_each_allocation_to_its_node_and_agent() -> None:
     assert t.metrics_url == "http://127.0.0.1:21001/metrics"
     assert t.nomad is not None
     assert (t.nomad.node_name, t.nomad.datacenter, t.nomad.node_status, t.nomad.eligibility, t.nomad.drain) == (
-        "nomad-2", "dc1", "ready", "eligible", False)
+        "nomad-2",
+        "dc1",
+        "ready",
+        "eligible",
+        False,
+    )
     assert t.nomad.alloc_name == "x0-mesh.node[0]"
     assert v.warnings == []
     assert v.need_ports == []
@@ -57,8 +69,10 @@ def test_dev_service_job_names_nodes_by_alloc_index_without_registrations() -> N
     job = shapes.job(job_type="service", node_name="node-${NOMAD_ALLOC_INDEX}")
     nd = shapes.node("n1", "laptop")
     allocs = [shapes.alloc_stub(f"a{i}", "n1", "laptop", index=i, job_type="service") for i in range(3)]
-    full = {a["ID"]: view.alloc_api_url(shapes.allocation(a, api_port=22000 + i, peer_port=23000 + i))
-            for i, a in enumerate(allocs)}
+    full = {
+        a["ID"]: view.alloc_api_url(shapes.allocation(a, api_port=22000 + i, peer_port=23000 + i))
+        for i, a in enumerate(allocs)
+    }
     v = view.build_view(job, allocs, [nd], [], full)
     assert [(n.node_id, n.agent_url, n.url_source) for n in v.nodes] == [
         ("node-0", "http://127.0.0.1:22000", "alloc ports"),
@@ -71,8 +85,9 @@ def test_dev_service_job_names_nodes_by_alloc_index_without_registrations() -> N
 
 def test_replacement_allocation_wins_and_old_one_is_kept_as_history() -> None:
     job, nodes, _, _ = _system(1)
-    old = shapes.alloc_stub("old-alloc", nodes[0]["ID"], "nomad-1", client="complete", desired="stop",
-                            create_index=5)
+    old = shapes.alloc_stub(
+        "old-alloc", nodes[0]["ID"], "nomad-1", client="complete", desired="stop", create_index=5
+    )
     new = shapes.alloc_stub("new-alloc", nodes[0]["ID"], "nomad-1", client="pending", create_index=50)
     v = view.build_view(job, [old, new], nodes, [])
     assert len(v.nodes) == 1
@@ -117,8 +132,11 @@ def test_system_job_gaps_respect_datacenter_eligibility_drain_and_status() -> No
     assert len(gaps) == 1
     assert "nomad-gap (dc1)" in gaps[0]
     # A service job (dev) is not expected to cover every node.
-    assert not [w for w in view.build_view(shapes.job(job_type="service"), allocs, nodes + extra, regs).warnings
-                if "runs no" in w]
+    assert not [
+        w
+        for w in view.build_view(shapes.job(job_type="service"), allocs, nodes + extra, regs).warnings
+        if "runs no" in w
+    ]
 
 
 def test_datacenter_globs_are_honoured() -> None:
@@ -130,8 +148,9 @@ def test_datacenter_globs_are_honoured() -> None:
 
 def test_ipv6_addresses_are_bracketed() -> None:
     job, nodes, allocs, _ = _system(1)
-    reg = shapes.registration(allocs[0], service=view.AGENT_SERVICE, port=8080, node_name="nomad-1",
-                              address="fd00::5")
+    reg = shapes.registration(
+        allocs[0], service=view.AGENT_SERVICE, port=8080, node_name="nomad-1", address="fd00::5"
+    )
     assert view.build_view(job, allocs, nodes, [reg]).nodes[0].agent_url == "http://[fd00::5]:8080"
     full = shapes.allocation(allocs[0], api_port=8080, peer_port=12345, host_ip="fd00::6")
     assert view.alloc_api_url(full) == "http://[fd00::6]:8080"
