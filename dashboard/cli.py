@@ -255,6 +255,14 @@ async def run_headless(
         except ProviderError as exc:
             print(f"x0dash: the source could not start: {exc}", file=err)
             return EXIT_SOURCE
+        # A source that started but cannot be read (Nomad unreachable, refusing) lists no nodes: say that, not
+        # "no node 'node-b'" with the refusal's exit code.
+        first = await session.update()
+        if not first.view.source_ok:
+            print(
+                f"x0dash: the source could not start: {first.view.source} ({first.view.source_detail})", file=err
+            )
+            return EXIT_SOURCE
         engine = DrillEngine(session, steady_timeout=steady_timeout)
         engine.listeners.append(lambda step: _print_step(step, err))
         try:

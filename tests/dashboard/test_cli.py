@@ -100,3 +100,18 @@ def test_headless_drill_against_a_missing_inventory_exits_3(
     )
     assert code == 3
     assert "the source could not start" in capsys.readouterr().err
+
+
+def test_headless_drill_with_an_unreachable_nomad_exits_3_cannot_connect(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Issue 12 item 6: this said "drill refused: no node 'node-b' (nodes: none)" and exited 2.
+    from .conftest import closed_port
+
+    addr = f"http://127.0.0.1:{closed_port()}"
+    code = main(["--nomad", addr, "--reports-dir", str(tmp_path), "drill", "blackhole", "--target", "node-b"])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert "the source could not start" in err and "cannot connect" in err.lower() and addr in err
+    assert "drill refused" not in err
+    assert not any(tmp_path.iterdir())  # nothing measured, nothing saved
