@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import errno
 import logging
 import signal
@@ -20,6 +21,7 @@ from agent.settings import Settings, SettingsError
 
 EXIT_CONFIG = 2
 EXIT_RUNTIME = 1
+COMMANDS = ("serve", "local-mesh")
 
 _ENV_HELP = """\
 configuration (environment; full table in docs/contracts.md §1):
@@ -48,19 +50,25 @@ exit codes: 0 stopped (SIGTERM/Ctrl-C), 1 could not start (e.g. port in use), 2 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="x0-agent",
+        usage="x0-agent [-h] [--version] [serve | local-mesh ...]",
         description="x0tta6bl4 mesh agent: serves /health, /mesh/*, /metrics beside a Yggdrasil daemon.\n\n"
         "commands:\n  serve        run the agent (the default)\n"
         "  local-mesh   start a local mesh of daemons and agents (x0-agent local-mesh --help)",
         epilog=_ENV_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("command", nargs="?", default="serve", choices=["serve"], help=argparse.SUPPRESS)
+    p.add_argument("command", nargs="?", default="serve", choices=COMMANDS, help=argparse.SUPPRESS)
     p.add_argument("--version", action="version", version=f"x0-agent {__version__}")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args and not args[0].startswith("-") and args[0] not in COMMANDS:
+        # argparse alone lists the choices but does not say which one was meant (a typo of local-mesh).
+        close = difflib.get_close_matches(args[0], COMMANDS, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        _parser().error(f"unknown command {args[0]!r} (commands: {', '.join(COMMANDS)}){hint}")
     if args and args[0] == "local-mesh":
         # Imported lazily: the mesh launcher pulls in namespace/process tooling the agent itself never needs.
         from agent.localmesh.cli import main as local_mesh_main

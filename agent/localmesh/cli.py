@@ -76,11 +76,26 @@ examples:
 """
 
 
+def _node_count(value: str) -> int:
+    # Checked by the parser, so a bad count is a usage error (exit 2) like every other bad argument.
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if not 1 <= n <= naming.MAX_NODES:
+        raise argparse.ArgumentTypeError(
+            f"must be 1-{naming.MAX_NODES} (nodes are named node-a .. node-z), got {n}"
+        )
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--nodes", type=int, default=3, metavar="N", help=f"number of nodes, 1-{naming.MAX_NODES} (3)")
+    p.add_argument(
+        "--nodes", type=_node_count, default=3, metavar="N", help=f"number of nodes, 1-{naming.MAX_NODES} (3)"
+    )
     p.add_argument("--topology", choices=TOPOLOGIES, default="full", help="planned links (full)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--netns", dest="mode", action="store_const", const="netns", help="namespaces (needs root)")

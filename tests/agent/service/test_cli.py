@@ -68,7 +68,7 @@ def test_help_documents_the_environment() -> None:
         assert word in proc.stdout, word
     assert run_agent({}, "--version").stdout.startswith("x0-agent ")
     bad = run_agent({}, "frobnicate")
-    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+    assert bad.returncode == 2 and "unknown command 'frobnicate'" in bad.stderr
 
 
 def test_agent_without_daemon_serves_503_and_names_yggdrasil(tmp_path: Path) -> None:
@@ -101,3 +101,20 @@ def test_agent_without_daemon_serves_503_and_names_yggdrasil(tmp_path: Path) -> 
     finally:
         agent.stop()
     assert agent.proc is not None and agent.proc.returncode == 0, agent.log()
+
+
+def test_a_mistyped_command_suggests_local_mesh_and_exits_2() -> None:
+    # Issue 12 item 7: `x0-agent lcoal-mesh` only offered "serve".
+    proc = run_agent({}, "lcoal-mesh")
+    assert proc.returncode == 2, proc
+    assert "did you mean 'local-mesh'?" in proc.stderr and "serve, local-mesh" in proc.stderr
+    assert "serve | local-mesh" in proc.stderr  # the usage line names both commands
+
+
+@pytest.mark.parametrize("count", ["0", "27", "three"])
+def test_local_mesh_bad_node_count_is_a_usage_error_exit_2(count: str, tmp_path: Path) -> None:
+    # Issue 12 item 7: `local-mesh --nodes 0` printed "starting 0 nodes" and exited 1 (bad arguments exit 2).
+    proc = run_agent({}, "local-mesh", "--nodes", count, "--run-dir", str(tmp_path))
+    assert proc.returncode == 2, proc
+    assert "argument --nodes" in proc.stderr and "starting" not in proc.stdout
+    assert not any(tmp_path.iterdir())
