@@ -30,6 +30,10 @@ class Member(msgspec.Struct, frozen=True, kw_only=True):
     public_key: str | None = None
     address: str | None = None
     api_version: str | None = None
+    # The machine it runs on (Nomad node id): Raft voters are spread across hosts (contracts §2, §7).
+    host: str | None = None
+    # host:port of its Raft listener; default from `address` or `agent_url` and X0_RAFT_PORT (agent.consensus).
+    raft_address: str | None = None
 
 
 class MembersFile(msgspec.Struct, frozen=True, kw_only=True):
@@ -97,6 +101,8 @@ def parse_members(data: bytes) -> Members:
             _check_url(m.node_id, "overlay_url", m.overlay_url)
         if m.listen_uri is not None and "://" not in m.listen_uri:
             raise MembersError(f"member {m.node_id!r}: listen_uri {m.listen_uri!r} is not a peer URI")
+        if m.raft_address is not None:
+            _check_host_port(m.node_id, m.raft_address)
         key = m.public_key.lower() if m.public_key else None
         if key is not None:
             if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
@@ -160,6 +166,13 @@ def _check_url(node_id: str, field: str, url: str) -> None:
         ok = False
     if not ok:
         raise MembersError(f"member {node_id!r}: {field} {url!r} is not an http(s) URL")
+
+
+def _check_host_port(node_id: str, value: str) -> None:
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535 or any(c.isspace() for c in value):
+        raise MembersError(f"member {node_id!r}: raft_address {value!r} is not host:port")
 
 
 def _overlay_url(address: str, agent_url: str) -> str:

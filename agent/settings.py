@@ -52,6 +52,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     mapek_enabled: bool = True
     mapek_interval: float = 1.0
     mapek_degree: int = 2
+    # Consensus (agent.consensus, contracts §7). raft_dir None keeps the journal in memory (in-process tests);
+    # from_env always gives a directory.
+    raft_enabled: bool = True
+    raft_voters: int = 5
+    raft_port: int = 8082
+    raft_dir: Path | None = None
+    raft_secret: str | None = None
+    raft_replace_after: float = 60.0
+    raft_write_timeout: float = 2.0
 
     @property
     def supervises_daemon(self) -> bool:
@@ -121,7 +130,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             mapek_enabled=_bool(get("X0_MAPEK_ENABLED"), "X0_MAPEK_ENABLED", True),
             mapek_interval=_float(get("X0_MAPEK_INTERVAL"), "X0_MAPEK_INTERVAL", 1.0, 0.05, 60.0),
             mapek_degree=_int(get("X0_MAPEK_DEGREE"), "X0_MAPEK_DEGREE", 2, 1, 64),
+            raft_enabled=_bool(get("X0_RAFT_ENABLED"), "X0_RAFT_ENABLED", True),
+            raft_voters=_int(get("X0_RAFT_VOTERS"), "X0_RAFT_VOTERS", 5, 1, 9),
+            raft_port=_int(get("X0_RAFT_PORT"), "X0_RAFT_PORT", 8082, 1, 65535),
+            raft_dir=_directory(get("X0_RAFT_DIR"), "X0_RAFT_DIR", Path("raft")),
+            raft_secret=get("X0_RAFT_SECRET"),
+            raft_replace_after=_float(get("X0_RAFT_REPLACE_AFTER"), "X0_RAFT_REPLACE_AFTER", 60.0, 1.0, 86400.0),
+            raft_write_timeout=_float(get("X0_RAFT_WRITE_TIMEOUT"), "X0_RAFT_WRITE_TIMEOUT", 2.0, 0.1, 60.0),
         )
+
+    @property
+    def raft_key(self) -> str | None:
+        """The secret Raft's transport is keyed from: X0_RAFT_SECRET, else the API token, else None (Raft
+        refuses to start: its messages are pickles, so an unauthenticated port would run anyone's code)."""
+        return self.raft_secret or self.api_token
 
 
 def _int(raw: str | None, name: str, default: int, lo: int, hi: int) -> int:
@@ -156,6 +178,13 @@ def _bool(raw: str | None, name: str, default: bool) -> bool:
     if raw.lower() in _FALSE:
         return False
     raise SettingsError(name, f"must be true or false (got {raw!r})")
+
+
+def _directory(raw: str | None, name: str, default: Path) -> Path:
+    path = Path(raw) if raw is not None else default
+    if path.exists() and not path.is_dir():
+        raise SettingsError(name, f"not a directory: {path}")
+    return path
 
 
 def _log_level(raw: str | None) -> LogLevel:
