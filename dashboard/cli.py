@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from agent import __version__
 from dashboard.drills.engine import (
     DEADLINE_RANGE,
     DEFAULT_DRAIN_DEADLINE_S,
@@ -55,9 +56,10 @@ headless drills:
          Ctrl-C: eligibility restored)
   x0dash --nomad http://127.0.0.1:4646 drill drain --target node-b --deadline 30 --duration 20
   exit status: 0 every SLO met and the mesh back to its steady state, 1 an SLO failed or the mesh did not
-  recover, 2 drill refused (unknown node, another drill running, no API token, mesh not steady), 3 the source
-  could not start. Reports are saved as JSON and Markdown under --reports-dir (default ./reports, or
-  $X0DASH_REPORTS).
+  recover, 2 drill refused (unknown node, another drill running, no API token, mesh not steady) or bad
+  arguments, 3 the source could not start (Nomad unreachable, missing inventory). Reports are saved as JSON
+  and Markdown under --reports-dir (default ./reports, or $X0DASH_REPORTS); with --report FILE only FILE is
+  written unless --reports-dir is given too.
 
 environment: X0_API_TOKEN (bearer token for drills when the source does not know it), X0DASH_REPORTS.
 """
@@ -141,12 +143,21 @@ def _add_common(p: argparse.ArgumentParser, *, sub: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="x0dash", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="x0dash",
+        # The subcommand is optional: without it x0dash opens the dashboard (argparse would print `drill ...`
+        # as if it were required).
+        usage="x0dash [options]                           open the dashboard\n"
+        "       x0dash [options] drill KIND --target NODE  run one drill headless",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--version", action="version", version=f"x0dash {__version__}")
     _add_common(p, sub=False)
-    subs = p.add_subparsers(dest="command", metavar="drill", title="commands", required=False)
+    subs = p.add_subparsers(dest="command", metavar="[drill]", title="commands", required=False)
     d = subs.add_parser(
         "drill",
+        prog="x0dash drill",
         help="run one drill without the UI, print the report, exit 0 on pass",
         description="Run one drill against the chosen source without the UI, print the report "
         "and exit non-zero when an SLO fails or the mesh does not recover.",
@@ -194,6 +205,14 @@ def _reports_dir(args: argparse.Namespace) -> Path:
     return DEFAULT_REPORTS_DIR if value is None else Path(value)
 
 
+def _headless_reports_dir(args: argparse.Namespace) -> Path | None:
+    """Where a headless drill saves its report pair: none when --report FILE says where (unless --reports-dir
+    asks for both)."""
+    if getattr(args, "report", None) is not None and getattr(args, "reports_dir", None) is None:
+        return None
+    return _reports_dir(args)
+
+
 def build_provider(args: argparse.Namespace, env: dict[str, str] | None = None) -> Provider:
     """The source the options ask for (ProviderError with an operator message when they conflict)."""
     env = dict(os.environ) if env is None else env
@@ -239,7 +258,7 @@ async def run_headless(
     provider: Provider,
     plan: DrillPlan,
     *,
-    reports_dir: Path,
+    reports_dir: Path | None,
     report_file: Path | None,
     as_json: bool,
     poll_timeout: float = 1.5,
@@ -296,7 +315,7 @@ async def _headless_main(args: argparse.Namespace, provider: Provider) -> int:
     return await run_headless(
         provider,
         plan,
-        reports_dir=_reports_dir(args),
+        reports_dir=_headless_reports_dir(args),
         report_file=args.report,
         as_json=args.json,
         poll_timeout=_num(args, "timeout", 1.5),
@@ -328,6 +347,11 @@ def main(argv: list[str] | None = None) -> int:
             slo=build_slo(args),
         )
         code = app.run()
+        kept = getattr(provider, "kept_run_dir", None)
+        if kept is not None:
+            print(
+                f"x0dash: the local mesh is stopped; its logs stay in {kept} (node-*/agent.log)", file=sys.stderr
+            )
         if app.source_error:
             print(f"x0dash: the source could not start: {app.source_error}", file=sys.stderr)
             return EXIT_SOURCE

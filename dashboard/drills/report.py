@@ -101,14 +101,16 @@ def report_basename(report: DrillReport) -> str:
     return f"drill-{when}-{report.kind}-{report.target}"
 
 
-def save(report: DrillReport, reports_dir: Path, extra: Path | None = None) -> list[Path]:
-    """Write `<dir>/<name>.json` and `.md`; `extra` (the --report FILE) gets Markdown when it ends in .md and
-    JSON otherwise. Returns every path written."""
-    reports_dir.mkdir(parents=True, exist_ok=True)
-    base = reports_dir / report_basename(report)
-    written = [base.with_suffix(".json"), base.with_suffix(".md")]
-    written[0].write_bytes(to_json(report))
-    written[1].write_text(to_markdown(report))
+def save(report: DrillReport, reports_dir: Path | None, extra: Path | None = None) -> list[Path]:
+    """Write `<dir>/<name>.json` and `.md` (unless `reports_dir` is None); `extra` (the --report FILE) gets
+    Markdown when it ends in .md and JSON otherwise. Returns every path written."""
+    written: list[Path] = []
+    if reports_dir is not None:
+        reports_dir.mkdir(parents=True, exist_ok=True)
+        base = reports_dir / report_basename(report)
+        written += [base.with_suffix(".json"), base.with_suffix(".md")]
+        written[0].write_bytes(to_json(report))
+        written[1].write_text(to_markdown(report))
     if extra is not None:
         extra.parent.mkdir(parents=True, exist_ok=True)
         if extra.suffix == ".md":

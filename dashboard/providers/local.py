@@ -39,6 +39,8 @@ class LocalProvider(Provider):
         self.mode: Mode = mode or default_mode()
         self._run_dir = run_dir
         self._own_run_dir: Path | None = None
+        # The run dir we made, kept after stop(): a failed drill's agent.log is the post-mortem.
+        self.kept_run_dir: Path | None = None
         self._stack = contextlib.ExitStack()
         self._mesh: Any = None
         self._inventory: dict[str, Any] = {}
@@ -98,9 +100,8 @@ class LocalProvider(Provider):
             self._stack.close()
         finally:
             self._mesh = None
-            if self._own_run_dir is not None:
-                shutil.rmtree(self._own_run_dir, ignore_errors=True)
-                self._own_run_dir = None
+            if self._own_run_dir is not None and any(self._own_run_dir.iterdir()):
+                self.kept_run_dir = self._own_run_dir
 
     def node_loss(self, node_id: str, duration_s: float) -> str:
         if self._mesh is None:

@@ -14,6 +14,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widget import Widget
 from textual.widgets import (
     Button,
     DataTable,
@@ -41,6 +42,7 @@ from dashboard.providers.base import ProviderError
 from dashboard.screens.base import MeshScreen
 from dashboard.screens.confirm import ConfirmDrillScreen
 from dashboard.session import MeshUpdate
+from dashboard.widgets.fields import NumberField
 from dashboard.widgets.styles import LEVEL_STYLE
 
 KIND_LABELS = {
@@ -53,9 +55,18 @@ KIND_LABELS = {
 ALL_TASKS = "all"
 
 
+class KindButton(RadioButton):
+    """The picked kind shows a dot and the others an empty slot, so the choice reads without colour."""
+
+    @property
+    def BUTTON_INNER(self) -> str:  # type: ignore[override]
+        return "●" if self.value else " "
+
+
 class DrillScreen(MeshScreen):
     BINDINGS = [
         Binding("escape", "back", "Back"),
+        # Also from inside the form's fields: they are NumberFields, which leave letters to the screen.
         Binding("s", "start", "Start drill"),
         Binding("a", "abort", "Abort drill"),
         Binding("u", "undo_drain", "Undo drain"),
@@ -77,19 +88,17 @@ class DrillScreen(MeshScreen):
                 with RadioSet(id="kind"):
                     # Only what this source can make: the Nomad-only kinds appear with a Nomad source.
                     for kind in self.dash.engine.kinds:
-                        yield RadioButton(
-                            KIND_LABELS.get(kind, kind), value=kind == "blackhole", id=f"kind-{kind}"
-                        )
+                        yield KindButton(KIND_LABELS.get(kind, kind), value=kind == "blackhole", id=f"kind-{kind}")
                 yield Label("target", classes="field-label")
                 yield Select[str]([], id="target", prompt="pick a node")
                 yield Label(f"duration, s ({DURATION_RANGE[0]}..{DURATION_RANGE[1]})", classes="field-label")
-                yield Input(str(self.dash.default_duration), id="duration", type="integer")
+                yield NumberField(str(self.dash.default_duration), id="duration")
                 # The deadline: how long Nomad lets the node's allocations migrate before it stops them.
                 yield Label(
                     f"drain deadline, s ({DEADLINE_RANGE[0]}..{DEADLINE_RANGE[1]})",
                     classes="field-label drain-field",
                 )
-                yield Input(str(DEFAULT_DRAIN_DEADLINE_S), id="deadline", type="integer", classes="drain-field")
+                yield NumberField(str(DEFAULT_DRAIN_DEADLINE_S), id="deadline", classes="drain-field")
                 yield Label("restart which task", classes="field-label restart-field")
                 yield Select[str](
                     [("all tasks", ALL_TASKS), (AGENT_TASK, AGENT_TASK), (YGGDRASIL_TASK, YGGDRASIL_TASK)],
@@ -99,14 +108,15 @@ class DrillScreen(MeshScreen):
                     classes="restart-field",
                 )
                 yield Label("SLO: detect within, s", classes="field-label")
-                yield Input(f"{slo.detect_s:g}", id="slo-detect", type="number")
+                yield NumberField(f"{slo.detect_s:g}", id="slo-detect", integer=False)
                 yield Label("SLO: repair within, s (after)", classes="field-label")
-                yield Input(f"{slo.repair_s:g}", id="slo-repair", type="number")
+                yield NumberField(f"{slo.repair_s:g}", id="slo-repair", integer=False)
                 yield Button("Start drill (s)", id="start", variant="error")
                 yield Button("Undo drain (u)", id="undo-drain", variant="warning")
-                yield Static("", id="form-error")
                 yield Static("", id="nomad-state")
             with Vertical(id="drill-live"):
+                # Above everything on the right, not under the form: at 80x24 the form's end is below the fold.
+                yield Static("", id="form-error")
                 yield Static("", id="drill-status")
                 yield DataTable(id="timeline", cursor_type="row", zebra_stripes=True)
                 with VerticalScroll(id="report-box"):
@@ -271,6 +281,9 @@ class DrillScreen(MeshScreen):
             plan = self._plan()
         except ValueError as exc:
             error.update(Text(str(exc), "red"))
+            field = self._field_for(str(exc))
+            if field is not None:
+                field.focus()  # and scrolled into view
             return
         if plan.kind == "drain":
             # Ask Nomad what runs on that node first: the confirmation names every allocation the drain stops.
@@ -346,6 +359,22 @@ class DrillScreen(MeshScreen):
     @on(Button.Pressed, "#start")
     def _start_pressed(self) -> None:
         self.action_start()
+
+    @on(Input.Submitted, "#drill-form Input")
+    def _field_submitted(self) -> None:
+        self.action_start()  # Enter in a field starts, as the footer's `s` does
+
+    def _field_for(self, error: str) -> Widget | None:
+        for needle, selector in (
+            ("target", "#target"),
+            ("kind", "#kind"),
+            ("duration", "#duration"),
+            ("deadline", "#deadline"),
+            ("SLO", "#slo-detect"),
+        ):
+            if needle in error:
+                return self.query_one(selector)
+        return None
 
     def action_abort(self) -> None:
         if self.dash.engine.running is None:

@@ -48,7 +48,9 @@ With a Nomad source, node loss stops the target's allocation and the drill ends 
 allocation has a healthy agent and the mesh is whole; two more kinds: **restart allocation** (in place, all tasks
 or one) and **drain Nomad node** (with a deadline; the confirmation lists every allocation on that node; undone
 when the drill ends or is aborted, or with `u`).
-Headless: `x0dash drill blackhole --target node-b --duration 10` (exit 0 pass, 1 fail, 2 refused).
+Headless: `x0dash drill blackhole --target node-b --duration 10`; exit status 0 pass, 1 an SLO failed or the
+mesh did not recover, 2 refused (or bad arguments), 3 the source could not start (Nomad unreachable, no
+inventory).
 """
 
 

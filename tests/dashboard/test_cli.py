@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,63 @@ def test_headless_drill_with_an_unreachable_nomad_exits_3_cannot_connect(
     assert "the source could not start" in err and "cannot connect" in err.lower() and addr in err
     assert "drill refused" not in err
     assert not any(tmp_path.iterdir())  # nothing measured, nothing saved
+
+
+# Issue 12 item 7 -------------------------------------------------------------------------------------------------
+def test_version_and_a_usage_that_does_not_require_drill(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.startswith("x0dash 0.")
+    usage = build_parser().format_usage()
+    assert "x0dash [options]  " in usage and "drill KIND --target NODE" in usage
+    assert not re.search(r"\] drill \.\.\.", usage)  # the dashboard needs no subcommand
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["drill", "--help"])
+    assert capsys.readouterr().out.startswith("usage: x0dash drill [-h] --target NODE")
+
+
+def test_report_file_alone_writes_only_that_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dashboard.cli import _headless_reports_dir
+    from dashboard.drills.report import from_json, save
+
+    from .record_fixtures import REPORT_FILE
+
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(["drill", "blackhole", "--target", "node-b", "--report", "out/r.md"])
+    assert _headless_reports_dir(args) is None
+    report = from_json(REPORT_FILE.read_bytes())
+    assert save(report, _headless_reports_dir(args), args.report) == [Path("out/r.md")]
+    assert sorted(str(p) for p in tmp_path.rglob("*") if p.is_file()) == [str(tmp_path / "out/r.md")]
+    both = build_parser().parse_args(
+        ["--reports-dir", "keep", "drill", "blackhole", "--target", "b", "--report", "x"]
+    )
+    assert _headless_reports_dir(both) == Path("keep")
+    no_file = build_parser().parse_args(["drill", "blackhole", "--target", "b"])
+    assert _headless_reports_dir(no_file) is not None  # without --report the pair goes to the default dir
+
+
+def test_help_screen_names_every_exit_code() -> None:
+    from dashboard.screens.help import HELP
+
+    for code in ("0 pass", "1 an SLO failed", "2 refused", "3 the source could not start"):
+        assert code in HELP
+
+
+def test_local_source_keeps_its_logs_after_stop(require_yggdrasil: str) -> None:
+    # `--local` deleted the mesh's run dir on quit, and with it a failed drill's agent.log.
+    provider = LocalProvider(1, mode="loopback")
+    try:
+        provider.start()
+        assert provider.kept_run_dir is None
+    finally:
+        provider.stop()
+    kept = provider.kept_run_dir
+    assert kept is not None
+    try:
+        logs = list(kept.rglob("agent.log"))
+        assert logs and "starting" in logs[0].read_text()
+    finally:
+        import shutil
+
+        shutil.rmtree(kept, ignore_errors=True)
