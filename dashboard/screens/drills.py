@@ -17,7 +17,6 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widget import Widget
 from textual.widgets import (
     Button,
-    DataTable,
     Footer,
     Input,
     Label,
@@ -43,7 +42,7 @@ from dashboard.screens.base import MeshScreen
 from dashboard.screens.confirm import ConfirmDrillScreen
 from dashboard.session import MeshUpdate
 from dashboard.widgets.fields import NumberField
-from dashboard.widgets.styles import LEVEL_STYLE
+from dashboard.widgets.timeline import DrillTimeline, rows_from_report, rows_from_steps
 
 KIND_LABELS = {
     "blackhole": "blackhole",
@@ -75,7 +74,6 @@ class DrillScreen(MeshScreen):
     def __init__(self, target: str | None = None) -> None:
         super().__init__()
         self.initial_target = target
-        self._steps_shown = 0
         self._report_shown: object = None
         self._target_ids: list[str] = []
 
@@ -118,13 +116,12 @@ class DrillScreen(MeshScreen):
                 # Above everything on the right, not under the form: at 80x24 the form's end is below the fold.
                 yield Static("", id="form-error")
                 yield Static("", id="drill-status")
-                yield DataTable(id="timeline", cursor_type="row", zebra_stripes=True)
+                yield DrillTimeline(id="timeline")
                 with VerticalScroll(id="report-box"):
                     yield Markdown("", id="report")
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#timeline", DataTable).add_columns("t", "node", "event")
         self.query_one("#timeline").border_title = "timeline"
         self.query_one("#report-box").display = False
         self.query_one("#undo-drain").display = "drain" in self.dash.engine.kinds
@@ -212,17 +209,14 @@ class DrillScreen(MeshScreen):
             status.update(Text("no drill yet: pick kind, target and duration, then s", "grey50"))
         self._show_nomad_state()
         self.query_one("#start", Button).disabled = running is not None
-        table = self.query_one("#timeline", DataTable)
-        steps = dash.drill_steps
-        if len(steps) < self._steps_shown:
-            table.clear()
-            self._steps_shown = 0
-        for step in steps[self._steps_shown :]:
-            t = "" if step.t_s is None else f"{step.t_s:+.2f} s"
-            table.add_row(t, step.node or "", Text(step.what, LEVEL_STYLE.get(step.level, "")))
-        if len(steps) != self._steps_shown:
-            table.move_cursor(row=len(steps) - 1)
-        self._steps_shown = len(steps)
+        timeline = self.query_one(DrillTimeline)
+        if dash.last_report is not None and running is None:
+            # One timeline: the report's (what the saved Markdown says), not the live steps as they arrived.
+            timeline.border_title = "timeline (report)"
+            timeline.show(rows_from_report(dash.last_report))
+        else:
+            timeline.border_title = "timeline"
+            timeline.show(rows_from_steps(dash.drill_steps))
         box = self.query_one("#report-box")
         if dash.last_report is not None and running is None:
             if self._report_shown is not dash.last_report:

@@ -3,12 +3,20 @@ screens, then what the screen shows is read back as text (what a person would se
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from textual.geometry import Region
 from textual.widgets import Input
 
 from dashboard.app import X0Dash
+from dashboard.drills.engine import DrillPlan, DrillStep
+from dashboard.drills.report import from_json, to_markdown
+from dashboard.messages import DrillFinished, DrillStepped
 from dashboard.screens.drills import DrillScreen, KindButton
+from dashboard.widgets.timeline import DrillTimeline
 
+from .record_fixtures import REPORT_FILE
 from .test_snapshots import feed, recorded_app
 
 SIZES = [(80, 24), (200, 50)]
@@ -17,6 +25,11 @@ SIZES = [(80, 24), (200, 50)]
 def screen_text(app: X0Dash) -> str:
     """Every character on the screen, row by row, as the terminal shows it."""
     return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
+
+
+def region_text(app: X0Dash, region: Region) -> str:
+    lines = screen_text(app).splitlines()[region.y : region.bottom]
+    return "\n".join(line[region.x : region.right] for line in lines)
 
 
 def squeezed(text: str) -> str:
@@ -73,3 +86,61 @@ async def test_start_from_inside_a_text_field(size: tuple[int, int], key: str) -
         assert "for 5 s" in app.screen.description
         await pilot.press("n")
         assert app.engine.running is None
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_one_sorted_timeline_that_agrees_with_the_report(size: tuple[int, int]) -> None:
+    # Item 4: the screen listed steps in arrival order ("+10.28 s heal action" before "+10.04 s fault reverted")
+    # and its "full recovery" (when a poll saw the mesh whole) differed from the Markdown report's.
+    app, update = recorded_app()
+    report = from_json(REPORT_FILE.read_bytes())
+    t0 = report.fault.started_at
+    arrived = [
+        DrillStep(at=t0 - 1, t_s=None, what="steady state: nodes 3/3 up"),
+        DrillStep(at=t0, t_s=0.0, what="fault injected", node="node-b"),
+        DrillStep(at=t0 + 1.14, t_s=1.14, what="first detection by node-a: peer_silent", node="node-a"),
+        DrillStep(at=t0 + 1.01, t_s=1.01, what="first detection by node-c: peer_silent", node="node-c"),
+        DrillStep(at=t0 + 7.13, t_s=7.13, what="node-a resolved peer_silent node-b", node="node-a"),
+        DrillStep(at=t0 + 5.05, t_s=5.05, what="fault reverted", node="node-b"),
+        DrillStep(at=t0 + 9.2, t_s=9.2, what="full recovery: nodes 3/3 up", level="ok"),
+    ]
+    async with app.run_test(size=size) as pilot:
+        await feed(app, update)(pilot)
+        await pilot.press("d")
+        app.engine.running = DrillPlan(kind="blackhole", target="node-b", duration_s=5)  # as while it runs
+        for step in arrived:
+            app.post_message(DrillStepped(step))
+        await pilot.pause()
+        live = app.screen.query_one(DrillTimeline).rows
+        times = [r.t_s for r in live if r.t_s is not None]
+        assert times == sorted(times) and live[0].t_s is None
+        assert "t+1.01 s" in screen_text(app)
+        app.engine.running = None
+        app.post_message(DrillFinished(report, paths=[Path("reports/r.json"), Path("reports/r.md")]))
+        await pilot.pause()
+        shown = app.screen.query_one(DrillTimeline).rows
+        assert [(r.t_s, r.what) for r in shown] == [(e.t_s, e.what) for e in report.timeline]
+        markdown = to_markdown(report)
+        recovery = next(e for e in report.timeline if e.what.startswith("full recovery"))
+        assert f"{recovery.t_s:+.2f} s" in markdown
+        text = screen_text(app)
+        assert f"t{recovery.t_s:+.2f} s" in text and "t+9.20 s" not in text
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_timeline_lines_are_never_cut(size: tuple[int, int]) -> None:
+    # Item 8: "first detection by nod" at 80 columns.
+    app, update = recorded_app()
+    report = from_json(REPORT_FILE.read_bytes())
+    async with app.run_test(size=size) as pilot:
+        await feed(app, update)(pilot)
+        app.last_report = report
+        await pilot.press("d")
+        timeline = app.screen.query_one(DrillTimeline)
+        pages = []
+        for y in range(int(timeline.max_scroll_y) + 1):  # the operator scrolls through it line by line
+            timeline.scroll_to(y=y, animate=False)
+            await pilot.pause()
+            pages.append(squeezed(region_text(app, timeline.content_region)))
+        for e in report.timeline:
+            assert any(squeezed(e.what) in page for page in pages), e.what
