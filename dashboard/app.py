@@ -129,7 +129,7 @@ class X0Dash(App[int]):
         self.history.record(message.update.view)
         for screen in self.screen_stack:
             if isinstance(screen, MeshScreen):
-                screen.show_update(message.update)
+                screen.receive(message.update)
 
     @on(MeshUpdated)
     def _mesh_updated(self, message: MeshUpdated) -> None:
@@ -164,10 +164,10 @@ class X0Dash(App[int]):
 
     def _drill_changed(self) -> None:
         for screen in self.screen_stack:
-            if isinstance(screen, DrillScreen):
+            if isinstance(screen, DrillScreen) and screen.composed:  # else its on_mount shows the drill
                 screen.drill_changed()
             if isinstance(screen, MeshScreen):
-                screen.show_update(None)
+                screen.receive(None)
 
     # ------------------------------------------------------------------------------------------------ queries
     @property
@@ -193,9 +193,7 @@ class X0Dash(App[int]):
         top = self.screen
         if isinstance(top, NodeDetailScreen) and top.node_id == node_id:
             return
-        screen = NodeDetailScreen(node_id)
-        self.push_screen(screen)
-        screen.call_after_refresh(screen.show_update, None)
+        self.push_screen(NodeDetailScreen(node_id))  # it draws the current data once composed
 
     def open_drills(self, target: str | None = None) -> None:
         if isinstance(self.screen, DrillScreen):

@@ -1,9 +1,10 @@
-"""What every mesh screen shares: the header, and a `show_update` hook the app calls after each poll."""
+"""What every mesh screen shares: the header, and the one way the app hands it a poll result (`receive`)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import msgspec
 from textual.screen import Screen
 
 from dashboard.session import MeshUpdate
@@ -14,6 +15,11 @@ if TYPE_CHECKING:
 
 
 class MeshScreen(Screen[None]):
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.composed = False
+        self._held: list[MeshUpdate] = []
+
     @property
     def dash(self) -> X0Dash:
         return self.app  # type: ignore[return-value]
@@ -25,10 +31,32 @@ class MeshScreen(Screen[None]):
         header = self.query_one(MeshHeader)
         header.show(self.dash.view, self.dash.drill_banner, note=self.dash.status_note)
 
+    def receive(self, update: MeshUpdate | None) -> None:
+        """Show a poll result now, or keep it until the screen is composed.
+
+        A poll can land between a screen being pushed and its widgets existing (at start-up the first one often
+        does): drawing then would query widgets that are not there yet and kill the app. The events of every
+        held update are kept (the event log must not lose any); the rest is read from the app, which is current.
+        """
+        if self.composed:
+            self.show_update(update)
+        elif update is not None:
+            self._held.append(update)
+
     def show_update(self, update: MeshUpdate | None) -> None:
-        """Called with each new poll (None: only the drill banner or status note changed)."""
+        """Draw a poll result (None: only the drill banner or status note changed). Only `receive` calls it
+        before the screen is composed; subclasses extend it and may query their widgets."""
         self.refresh_header()
+
+    def on_mount(self) -> None:
+        # Textual calls the subclasses' on_mount first (the MRO order), so their widgets are set up by now.
+        self.composed = True
+        held, self._held = self._held, []
+        if held:
+            self.show_update(msgspec.structs.replace(held[-1], events=[e for u in held for e in u.events]))
+        else:
+            self.show_update(None)
 
     def on_screen_resume(self) -> None:
         # Screens below the top one are not redrawn per poll; catch up when they come back.
-        self.show_update(None)
+        self.receive(None)

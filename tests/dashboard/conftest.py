@@ -7,8 +7,11 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
+
+S = TypeVar("S")
 
 
 @pytest.fixture(scope="module")
@@ -38,3 +41,26 @@ async def until(pilot: object, what: str, cond: Callable[[], bool], within: floa
             raise AssertionError(f"{what}: not within {within:g} s")
         await pilot.pause(0.1)  # type: ignore[attr-defined]
     return time.monotonic() - start
+
+
+def app_error(app: object) -> BaseException | None:
+    """The exception that killed the app, if any. Textual keeps it on the app (run_test re-raises it, run() and
+    run_async() only print it): a picture or a return value alone does not show that the app died."""
+    return app._exception  # type: ignore[attr-defined]
+
+
+async def until_screen(
+    pilot: object, kind: type[S], what: str, cond: Callable[[S], bool], within: float = 10.0
+) -> S:
+    """Let the app run until its top screen is a composed `kind` and cond(screen) holds; fail at once if the app
+    died on the way."""
+    app = pilot.app  # type: ignore[attr-defined]
+
+    def shown() -> bool:
+        if app_error(app) is not None or not app.is_running:
+            raise AssertionError(f"the app died waiting for {kind.__name__} ({what}): {app_error(app)!r}")
+        screen = app.screen
+        return isinstance(screen, kind) and getattr(screen, "composed", True) and cond(screen)
+
+    await until(pilot, f"{kind.__name__}: {what}", shown, within)
+    return app.screen

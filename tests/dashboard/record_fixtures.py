@@ -15,12 +15,15 @@ from pathlib import Path
 
 import msgspec
 
+from dashboard.app import X0Dash
 from dashboard.drills.engine import DrillEngine, DrillPlan
 from dashboard.drills.report import to_json
-from dashboard.models import AgentData
+from dashboard.events import action_event, incident_event
+from dashboard.models import AgentData, merge
 from dashboard.providers.base import SourceSnapshot
+from dashboard.providers.inventory import InventoryProvider
 from dashboard.providers.local import LocalProvider
-from dashboard.session import MeshSession
+from dashboard.session import MeshSession, MeshUpdate
 
 DATA = Path(__file__).parent / "data"
 POLL_FILE = DATA / "poll_3node.json"
@@ -37,6 +40,31 @@ class Recording(msgspec.Struct, kw_only=True):
 
 def load_recording(path: Path = POLL_FILE) -> Recording:
     return msgspec.json.decode(path.read_bytes(), type=Recording)
+
+
+def recorded_app() -> tuple[X0Dash, MeshUpdate]:
+    """An app that never polls, with a fixed clock, and the recorded poll as the update to feed it."""
+    rec = load_recording()
+    now = rec.taken_at + 0.4
+    # The provider is never started (autopoll=False): the recorded poll stands in for it.
+    app = X0Dash(
+        InventoryProvider(Path("recorded-inventory.json")),
+        autopoll=False,
+        clock=lambda: now,
+        reports_dir=Path("reports"),
+    )
+    view = merge(rec.snapshot, rec.agents, now, polled_at=rec.taken_at, poll_duration_s=0.042)
+    for _ in range(4):  # plus the one the update itself records: five points per sparkline
+        app.history.record(view)
+    events = [incident_event(a.node_id, i, "opened") for a in rec.agents.values() for i in a.incidents.values()]
+    events += [
+        incident_event(a.node_id, i, "resolved")
+        for a in rec.agents.values()
+        for i in a.incidents.values()
+        if i.resolved_at is not None
+    ]
+    events += [action_event(a.node_id, x) for a in rec.agents.values() for x in a.actions.values()]
+    return app, MeshUpdate(view=view, events=events, poll=None, agents=rec.agents)
 
 
 async def record() -> None:

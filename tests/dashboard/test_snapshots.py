@@ -1,9 +1,11 @@
-"""Snapshot tests of the overview, node detail and a finished drill report.
+"""Snapshot tests of the overview, node detail and a finished drill report, at 140x42 and at 80x24.
 
 They draw data recorded from a real 3-node mesh (tests/dashboard/data, see record_fixtures.py) through the same
 messages and widgets as live polls, with a fixed clock and time zone, so the pictures only change when the
-screens do. Update after an intended change with `pytest tests/dashboard/test_snapshots.py --snapshot-update`
-and look at the diff report.
+screens do. Each test waits until the screen it pictures is composed and shows the data, and checks the app did
+not die on the way: a snapshot of a crashed app is an empty picture that matches itself forever. Update after an
+intended change with `pytest tests/dashboard/test_snapshots.py --snapshot-update`, then look at every picture
+(e.g. `rsvg-convert -b white FILE.raw -o FILE.png`).
 """
 
 from __future__ import annotations
@@ -12,20 +14,24 @@ import time
 from pathlib import Path
 
 import pytest
+from textual.pilot import Pilot
+from textual.widgets import DataTable, Markdown
 
 from dashboard.app import X0Dash
 from dashboard.drills.engine import DrillStep
 from dashboard.drills.report import from_json
-from dashboard.events import action_event, incident_event
 from dashboard.messages import MeshUpdated
-from dashboard.models import merge
-from dashboard.providers.inventory import InventoryProvider
 from dashboard.screens.drills import DrillScreen
+from dashboard.screens.node_detail import NodeDetailScreen
+from dashboard.screens.overview import OverviewScreen
 from dashboard.session import MeshUpdate
+from dashboard.widgets.event_log import EventLog
+from dashboard.widgets.node_table import NodeTable
 
-from .record_fixtures import REPORT_FILE, load_recording
+from .conftest import app_error, until_screen
+from .record_fixtures import REPORT_FILE, recorded_app
 
-SIZE = (140, 42)
+SIZES = [pytest.param((140, 42), id="140x42"), pytest.param((80, 24), id="80x24")]
 
 
 @pytest.fixture(autouse=True)
@@ -34,49 +40,65 @@ def utc(monkeypatch: pytest.MonkeyPatch) -> None:
     time.tzset()
 
 
-def recorded_app() -> tuple[X0Dash, MeshUpdate]:
-    rec = load_recording()
-    now = rec.taken_at + 0.4
-    # The provider is never started (autopoll=False): the recorded poll stands in for it.
-    app = X0Dash(
-        InventoryProvider(Path("recorded-inventory.json")),
-        autopoll=False,
-        clock=lambda: now,
-        reports_dir=Path("reports"),
+async def overview_with_data(pilot: Pilot, app: X0Dash, update: MeshUpdate) -> None:
+    app.post_message(MeshUpdated(update))  # before the overview is composed, as a first poll may
+    await until_screen(
+        pilot,
+        OverviewScreen,
+        "3 nodes and every event",
+        lambda s: (
+            s.query_one(NodeTable).node_ids == ["node-a", "node-b", "node-c"]
+            and len(s.query_one(EventLog).events) == len(update.events)
+        ),
     )
-    view = merge(rec.snapshot, rec.agents, now, polled_at=rec.taken_at, poll_duration_s=0.042)
-    for _ in range(4):  # plus the one the update itself records: five points per sparkline
-        app.history.record(view)
-    events = [incident_event(a.node_id, i, "opened") for a in rec.agents.values() for i in a.incidents.values()]
-    events += [
-        incident_event(a.node_id, i, "resolved")
-        for a in rec.agents.values()
-        for i in a.incidents.values()
-        if i.resolved_at is not None
-    ]
-    events += [action_event(a.node_id, x) for a in rec.agents.values() for x in a.actions.values()]
-    return app, MeshUpdate(view=view, events=events, poll=None, agents=rec.agents)
 
 
-def feed(app: X0Dash, update: MeshUpdate):
-    async def run_before(pilot) -> None:
-        app.post_message(MeshUpdated(update))
-        await pilot.pause()
-
-    return run_before
+def check_alive(app: X0Dash) -> None:
+    # snap_compare's pilot ends with app.exit(svg) whatever happened: a crash shows only in the app's error.
+    assert app_error(app) is None, f"the app died: {app_error(app)!r}"
+    assert app.return_code == 0
 
 
-def test_overview_snapshot(snap_compare) -> None:
+@pytest.mark.parametrize("size", SIZES)
+def test_overview_snapshot(snap_compare, size: tuple[int, int]) -> None:
     app, update = recorded_app()
-    assert snap_compare(app, terminal_size=SIZE, run_before=feed(app, update))
+    shown: list[type] = []
+
+    async def run_before(pilot: Pilot) -> None:
+        await overview_with_data(pilot, app, update)
+        shown.append(type(app.screen))
+
+    assert snap_compare(app, terminal_size=size, run_before=run_before)
+    check_alive(app)
+    assert shown == [OverviewScreen]
 
 
-def test_node_detail_snapshot(snap_compare) -> None:
+@pytest.mark.parametrize("size", SIZES)
+def test_node_detail_snapshot(snap_compare, size: tuple[int, int]) -> None:
     app, update = recorded_app()
-    assert snap_compare(app, terminal_size=SIZE, run_before=feed(app, update), press=["enter", "_"])
+    shown: list[type] = []
+
+    async def run_before(pilot: Pilot) -> None:
+        await overview_with_data(pilot, app, update)
+        await pilot.press("enter")  # the cursor is on node-a
+        screen = await until_screen(
+            pilot,
+            NodeDetailScreen,
+            "node-a's peers and routes",
+            lambda s: (
+                s.query_one("#peers", DataTable).row_count == 2 and s.query_one("#routes", DataTable).row_count > 0
+            ),
+        )
+        assert screen.node_id == "node-a"
+        shown.append(type(screen))
+
+    assert snap_compare(app, terminal_size=size, run_before=run_before)
+    check_alive(app)
+    assert shown == [NodeDetailScreen]
 
 
-def test_finished_drill_report_snapshot(snap_compare) -> None:
+@pytest.mark.parametrize("size", SIZES)
+def test_finished_drill_report_snapshot(snap_compare, size: tuple[int, int]) -> None:
     app, update = recorded_app()
     report = from_json(REPORT_FILE.read_bytes())
     app.last_report = report
@@ -85,10 +107,23 @@ def test_finished_drill_report_snapshot(snap_compare) -> None:
         Path("reports/drill-blackhole-node-b.md"),
     ]
     app.drill_steps = [DrillStep(at=e.at, t_s=e.t_s, what=e.what, node=e.node) for e in report.timeline]
+    shown: list[type] = []
 
-    async def run_before(pilot) -> None:
-        await feed(app, update)(pilot)
+    async def run_before(pilot: Pilot) -> None:
+        await overview_with_data(pilot, app, update)
         app.push_screen(DrillScreen("node-b"))
-        await pilot.pause()
+        screen = await until_screen(
+            pilot,
+            DrillScreen,
+            "the timeline and the report",
+            lambda s: (
+                s.query_one("#timeline", DataTable).row_count == len(report.timeline)
+                and s.query_one("#report-box").display
+                and "blackhole" in s.query_one("#report", Markdown).source
+            ),
+        )
+        shown.append(type(screen))
 
-    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+    assert snap_compare(app, terminal_size=size, run_before=run_before)
+    check_alive(app)
+    assert shown == [DrillScreen]
