@@ -11,6 +11,7 @@ intended change with `pytest tests/dashboard/test_snapshots.py --snapshot-update
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from dashboard.screens.overview import OverviewScreen
 from dashboard.session import MeshUpdate
 from dashboard.widgets.event_log import EventLog
 from dashboard.widgets.node_table import NodeTable
+from dashboard.widgets.timeline import DrillTimeline
 
 from .conftest import app_error, until_screen
 from .record_fixtures import REPORT_FILE, recorded_app
@@ -51,6 +53,15 @@ async def overview_with_data(pilot: Pilot, app: X0Dash, update: MeshUpdate) -> N
             and len(s.query_one(EventLog).events) == len(update.events)
         ),
     )
+
+
+def feed(app: X0Dash, update: MeshUpdate) -> Callable[[Pilot], Awaitable[None]]:
+    """A run_before for snap_compare (also used by test_operator_ui): the overview with the recorded data."""
+
+    async def run_before(pilot: Pilot) -> None:
+        await overview_with_data(pilot, app, update)
+
+    return run_before
 
 
 def check_alive(app: X0Dash) -> None:
@@ -117,7 +128,7 @@ def test_finished_drill_report_snapshot(snap_compare, size: tuple[int, int]) -> 
             DrillScreen,
             "the timeline and the report",
             lambda s: (
-                s.query_one("#timeline", DataTable).row_count == len(report.timeline)
+                len(s.query_one(DrillTimeline).rows) == len(report.timeline)
                 and s.query_one("#report-box").display
                 and "blackhole" in s.query_one("#report", Markdown).source
             ),
