@@ -22,6 +22,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from agent import __version__
+from agent.consensus.metrics import ConsensusMetrics
 from agent.mapek.schemas import ActionKind, IncidentKind, Outcome
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -196,6 +197,9 @@ class AgentMetrics:
             ["kind"],
             registry=r,
         )
+
+        # Consensus (agent.consensus): x0_raft_*, x0_kv_*.
+        self.raft = ConsensusMetrics(r)
 
         self._http_children: dict[tuple[str, str, int], Histogram] = {}
         self._precreate()

@@ -33,6 +33,7 @@ from agent.yggdrasil.errors import AdminError
 from agent.yggdrasil.models import DaemonSnapshot
 
 if TYPE_CHECKING:
+    from agent.consensus.service import ConsensusService
     from agent.peering import Peering
     from agent.supervisor import DaemonSupervisor
 
@@ -48,6 +49,8 @@ class AgentState:
         self.metrics = AgentMetrics(view=self._metrics_view_now)
         self.supervisor: DaemonSupervisor | None = None
         self.peering: Peering | None = None
+        # Set by agent.consensus when it starts (None: consensus not loaded, e.g. tests with other extensions).
+        self.consensus: ConsensusService | None = None
 
         self.snapshot: DaemonSnapshot | None = None
         self.snapshot_mono: float | None = None  # when `snapshot` was stored (monotonic)

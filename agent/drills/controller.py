@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency
-from litestar.exceptions import HTTPException, NotFoundException
+from litestar.exceptions import HTTPException, NotFoundException, ServiceUnavailableException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_409_CONFLICT
 
 from agent.auth import require_token
 from agent.drills.faults import FaultUnavailable
-from agent.drills.manager import DrillConflict, DrillManager, DrillNotFound
+from agent.drills.manager import DrillConflict, DrillManager, DrillNotFound, DrillUnavailable
 from agent.drills.schemas import Drill, DrillList, DrillRequest
 from agent.mesh.schemas import ErrorBody
 
@@ -45,15 +45,22 @@ class DrillsController(Controller):
         responses={
             **_ERRORS,
             409: ResponseSpec(
-                data_container=ErrorBody, description="Cannot apply here (what is missing), or a drill is active"
+                data_container=ErrorBody,
+                description="Cannot apply here (what is missing), or a drill holds the mesh-wide lease (named)",
+            ),
+            503: ResponseSpec(
+                data_container=ErrorBody,
+                description="The mesh-wide drill lease cannot be taken (no leader/quorum)",
             ),
         },
     )
     async def start(self, data: JSONBody[DrillRequest], drills: NamedDependency[DrillManager]) -> Drill:
         try:
-            return await drills.start(data.kind, data.duration_s)
+            return await drills.start(data.kind, data.duration_s, holder=data.holder, lease_id=data.lease_id)
         except (FaultUnavailable, DrillConflict) as exc:
             raise Conflict(detail=str(exc)) from None
+        except DrillUnavailable as exc:
+            raise ServiceUnavailableException(detail=str(exc)) from None
 
     @get("", summary="Active and past drills of this node", sync_to_thread=False)
     def list_drills(self, drills: NamedDependency[DrillManager]) -> DrillList:

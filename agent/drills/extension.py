@@ -11,7 +11,7 @@ from litestar.di import Provide
 from litestar.exceptions import ServiceUnavailableException
 
 from agent.drills.controller import DrillsController
-from agent.drills.manager import DrillManager
+from agent.drills.manager import DrillCoordinator, DrillManager
 from agent.settings import Settings
 
 if TYPE_CHECKING:
@@ -51,9 +51,18 @@ class DrillsExtension:
             planned_all_up=planned_all_up,
             agent_port=self.settings.listen_port,
             notify=agent.notify,
+            coordinator=lambda: self._coordinator(agent),
         )
         await asyncio.to_thread(manager.cleanup_leftovers)
         self.manager = manager
+
+    @staticmethod
+    def _coordinator(agent: AgentState) -> DrillCoordinator | None:
+        """The mesh-wide lease when consensus runs here (agent.consensus), else per-node drills only."""
+        consensus = agent.consensus
+        if consensus is None or consensus.role == "disabled":
+            return None
+        return consensus.drill_coordinator
 
     async def stop(self) -> None:
         if self.manager is not None:

@@ -44,6 +44,29 @@ class DrillNotFound(Exception):
     """No such drill id (API: 404)."""
 
 
+class DrillUnavailable(Exception):
+    """The mesh-wide drill lease cannot be taken now (no leader, no quorum; API: 503)."""
+
+
+class DrillCoordinator(Protocol):
+    """Mesh-wide drill lease and history (agent.consensus.drill_lease); absent when Raft is off."""
+
+    async def begin(
+        self,
+        *,
+        kind: str,
+        node_id: str,
+        duration_s: float,
+        holder: str | None,
+        lease_id: str | None,
+        drill_id: str | None = None,
+    ) -> str | None: ...
+
+    async def abandon(self, lease_id: str) -> None: ...
+
+    def finished(self, drill: Drill, lease_id: str | None, holder: str | None) -> None: ...
+
+
 class DaemonHold(Protocol):
     """The supervisor's drill hooks (agent.supervisor.DaemonSupervisor)."""
 
@@ -57,6 +80,8 @@ class _Running:
     drill: Drill
     timer: asyncio.Task[None] | None = None
     watchdog: subprocess.Popen[bytes] | None = None
+    lease_id: str | None = None  # the mesh-wide lease this node took for the drill (released at the end)
+    holder: str | None = None
 
 
 class DrillManager:
@@ -72,6 +97,7 @@ class DrillManager:
         nft: Nft | None = None,
         check_namespace: bool = True,
         notify: Callable[[], None] | None = None,
+        coordinator: Callable[[], DrillCoordinator | None] | None = None,
     ) -> None:
         self.node_id = node_id
         self._members = members
@@ -82,6 +108,7 @@ class DrillManager:
         self.nft = nft or Nft()
         self.check_namespace = check_namespace
         self._notify = notify or (lambda: None)
+        self._coordinator = coordinator or (lambda: None)
         self._active: dict[str, _Running] = {}
         self.past: deque[Drill] = deque(maxlen=PAST_KEPT)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -118,7 +145,9 @@ class DrillManager:
             log.warning("removed leftover fault tables of an earlier agent: %s", ", ".join(removed))
         return removed
 
-    async def start(self, kind: DrillKind, duration_s: float) -> Drill:
+    async def start(
+        self, kind: DrillKind, duration_s: float, *, holder: str | None = None, lease_id: str | None = None
+    ) -> Drill:
         async with self._lock:
             if self._active:
                 other = next(iter(self._active.values())).drill
@@ -138,11 +167,27 @@ class DrillManager:
                 state="active",
                 detail="",
             )
-            running = _Running(drill)
-            if kind == "kill-daemon":
-                await self._start_kill(drill, duration_s)
-            else:
-                running.watchdog = await self._start_net(drill, kind, duration_s)
+            running = _Running(drill, holder=holder)
+            coordinator = self._coordinator()
+            if coordinator is not None:
+                # Mesh-wide first: nothing is touched unless this drill holds the lease (409/503 otherwise).
+                running.lease_id = await coordinator.begin(
+                    kind=kind,
+                    node_id=self.node_id,
+                    duration_s=duration_s,
+                    holder=holder,
+                    lease_id=lease_id,
+                    drill_id=drill.id,
+                )
+            try:
+                if kind == "kill-daemon":
+                    await self._start_kill(drill, duration_s)
+                else:
+                    running.watchdog = await self._start_net(drill, kind, duration_s)
+            except BaseException:
+                if coordinator is not None and running.lease_id is not None:
+                    await coordinator.abandon(running.lease_id)
+                raise
             self._active[drill.id] = running
             running.timer = self._spawn(self._expire(drill.id, duration_s), f"x0-drill-{drill.id}")
             if self.metrics is not None:
@@ -275,6 +320,9 @@ class DrillManager:
             drill.state = state
             drill.detail += f"; {why}"
         self.past.append(drill)
+        coordinator = self._coordinator()
+        if coordinator is not None:
+            coordinator.finished(drill, running.lease_id, running.holder)
         if self.metrics is not None:
             self.metrics.drill_active.labels(kind=drill.kind).set(0)
             self.metrics.drills.labels(kind=drill.kind, outcome=drill.state).inc()

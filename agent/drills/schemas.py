@@ -16,6 +16,10 @@ MAX_DURATION_S = 600
 class DrillRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     kind: DrillKind
     duration_s: Annotated[float, msgspec.Meta(ge=MIN_DURATION_S, le=MAX_DURATION_S)]
+    # Who asks (shown to whoever is refused with 409), and the mesh-wide lease it already holds, if any
+    # (contracts §3, §7: x0dash takes the lease first for drills it drives itself).
+    holder: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
+    lease_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
 
 
 class Drill(msgspec.Struct, kw_only=True):

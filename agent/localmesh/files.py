@@ -37,6 +37,9 @@ def members_doc(mesh: str, mode: Mode, nodes: Sequence[NodeHandle], links: Itera
             "agent_url": node.agent_url,
             "listen_uri": node.listen_uri,
             "public_key": node.public_key,
+            # Explicit, so loopback nodes (one host, one port each) and netns nodes (the overlay address) are
+            # reached where their agent binds Raft (contracts §2, §7).
+            "raft_address": node.raft_address,
         }
         # Loopback daemons have no TUN: an overlay address would be routed by the host's default route, off
         # this machine. Leaving `address` out keeps agents from deriving an overlay URL to probe.

@@ -34,6 +34,7 @@ from agent.localmesh import cleanup, files, naming, netns, procs, registry
 from agent.localmesh.model import (
     NETNS_AGENT_PORT,
     NETNS_LISTEN_PORT,
+    NETNS_RAFT_PORT,
     NETNS_TUN,
     LocalMeshError,
     MeshOptions,
@@ -114,6 +115,21 @@ def loopback_ports(nodes: int, base_port: int | None) -> tuple[list[int], list[i
             f"Yggdrasil {base_port + nodes}-{last}): pick another --base-port, or omit it to use free ports"
         )
     return ports[:nodes], ports[nodes:]
+
+
+def _loopback_raft_ports(nodes: int, base_port: int | None, taken: Sequence[int]) -> list[int]:
+    """Raft ports of a loopback mesh: after the agents' and daemons' ports with --base-port, else free ports."""
+    if base_port is None:
+        ports = [p for p in free_ports(nodes + len(taken)) if p not in taken]
+        return ports[:nodes]
+    first = base_port + 2 * nodes
+    ports = list(range(first, first + nodes))
+    busy = [p for p in ports if p > 65535 or port_in_use(p)]
+    if busy:
+        raise LocalMeshError(
+            f"Raft port {busy[0]} is not free: --base-port {base_port} needs {first}-{first + nodes - 1} for Raft"
+        )
+    return ports
 
 
 def agent_command(explicit: Sequence[str] | None = None) -> list[str]:
@@ -315,12 +331,15 @@ class LocalMesh:
         self._argv = [*agent_command(opts.agent_command), "serve"]
         if self.mode == "loopback":
             agent_ports, listen_ports = loopback_ports(len(letters), opts.base_port)
+            raft_ports = _loopback_raft_ports(len(letters), opts.base_port, [*agent_ports, *listen_ports])
         else:
             if opts.base_port is not None and not 1 <= opts.base_port <= 65534:
                 raise LocalMeshError(f"--base-port {opts.base_port}: must be 1-65534 (agent P, Yggdrasil P+1)")
             agent_port = opts.base_port if opts.base_port is not None else NETNS_AGENT_PORT
             listen_port = opts.base_port + 1 if opts.base_port is not None else NETNS_LISTEN_PORT
             agent_ports, listen_ports = [agent_port] * len(letters), [listen_port] * len(letters)
+            raft_port = opts.base_port + 2 if opts.base_port is not None else NETNS_RAFT_PORT
+            raft_ports = [raft_port] * len(letters)
         self.api_token = opts.api_token or os.environ.get("X0_API_TOKEN") or secrets.token_urlsafe(24)
         run_dir = Path(opts.run_dir).expanduser().resolve()
 
@@ -355,7 +374,7 @@ class LocalMesh:
 
         for i, letter in enumerate(letters):
             self._nodes[naming.node_id(letter)] = self._make_node(
-                letter, i + 1, agent_ports[i], listen_ports[i], binary
+                letter, i + 1, agent_ports[i], listen_ports[i], binary, raft_ports[i]
             )
         if self.mode == "netns":
             self._build_network()
@@ -364,7 +383,9 @@ class LocalMesh:
             self._launch(node_id, binary)
         self.wait_healthy(timeout=opts.start_timeout)
 
-    def _make_node(self, letter: str, index: int, agent_port: int, listen_port: int, binary: str) -> NodeHandle:
+    def _make_node(
+        self, letter: str, index: int, agent_port: int, listen_port: int, binary: str, raft_port: int
+    ) -> NodeHandle:
         assert self._record is not None
         node_id = naming.node_id(letter)
         node_dir = self.mesh_dir / node_id
@@ -411,6 +432,7 @@ class LocalMesh:
             dir=node_dir,
             config_path=config_path,
             log_path=node_dir / "agent.log",
+            raft_port=raft_port,
         )
 
     def _build_network(self) -> None:
@@ -465,6 +487,8 @@ class LocalMesh:
             YGGDRASIL_BIN=binary,
             MESH_MEMBERS=str(self.members_path),
             X0_API_TOKEN=self.api_token,
+            X0_RAFT_PORT=str(node.raft_port),
+            X0_RAFT_DIR=str(node.dir / "raft"),
         )
         env[procs.MARKER_ENV] = procs.marker(self._record.id, node.id)
         env.update(self.options.agent_env)

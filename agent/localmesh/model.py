@@ -15,6 +15,7 @@ MODES: tuple[Mode, ...] = ("netns", "loopback")
 # netns mode: every namespace has its own stack, so every node uses the same ports (simple for operators).
 NETNS_AGENT_PORT = 8080
 NETNS_LISTEN_PORT = 12345
+NETNS_RAFT_PORT = 8082
 NETNS_TUN = "ygg0"
 DEFAULT_START_TIMEOUT_S = 60.0
 
@@ -71,3 +72,10 @@ class NodeHandle:
     dir: Path  # <mesh dir>/node-a
     config_path: Path  # yggdrasil.conf (0600, holds the private key)
     log_path: Path  # the agent's stdout/stderr; its daemon logs to yggdrasil.log beside the config
+    # Raft listener (agent.consensus): 8082 on the overlay address in netns, a free 127.0.0.1 port in loopback.
+    raft_port: int = NETNS_RAFT_PORT
+
+    @property
+    def raft_address(self) -> str:
+        host = self.yggdrasil_address if self.netns else self.underlay_ip
+        return f"{host}:{self.raft_port}"

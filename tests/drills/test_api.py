@@ -49,6 +49,8 @@ def _client(tmp_path: Path, token: str | None) -> TestClient:
         mesh_members=_members(tmp_path),
         yggdrasil_admin=f"unix://{tmp_path}/no-daemon.sock",
         mapek_enabled=False,
+        # The per-node drill API; the mesh-wide lease (Raft) is tested on real meshes in tests/consensus.
+        raft_enabled=False,
     )
     return TestClient(create_app(settings))
 

@@ -1,0 +1,303 @@
+"""pysyncobj behind one small async interface.
+
+pysyncobj runs its own thread (autoTick): commands are queued from the event loop and their callbacks come back
+on pysyncobj's thread, so each call is a future resolved with `call_soon_threadsafe`. Status is read in
+pysyncobj's own thread (an on-tick callback) and published as an immutable `RaftStatus`, because `getStatus()`
+walks dicts that thread mutates.
+
+Settings that matter (contracts §7, docs in consensus.md):
+- `password` always (messages are pickles; without it anyone who reaches the port runs code in the agent);
+- `bindAddress` = the node's own Raft address (pysyncobj would otherwise bind `::`, every interface);
+- `commandsWaitLeader=False`: a leaderless node fails a command at once instead of queueing it, so a request
+  answered 503 never applies later from that queue (we retry ourselves until the write timeout);
+- `appendEntriesUseBatch=False`: each command is sent to the followers at once instead of on the next 100 ms
+  heartbeat (write latency), and the pipe notifier wakes the poller when a command is queued;
+- `leaderFallbackTimeout` 2 s (default 30 s): a leader cut off from the majority steps down quickly, so
+  `/cluster` stops claiming it leads and its writes report "no quorum";
+- `dynamicMembershipChange=True` (one change at a time, done by the service's leader loop);
+- `useFork=False`: no fork() of a multi-threaded asyncio process to write snapshots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf
+
+from agent.consensus.store import KvState, Result
+
+log = logging.getLogger("x0.consensus")
+
+# Raft timings: pysyncobj's defaults (election timeout random in 0.4..1.4 s, heartbeat 0.1 s).
+RAFT_MIN_TIMEOUT = 0.4
+RAFT_MAX_TIMEOUT = 1.4
+HEARTBEAT = 0.1
+LEADER_FALLBACK = 2.0
+STATUS_EVERY = 0.05
+RETRY_PAUSE = 0.05
+_RETRYABLE = {
+    FAIL_REASON.MISSING_LEADER,
+    FAIL_REASON.NOT_LEADER,
+    FAIL_REASON.LEADER_CHANGED,
+    FAIL_REASON.DISCARDED,
+    FAIL_REASON.QUEUE_FULL,
+    # The leader changed between taking the command and reporting its log index: the request id makes the
+    # retry safe (the store returns the first result if it had applied).
+    FAIL_REASON.UNKNOWN_OUTCOME,
+}
+ROLES = {0: "follower", 1: "candidate", 2: "leader"}
+
+
+class RaftUnavailable(Exception):
+    """The group cannot commit now; `str()` names why (API: 503)."""
+
+
+def derive_password(secret: str) -> str:
+    """pysyncobj's password (it derives a Fernet key with PBKDF2 from it): never the raw token itself."""
+    return hashlib.sha256(b"x0tta6bl4 raft v1\0" + secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class RaftStatus:
+    role: str = "follower"
+    term: int = 0
+    leader: str | None = None  # Raft address
+    commit_index: int = 0
+    applied_index: int = 0
+    leader_commit_index: int | None = None
+    has_quorum: bool = False
+    voters: tuple[str, ...] = ()  # every voter's address, this node included
+    connected: frozenset[str] = frozenset()  # voters this node is connected to (self included)
+    match_index: dict[str, int] = field(default_factory=dict)  # leader only
+    last_contact_mono: float | None = None  # monotonic time the leader was last seen connected (now if leader)
+    leader_changes: int = 0
+    ready: bool = False  # transport bound
+
+
+class RaftEngine:
+    def __init__(
+        self,
+        self_address: str,
+        others: list[str],
+        *,
+        secret: str,
+        data_dir: Path | None,
+        write_timeout: float,
+        on_status: Callable[[RaftStatus], None] | None = None,
+    ) -> None:
+        self.address = self_address
+        self.initial_others = [o for o in others if o != self_address]
+        self.write_timeout = write_timeout
+        self.data_dir = data_dir
+        self.state = KvState()
+        self.status = RaftStatus(voters=(self_address, *self.initial_others))
+        self._on_status = on_status
+        self._secret = secret
+        self._obj: SyncObj | None = None
+        self._last_status = 0.0
+        self._last_leader: str | None = None
+        self._changes = 0
+        self._contact: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------------------------
+
+    def _conf(self) -> SyncObjConf:
+        journal = dump = None
+        if self.data_dir is not None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            journal = str(self.data_dir / "journal.bin")
+            dump = str(self.data_dir / "snapshot.bin")
+        return SyncObjConf(
+            password=derive_password(self._secret),
+            bindAddress=self.address,
+            commandsWaitLeader=False,
+            appendEntriesUseBatch=False,
+            raftMinTimeout=RAFT_MIN_TIMEOUT,
+            raftMaxTimeout=RAFT_MAX_TIMEOUT,
+            appendEntriesPeriod=HEARTBEAT,
+            leaderFallbackTimeout=LEADER_FALLBACK,
+            dynamicMembershipChange=True,
+            useFork=False,
+            journalFile=journal,
+            fullDumpFile=dump,
+            # An IP literal resolves to itself; prefer nothing so IPv6 overlay addresses are kept as they are.
+            preferredAddrType=None,
+            connectionRetryTime=1.0,
+            bindRetryTime=0.5,
+        )
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        conf = self._conf()
+        # The constructor opens the journal and starts the tick thread; keep that off the event loop.
+        self._obj = await asyncio.to_thread(
+            SyncObj, self.address, self.initial_others, conf, consumers=[self.state]
+        )
+        self._obj.addOnTickCallback(self._on_tick)
+        log.info("raft engine on %s (voters: %s)", self.address, ", ".join([self.address, *self.initial_others]))
+
+    async def stop(self) -> None:
+        obj, self._obj = self._obj, None
+        if obj is None:
+            return
+        obj.removeOnTickCallback(self._on_tick)
+        await asyncio.to_thread(obj.destroy_synchronous)
+
+    @property
+    def running(self) -> bool:
+        return self._obj is not None
+
+    # --- status (pysyncobj's thread) ------------------------------------------------------------------------
+
+    def _on_tick(self) -> None:
+        now = time.monotonic()
+        if now - self._last_status < STATUS_EVERY:
+            return
+        self._last_status = now
+        obj = self._obj
+        if obj is None:
+            return
+        try:
+            st = obj.getStatus()
+        except RuntimeError:  # a dict changed size under us: next tick
+            return
+        leader = st.get("leader")
+        leader_addr = leader.address if leader is not None else None
+        if leader_addr != self._last_leader:
+            self._changes += 1
+            self._last_leader = leader_addr
+        role = ROLES.get(st.get("state", 0), "follower")
+        connected = {self.address}
+        voters = [self.address]
+        match: dict[str, int] = {}
+        for node in obj.otherNodes:
+            voters.append(node.address)
+            if obj.isNodeConnected(node):
+                connected.add(node.address)
+            if role == "leader":
+                m = st.get(f"match_idx_server_{node.id}")
+                if m is not None:
+                    match[node.address] = int(m)
+        if role == "leader" or (leader_addr is not None and leader_addr in connected):
+            self._contact = now
+        status = RaftStatus(
+            role=role,
+            term=int(st.get("raft_term", 0)),
+            leader=leader_addr,
+            commit_index=int(st.get("commit_idx", 0)),
+            applied_index=int(st.get("last_applied", 0)),
+            leader_commit_index=st.get("leader_commit_idx"),
+            has_quorum=bool(st.get("has_quorum")),
+            voters=tuple(sorted(voters)),
+            connected=frozenset(connected),
+            match_index=match,
+            last_contact_mono=self._contact,
+            leader_changes=self._changes,
+            ready=True,
+        )
+        self.status = status
+        if self._on_status is not None and self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._on_status, status)
+            except RuntimeError:  # loop closed while stopping
+                pass
+
+    def why_unavailable(self, waited: float | None = None) -> str:
+        st = self.status
+        seen = f"this node sees {len(st.connected)} of {len(st.voters)} voters"
+        if not st.ready:
+            return f"Raft not ready: cannot bind {self.address} yet"
+        if st.leader is None:
+            return f"no leader (election in progress, or no quorum: {seen})"
+        if st.role == "leader" and not st.has_quorum:
+            return f"no quorum: the leader {seen}"
+        if waited is not None:
+            return f"timed out after {waited:g} s waiting for commit (leader {st.leader}; {seen})"
+        return f"unavailable ({seen})"
+
+    # --- commands -------------------------------------------------------------------------------------------
+
+    async def _call(self, method: Callable[..., None], *args: Any, budget_s: float | None = None) -> Any:
+        if self._obj is None:
+            raise RaftUnavailable("Raft engine is not running")
+        loop = asyncio.get_running_loop()
+        budget = self.write_timeout if budget_s is None else budget_s
+        deadline = loop.time() + budget
+        last_err: int | None = None
+        while True:
+            fut: asyncio.Future[tuple[Any, int]] = loop.create_future()
+
+            def done(res: Any, err: int, fut: asyncio.Future[tuple[Any, int]] = fut) -> None:
+                def settle() -> None:
+                    if not fut.done():
+                        fut.set_result((res, err))
+
+                try:
+                    loop.call_soon_threadsafe(settle)
+                except RuntimeError:
+                    pass
+
+            method(*args, callback=done)
+            remaining = deadline - loop.time()
+            try:
+                async with asyncio.timeout(max(0.0, remaining)):
+                    res, err = await fut
+            except TimeoutError:
+                raise RaftUnavailable(self.why_unavailable(budget)) from None
+            if err == FAIL_REASON.SUCCESS:
+                return res
+            last_err = err
+            if err not in _RETRYABLE:
+                raise RaftUnavailable(f"request denied by Raft (reason {err})")
+            pause = min(RETRY_PAUSE, deadline - loop.time())
+            if pause <= 0:
+                reason = self.why_unavailable()
+                if last_err == FAIL_REASON.QUEUE_FULL:
+                    reason = "Raft command queue full"
+                raise RaftUnavailable(reason)
+            await asyncio.sleep(pause)
+
+    async def put(self, key: str, value: bytes, cas: int | None, rid: str) -> Result:
+        return await self._call(self.state.put, key, value, cas, rid)
+
+    async def delete(self, key: str, cas: int | None, rid: str) -> Result:
+        return await self._call(self.state.delete, key, cas, rid)
+
+    async def append_trim(self, prefix: str, key: str, value: bytes, keep: int, rid: str) -> Result:
+        return await self._call(self.state.append_trim, prefix, key, value, keep, rid)
+
+    async def barrier(self) -> int:
+        """Commit a no-op and wait until this replica applied it (linearizable read point)."""
+        return int(await self._call(self.state.barrier))
+
+    async def add_voter(self, address: str, budget_s: float = 5.0) -> None:
+        obj = self._obj
+        if obj is None:
+            raise RaftUnavailable("Raft engine is not running")
+        await self._call(obj.addNodeToCluster, address, budget_s=budget_s)
+
+    async def remove_voter(self, address: str, budget_s: float = 5.0) -> None:
+        obj = self._obj
+        if obj is None:
+            raise RaftUnavailable("Raft engine is not running")
+        await self._call(obj.removeNodeFromCluster, address, budget_s=budget_s)
+
+    def transfer_leadership(self) -> None:
+        """Ask the most caught-up connected follower to take over (Raft TimeoutNow); best effort."""
+        obj = self._obj
+        if obj is not None:
+            obj.transferLeadership(callback=lambda res, err: None)
+
+
+def wait_thread_names() -> list[str]:
+    """Names of live threads (diagnostics in tests: an engine that stopped leaves no tick thread)."""
+    return [t.name for t in threading.enumerate()]

@@ -1,0 +1,825 @@
+"""The consensus extension (see agent.api.app `AgentExtension`): decides this node's Raft role from the members
+file, runs the engine on voters, forwards on clients, and lets the leader steer membership (contracts §7).
+
+Every 0.5 s (`_step`):
+- disabled (X0_RAFT_ENABLED=false) or no secret: nothing runs; `/cluster` says why, `/kv` answers 503.
+- not running, and this node is a target voter: start the engine. Without a journal it first asks the other
+  members' `/cluster`: if a group already has a leader it starts as a joiner (others = that group's voters) and
+  waits for the leader to add it; if none has, it bootstraps with the deterministic target (every fresh node
+  computes the same one). With a journal it restarts with the voters it last knew (`voters.json`), and Raft
+  replays the rest.
+- running and leading: `_lead` applies at most one membership change (remove a voter that left the target, or
+  add a target member whose agent reports `joining`), dropping voters unseen for X0_RAFT_REPLACE_AFTER from the
+  target.
+- running but removed from the group (the leader's voters no longer include it): stop, wipe the journal, become
+  a client.
+- client: learn the leader (and the leader's target, to know when to join) from a voter's `/cluster`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import shutil
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import msgspec
+from litestar import Router
+from litestar.di import Provide
+from litestar.exceptions import ServiceUnavailableException
+
+from agent.consensus import voters as vt
+from agent.consensus.engine import RaftEngine, RaftStatus, RaftUnavailable
+from agent.consensus.schemas import Cluster, ClusterMember, Role
+from agent.consensus.store import Entry
+from agent.members import Members
+from agent.settings import Settings
+
+if TYPE_CHECKING:
+    from agent.state import AgentState
+
+log = logging.getLogger("x0.consensus")
+
+STEP_S = 0.5
+CLIENT_REFRESH_S = 2.0
+PROBE_TIMEOUT_S = 1.0
+REMOVED_GRACE_S = 5.0
+VOTERS_FILE = "voters.json"
+
+
+class KvConflict(Exception):
+    """CAS failed: `current` is the key's modify index now (0: absent)."""
+
+    def __init__(self, key: str, expected: int, current: int) -> None:
+        super().__init__(f"cas {expected} does not match {key!r}: its modify index is {current}")
+        self.current = current
+
+
+class KvFull(Exception):
+    """The write would take the store over its size limit."""
+
+
+class KvForwardError(Exception):
+    """A voter answered a forwarded request with an error we relay as is."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class KvValue:
+    value: bytes
+    modify_index: int
+    create_index: int
+    index: int
+    stale: bool
+    lag: int | None
+
+
+class ConsensusService:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.node_id = settings.node_id
+        self.engine: RaftEngine | None = None
+        self.role: Role = "disabled"
+        self.detail = "starting"
+        self.target: list[str] = []
+        self.joining = False
+        self.leader_id: str | None = None  # clients: as learned from a voter
+        self.client_voters: dict[str, str] = {}  # clients: voter node id -> raft address, as learned
+        self.client_term = 0
+        self.client_commit = 0
+        self._client_contact: float | None = None
+        self._client_refresh = 0.0
+        self._seen: dict[str, float] = {}  # leader: voter address -> monotonic time last connected
+        self._change: asyncio.Task[None] | None = None
+        self._leaderless_since: float | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._agent: AgentState | None = None
+        self._http: httpx.AsyncClient | None = None
+        self._metrics_role: str | None = None
+        from agent.consensus.drill_lease import DrillLeaseCoordinator
+
+        self.drill_coordinator = DrillLeaseCoordinator(self)
+        self._last_changes = 0
+
+        def provide() -> ConsensusService:
+            return self
+
+        from agent.consensus.controller import ClusterController, KvController, LeaseController
+
+        self.route_handlers = [
+            Router(
+                path="/",
+                route_handlers=[ClusterController, KvController, LeaseController],
+                dependencies={"consensus": Provide(provide, sync_to_thread=False)},
+                signature_namespace={"ConsensusService": ConsensusService},
+            )
+        ]
+
+    # --- lifecycle ------------------------------------------------------------------------------------------
+
+    async def start(self, agent: AgentState) -> None:
+        self._agent = agent
+        agent.consensus = self
+        s = self.settings
+        if not s.raft_enabled:
+            self._set_role("disabled", "Raft is disabled (X0_RAFT_ENABLED=false)")
+            return
+        if not s.raft_key:
+            self._set_role(
+                "disabled",
+                "Raft not started: no X0_RAFT_SECRET and no X0_API_TOKEN to key its encrypted transport "
+                "(pysyncobj messages are pickles: an unauthenticated Raft port would run anyone's code); set one",
+            )
+            log.error("%s", self.detail)
+            return
+        self._http = httpx.AsyncClient(trust_env=False, timeout=PROBE_TIMEOUT_S)
+        self._set_role("client", "waiting for the members file")
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="x0-consensus")
+
+    async def stop(self) -> None:
+        await self.drill_coordinator.shutdown()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self._change is not None:
+            self._change.cancel()
+        if self.engine is not None:
+            await self.engine.stop()
+            self.engine = None
+        if self._http is not None:
+            await self._http.aclose()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("consensus step failed")
+            await asyncio.sleep(STEP_S)
+
+    # --- membership view ------------------------------------------------------------------------------------
+
+    @property
+    def members(self) -> Members:
+        assert self._agent is not None
+        return self._agent.members.members
+
+    def address_of(self, node_id: str) -> str | None:
+        m = self.members.by_id.get(node_id)
+        if m is None:
+            return self.client_voters.get(node_id)
+        return vt.raft_address(m, self.settings.raft_port)
+
+    def _node_of_address(self) -> dict[str, str]:
+        out = {addr: nid for nid, addr in self.client_voters.items()}
+        for m in self.members.members:
+            out[vt.raft_address(m, self.settings.raft_port)] = m.node_id
+        return out
+
+    def order(self) -> list[str]:
+        return vt.voter_order(self.members.mesh, self.members.members)
+
+    def voter_target_count(self) -> int:
+        return vt.voter_count(len(self.members.members) or 1, self.settings.raft_voters)
+
+    def static_target(self) -> list[str]:
+        if not self.members.members:
+            return [self.node_id]
+        return vt.target_voters(self.order(), self.voter_target_count())
+
+    def _self_address(self) -> str:
+        m = self.members.by_id.get(self.node_id)
+        if m is None:
+            return f"127.0.0.1:{self.settings.raft_port}"
+        return vt.raft_address(m, self.settings.raft_port)
+
+    def _address_clash(self) -> str | None:
+        seen: dict[str, str] = {}
+        for m in self.members.members:
+            addr = vt.raft_address(m, self.settings.raft_port)
+            if addr in seen:
+                return (
+                    f"Raft not started: members {seen[addr]} and {m.node_id} share the Raft address {addr}; "
+                    "give each member its own raft_address (or address) in the members file"
+                )
+            seen[addr] = m.node_id
+        return None
+
+    def _url(self, node_id: str) -> str | None:
+        m = self.members.by_id.get(node_id)
+        return vt.agent_url(m) if m is not None else None
+
+    # --- the step ---------------------------------------------------------------------------------------------
+
+    async def _step(self) -> None:
+        assert self._agent is not None
+        members = self.members
+        if members.members and self.node_id not in members.by_id:
+            self._set_role("client", f"this node ({self.node_id}) is not in the members file")
+            return
+        clash = self._address_clash()
+        if clash is not None and self.engine is None:
+            self._set_role("client", clash)
+            return
+        if self.engine is None:
+            if not self.target:
+                self.target = self.static_target()
+            if self.node_id in self.static_target() or self.node_id in self.target:
+                await self._start_engine()
+            if self.engine is None:
+                await self._refresh_client()
+                return
+        engine = self.engine
+        st = engine.status
+        if self.joining and st.leader is not None:
+            self.joining = False
+            log.info("joined the Raft group (leader %s)", st.leader)
+        if st.role == "leader":
+            self._leaderless_since = None
+            await self._lead(st)
+        elif st.leader is None:
+            now = time.monotonic()
+            self._leaderless_since = self._leaderless_since or now
+            if now - self._leaderless_since > REMOVED_GRACE_S and not self.joining:
+                await self._check_removed()
+        else:
+            self._leaderless_since = None
+            self._learn_target_from_leader(st)
+        self._publish(st)
+
+    def _learn_target_from_leader(self, st: RaftStatus) -> None:
+        # Followers keep the static target; the leader's own target (with replacements) is what /cluster of the
+        # leader shows. Nothing to do here beyond keeping a sane default.
+        if not self.target:
+            self.target = self.static_target()
+
+    # --- engine start / stop ----------------------------------------------------------------------------------
+
+    def _raft_dir(self) -> Path | None:
+        return self.settings.raft_dir
+
+    def _saved_voters(self) -> list[str] | None:
+        d = self._raft_dir()
+        if d is None:
+            return None
+        try:
+            data = json.loads((d / VOTERS_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("voters"), list):
+            return None
+        if data.get("self") != self._self_address():
+            log.warning(
+                "raft dir %s belongs to %s, not %s: starting afresh", d, data.get("self"), self._self_address()
+            )
+            return None
+        return [str(v) for v in data["voters"]]
+
+    def _save_voters(self, voters: Sequence[str]) -> None:
+        d = self._raft_dir()
+        if d is None:
+            return
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / (VOTERS_FILE + ".tmp")
+        tmp.write_text(json.dumps({"self": self._self_address(), "voters": list(voters)}))
+        tmp.replace(d / VOTERS_FILE)
+
+    def _wipe(self) -> None:
+        d = self._raft_dir()
+        if d is not None and d.exists():
+            shutil.rmtree(d, ignore_errors=True)
+
+    async def _start_engine(self) -> None:
+        me = self._self_address()
+        saved = self._saved_voters()
+        joining = False
+        if saved is not None:
+            voters = saved
+        else:
+            existing = await self._find_group()
+            if existing is not None:
+                voters = [a for a in existing if a != me]
+                joining = True
+            elif self.node_id in self.static_target():
+                voters = [a for a in (self.address_of(n) for n in self.static_target()) if a is not None]
+            else:
+                return  # in the leader's target but no group answered: try again next step
+            self._wipe()
+            self._save_voters([me, *voters])
+        others = [v for v in voters if v != me]
+        assert self.settings.raft_key is not None
+        engine = RaftEngine(
+            me,
+            others,
+            secret=self.settings.raft_key,
+            data_dir=self._raft_dir(),
+            write_timeout=self.settings.raft_write_timeout,
+            on_status=self._publish,
+        )
+        await engine.start()
+        self.engine = engine
+        self.joining = joining
+        self._set_role(
+            "joining" if joining else "follower",
+            "joining: waiting for the leader to add this node" if joining else f"voter; Raft on {me}",
+        )
+
+    async def _find_group(self) -> list[str] | None:
+        """Raft addresses of the voters of a group that has a leader now, as another member reports them."""
+        found: list[str] | None = None
+
+        async def ask(node_id: str) -> Cluster | None:
+            url = self._url(node_id)
+            if url is None or self._http is None:
+                return None
+            try:
+                r = await self._http.get(f"{url}/cluster")
+                if r.status_code != 200:
+                    return None
+                return msgspec.json.decode(r.content, type=Cluster)
+            except (httpx.HTTPError, msgspec.DecodeError, msgspec.ValidationError):
+                return None
+
+        others = [m.node_id for m in self.members.members if m.node_id != self.node_id]
+        answers = await asyncio.gather(*(ask(n) for n in others))
+        for c in answers:
+            if c is None or c.leader_id is None or c.term == 0:
+                continue
+            voters = [m.raft_address for m in c.members if m.voter and m.raft_address]
+            if voters:
+                found = voters
+                if c.target:
+                    self.target = list(c.target)
+                break
+        return found
+
+    async def _check_removed(self) -> None:
+        """A voter with no leader for a while: if some member reports a group with a leader that no longer
+        lists this node as a voter, this node was removed: stop and become a client."""
+        if self.engine is None:
+            return
+        me = self._self_address()
+        group = await self._find_group()
+        if group is None or me in group:
+            return
+        log.warning("this node is no longer a Raft voter (group: %s): stopping its engine", ", ".join(group))
+        engine, self.engine = self.engine, None
+        await engine.stop()
+        self._wipe()
+        self._set_role("client", "removed from the voters; forwarding to them")
+
+    # --- leader: membership -------------------------------------------------------------------------------
+
+    async def _lead(self, st: RaftStatus) -> None:
+        assert self.engine is not None
+        now = time.monotonic()
+        by_addr = self._node_of_address()
+        config = [a for a in st.voters]
+        for a in config:
+            if a in st.connected or a not in self._seen:
+                self._seen[a] = now
+        for a in list(self._seen):
+            if a not in config:
+                del self._seen[a]
+        lost = {
+            by_addr[a]
+            for a in config
+            if a != self.engine.address and a in by_addr and now - self._seen[a] > self.settings.raft_replace_after
+        }
+        order = self.order() if self.members.members else [self.node_id]
+        target = vt.target_voters(order, self.voter_target_count(), exclude=lost)
+        self.target = target
+        if self._change is not None and not self._change.done():
+            return
+        if self.node_id not in target:
+            # A leader does not remove itself: it hands leadership over and the next leader removes it.
+            log.warning("raft membership: this leader is not in the target voters: transferring leadership")
+            self.engine.transfer_leadership()
+            return
+        wanted = {a for a in (self.address_of(n) for n in target) if a is not None}
+        extra = [a for a in config if a not in wanted and a != self.engine.address]
+        missing = [n for n in target if self.address_of(n) not in config]
+        # Dead voters go first (they do not count toward quorum anyway), then additions, then healthy extras.
+        dead = [a for a in extra if a not in st.connected]
+        if dead:
+            self._spawn_change("remove", dead[0], by_addr.get(dead[0], dead[0]))
+            return
+        for node_id in missing:
+            if await self._is_joining(node_id):
+                addr = self.address_of(node_id)
+                assert addr is not None
+                self._spawn_change("add", addr, node_id)
+                return
+        if extra and not missing:
+            self._spawn_change("remove", extra[0], by_addr.get(extra[0], extra[0]))
+
+    def _spawn_change(self, op: str, address: str, node_id: str) -> None:
+        assert self.engine is not None
+        engine = self.engine
+
+        async def change() -> None:
+            try:
+                if op == "add":
+                    await engine.add_voter(address)
+                else:
+                    await engine.remove_voter(address)
+                log.warning("raft membership: %s voter %s (%s) committed", op, node_id, address)
+            except RaftUnavailable as exc:
+                log.warning("raft membership: %s voter %s failed: %s", op, node_id, exc)
+
+        log.warning("raft membership: %s voter %s (%s)", op, node_id, address)
+        self._change = asyncio.get_running_loop().create_task(change(), name=f"x0-raft-{op}-{node_id}")
+
+    async def _is_joining(self, node_id: str) -> bool:
+        url = self._url(node_id)
+        if url is None or self._http is None:
+            return False
+        try:
+            r = await self._http.get(f"{url}/cluster")
+            return r.status_code == 200 and r.json().get("role") == "joining"
+        except (httpx.HTTPError, ValueError):
+            return False
+
+    # --- clients ----------------------------------------------------------------------------------------------
+
+    async def _refresh_client(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._client_refresh < CLIENT_REFRESH_S:
+            return
+        self._client_refresh = now
+        candidates = [self.leader_id] if self.leader_id else []
+        candidates += [n for n in self.client_voters if n not in candidates]
+        candidates += [n for n in self.static_target() if n not in candidates and n != self.node_id]
+        for node_id in candidates:
+            url = self._url(node_id)
+            if url is None or self._http is None:
+                continue
+            try:
+                r = await self._http.get(f"{url}/cluster")
+                c = msgspec.json.decode(r.content, type=Cluster) if r.status_code == 200 else None
+            except (httpx.HTTPError, msgspec.DecodeError, msgspec.ValidationError):
+                c = None
+            if c is None or c.role in ("client", "disabled", "joining"):
+                continue
+            self.client_voters = {m.node_id: m.raft_address or "" for m in c.members if m.voter}
+            if c.leader_id != self.leader_id:
+                self._count_leader_change()
+            self.leader_id = c.leader_id
+            self.client_term = c.term
+            self.client_commit = c.commit_index
+            if c.target:
+                self.target = list(c.target)
+            if c.leader_id is not None:
+                self._client_contact = now
+            self._set_role("client", f"forwarding to the voters (leader {c.leader_id or 'unknown'})")
+            return
+        if self.leader_id is not None:
+            self._count_leader_change()
+        self.leader_id = None
+        self._set_role("client", "no voter answered /cluster")
+
+    def forward_targets(self) -> list[str]:
+        """Agent URLs to forward a client's request to: the leader first, then the other voters."""
+        ids = [self.leader_id] if self.leader_id else []
+        ids += [n for n in self.client_voters if n not in ids]
+        ids += [n for n in self.static_target() if n not in ids and n != self.node_id]
+        return [u for u in (self._url(n) for n in ids) if u is not None]
+
+    async def forward(
+        self, method: str, path: str, *, params: dict[str, str] | None = None, content: bytes | None = None
+    ) -> httpx.Response:
+        """Send a /kv request to a voter (leader first); the first answer that is not a connection failure or a
+        503 wins, within the write timeout. Raises RaftUnavailable when none answers."""
+        if self._http is None:
+            raise RaftUnavailable(self.detail)
+        headers = {}
+        if self.settings.api_token:
+            headers["Authorization"] = f"Bearer {self.settings.api_token}"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.raft_write_timeout
+        last = "no voter known"
+        last_503: httpx.Response | None = None
+        while True:
+            urls = self.forward_targets()
+            if not urls:
+                await self._refresh_client(force=True)
+                urls = self.forward_targets()
+            for url in urls:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    r = await self._http.request(
+                        method,
+                        f"{url}{path}",
+                        params=params,
+                        content=content,
+                        headers={**headers, "X-X0-Forwarded": self.node_id},
+                        timeout=max(0.05, remaining),
+                    )
+                except httpx.HTTPError as exc:
+                    last = f"{url}: {type(exc).__name__}"
+                    continue
+                if r.status_code == 503:
+                    last_503 = r
+                    continue
+                return r
+            if loop.time() >= deadline:
+                if last_503 is not None:
+                    return last_503
+                raise RaftUnavailable(f"no voter reachable within {self.settings.raft_write_timeout:g} s ({last})")
+            await self._refresh_client(force=True)
+            await asyncio.sleep(0.05)
+
+    # --- KV operations (voters: engine; clients: forwarded) -------------------------------------------------
+
+    def _require_engine(self) -> RaftEngine:
+        if self.engine is None or self.joining:
+            raise RaftUnavailable(self.detail)
+        return self.engine
+
+    def is_client(self) -> bool:
+        return self.role == "client" or self.joining
+
+    def unavailable_reason(self) -> str | None:
+        """Why /kv cannot be served at all on this node (None: it can, locally or by forwarding)."""
+        if self.role == "disabled":
+            return self.detail
+        return None
+
+    async def get(self, key: str, *, stale: bool = False) -> KvValue | None:
+        engine = self._require_engine()
+        if not stale:
+            await engine.barrier()
+        entry, index = engine.state.read(key)
+        return self._value(entry, index, stale)
+
+    def _value(self, entry: Entry | None, index: int, stale: bool) -> KvValue | None:
+        if entry is None:
+            return None
+        assert self.engine is not None
+        st = self.engine.status
+        lag = None
+        if stale:
+            lc = st.leader_commit_index if st.leader_commit_index is not None else st.commit_index
+            lag = max(0, int(lc) - st.applied_index)
+        return KvValue(entry.value, entry.modify_index, entry.create_index, index, stale, lag)
+
+    async def list(
+        self, prefix: str, limit: int, *, stale: bool = False
+    ) -> tuple[list[tuple[str, Entry]], int, bool]:
+        engine = self._require_engine()
+        if not stale:
+            await engine.barrier()
+        return engine.state.list(prefix, limit)
+
+    async def put(self, key: str, value: bytes, cas: int | None = None) -> tuple[int, int]:
+        engine = self._require_engine()
+        status, a, index = await engine.put(key, value, cas, uuid.uuid4().hex)
+        if status == "conflict":
+            raise KvConflict(key, cas if cas is not None else -1, a)
+        if status == "full":
+            raise KvFull(f"the store holds {a} bytes: this write would exceed its 64 MiB limit")
+        return a, index
+
+    async def delete(self, key: str, cas: int | None = None) -> tuple[bool, int]:
+        engine = self._require_engine()
+        status, a, index = await engine.delete(key, cas, uuid.uuid4().hex)
+        if status == "conflict":
+            raise KvConflict(key, cas if cas is not None else -1, a)
+        return bool(a), index
+
+    async def append_trim(self, prefix: str, key: str, value: bytes, keep: int) -> int:
+        engine = self._require_engine()
+        status, a, _ = await engine.append_trim(prefix, key, value, keep, uuid.uuid4().hex)
+        if status == "full":
+            raise KvFull("the store is full")
+        return int(a)
+
+    # --- product helpers that work on voters and clients alike -----------------------------------------------
+
+    async def read_value(self, key: str, *, stale: bool = False) -> KvValue | None:
+        if not self.is_client():
+            return await self.get(key, stale=stale)
+        r = await self.forward("GET", f"/kv/{key}", params={"stale": "true"} if stale else None)
+        if r.status_code == 404:
+            return None
+        body = self._forwarded_json(r)
+        return KvValue(
+            base64.b64decode(body["value"]),
+            int(body["modify_index"]),
+            int(body["create_index"]),
+            int(body["index"]),
+            bool(body["stale"]),
+            body.get("lag"),
+        )
+
+    async def write_value(self, key: str, value: bytes, cas: int | None = None) -> int:
+        if not self.is_client():
+            return (await self.put(key, value, cas))[0]
+        params = {"cas": str(cas)} if cas is not None else None
+        r = await self.forward("PUT", f"/kv/{key}", params=params, content=value)
+        if r.status_code == 409:
+            raise KvConflict(key, cas if cas is not None else -1, _current_from(r))
+        return int(self._forwarded_json(r)["modify_index"])
+
+    async def delete_value(self, key: str, cas: int | None = None) -> bool:
+        if not self.is_client():
+            return (await self.delete(key, cas))[0]
+        params = {"cas": str(cas)} if cas is not None else None
+        r = await self.forward("DELETE", f"/kv/{key}", params=params)
+        if r.status_code == 409:
+            raise KvConflict(key, cas if cas is not None else -1, _current_from(r))
+        return bool(self._forwarded_json(r)["deleted"])
+
+    async def list_values(self, prefix: str, limit: int) -> list[tuple[str, bytes]]:
+        """Keys and values under a prefix (linearizable). Clients fetch each value (used for small sets)."""
+        if not self.is_client():
+            rows, _, _ = await self.list(prefix, limit)
+            return [(k, e.value) for k, e in rows]
+        r = await self.forward("GET", "/kv", params={"prefix": prefix, "limit": str(limit)})
+        keys = [k["key"] for k in self._forwarded_json(r)["keys"]]
+        out: list[tuple[str, bytes]] = []
+        for k in keys:
+            v = await self.read_value(k, stale=True)
+            if v is not None:
+                out.append((k, v.value))
+        return out
+
+    async def append_value(self, prefix: str, key: str, value: bytes, keep: int) -> None:
+        if not self.is_client():
+            await self.append_trim(prefix, key, value, keep)
+            return
+        # Clients: a plain put; the next voter-side append trims.
+        await self.write_value(key, value)
+
+    @staticmethod
+    def _forwarded_json(r: httpx.Response) -> dict[str, Any]:
+        try:
+            body = r.json()
+        except ValueError:
+            body = {}
+        if r.status_code >= 400 or not isinstance(body, dict):
+            detail = body.get("detail") if isinstance(body, dict) else None
+            if r.status_code == 503:
+                raise RaftUnavailable(str(detail or "a voter answered 503"))
+            raise KvForwardError(r.status_code, str(detail or r.text[:200]))
+        return body
+
+    # --- status -----------------------------------------------------------------------------------------------
+
+    def _set_role(self, role: Role, detail: str) -> None:
+        self.role = role
+        self.detail = detail
+        if self._agent is not None and self._metrics_role != role:
+            self._agent.metrics.raft.set_role(role)
+            self._metrics_role = role
+            self._agent.notify()
+
+    def _count_leader_change(self) -> None:
+        if self._agent is not None:
+            self._agent.metrics.raft.leader_changes.inc()
+
+    def _publish(self, st: RaftStatus) -> None:
+        if self.engine is None or self._agent is None:
+            return
+        if self.joining:
+            role: Role = "joining"
+        else:
+            role = st.role  # type: ignore[assignment]
+        by_addr = self._node_of_address()
+        leader = by_addr.get(st.leader, st.leader) if st.leader else None
+        self._set_role(role, f"voter; Raft on {self.engine.address}; leader {leader or 'none'}")
+        m = self._agent.metrics.raft
+        m.term.set(st.term)
+        m.commit_index.set(st.commit_index)
+        m.applied_index.set(st.applied_index)
+        if st.leader_changes > self._last_changes:
+            m.leader_changes.inc(st.leader_changes - self._last_changes)
+            self._last_changes = st.leader_changes
+        m.members.labels(state="voter").set(len(st.voters))
+        m.members.labels(state="reachable").set(len(st.connected))
+        m.members.labels(state="client").set(max(0, len(self.members.members) - len(st.voters)))
+        m.has_quorum.set(1 if st.has_quorum else 0)
+
+    def cluster(self) -> Cluster:
+        s = self.settings
+        members = self.members if self._agent is not None else None
+        all_members = list(members.members) if members is not None else []
+        target_n = self.voter_target_count() if self._agent is not None else 0
+        if self.engine is None:
+            voters = set(self.client_voters)
+            rows = [
+                ClusterMember(
+                    node_id=m.node_id,
+                    raft_address=vt.raft_address(m, s.raft_port),
+                    voter=m.node_id in voters,
+                    state="self"
+                    if m.node_id == self.node_id
+                    else "leader"
+                    if m.node_id == self.leader_id
+                    else ("connected" if m.node_id in voters else "client"),
+                )
+                for m in all_members
+            ]
+            contact = None if self._client_contact is None else round(time.monotonic() - self._client_contact, 3)
+            return Cluster(
+                node_id=self.node_id,
+                enabled=s.raft_enabled,
+                role=self.role,
+                term=self.client_term,
+                leader_id=self.leader_id,
+                leader_url=self._url(self.leader_id) if self.leader_id else None,
+                commit_index=self.client_commit,
+                applied_index=0,
+                last_contact_s=contact if self.leader_id else None,
+                has_quorum=False,
+                voters_target=target_n,
+                detail=self.detail,
+                members=rows,
+                target=list(self.target),
+            )
+        st = self.engine.status
+        by_addr = self._node_of_address()
+        voter_ids = {by_addr.get(a, a): a for a in st.voters}
+        leader = by_addr.get(st.leader, st.leader) if st.leader else None
+        rows = []
+        seen: set[str] = set()
+        for m in all_members:
+            addr = vt.raft_address(m, s.raft_port)
+            voter = m.node_id in voter_ids
+            seen.add(m.node_id)
+            if m.node_id == self.node_id:
+                state = "self"
+            elif not voter:
+                state = "client"
+            elif m.node_id == leader:
+                state = "leader"
+            else:
+                state = "connected" if addr in st.connected else "disconnected"
+            rows.append(
+                ClusterMember(
+                    node_id=m.node_id,
+                    raft_address=addr,
+                    voter=voter or m.node_id == self.node_id,
+                    state=state,  # type: ignore[arg-type]
+                    match_index=st.match_index.get(addr) if st.role == "leader" and voter else None,
+                )
+            )
+        for nid, addr in voter_ids.items():  # voters no longer in the members file
+            if nid not in seen and addr != self.engine.address:
+                rows.append(
+                    ClusterMember(
+                        node_id=nid,
+                        raft_address=addr,
+                        voter=True,
+                        state="connected" if addr in st.connected else "disconnected",
+                        match_index=st.match_index.get(addr) if st.role == "leader" else None,
+                    )
+                )
+        contact = None
+        if st.last_contact_mono is not None and leader is not None:
+            contact = 0.0 if st.role == "leader" else round(max(0.0, time.monotonic() - st.last_contact_mono), 3)
+        return Cluster(
+            node_id=self.node_id,
+            enabled=s.raft_enabled,
+            role=self.role,
+            term=st.term,
+            leader_id=leader,
+            leader_url=self._url(leader) if leader else None,
+            commit_index=st.commit_index,
+            applied_index=st.applied_index,
+            last_contact_s=contact,
+            has_quorum=st.has_quorum,
+            voters_target=target_n,
+            detail=self.detail,
+            members=rows,
+            target=list(self.target),
+        )
+
+
+def _current_from(r: httpx.Response) -> int:
+    try:
+        detail = str(r.json().get("detail", ""))
+        return int(detail.rsplit(" ", 1)[-1])
+    except (ValueError, AttributeError):
+        return -1
+
+
+def unavailable(detail: str) -> ServiceUnavailableException:
+    return ServiceUnavailableException(detail=detail)

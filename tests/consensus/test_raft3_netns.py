@@ -1,0 +1,249 @@
+"""Raft over a real 3-node netns mesh: election, faults on the leader, restarts, CAS, bad input.
+
+One mesh for the module; tests run in file order and each leaves the group whole (one leader named by all three)
+for the next. Every write acknowledged with 200 is remembered in `acked` and must be on every replica at the end
+of each fault test and after the whole-mesh restart. Bounds are generous correctness bounds; timing targets are
+measured by bench/kv_bench.py.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from agent.localmesh import LocalMesh, MeshOptions
+from tests.consensus.support import (
+    auth,
+    client,
+    cluster,
+    get,
+    put,
+    replica,
+    value_of,
+    wait_converged,
+    wait_leader,
+)
+from tests.localmesh.support import wait_until
+
+pytestmark = [pytest.mark.root, pytest.mark.yggdrasil, pytest.mark.slow]
+
+NODES = ["node-a", "node-b", "node-c"]
+FAULT_S = 6  # drill duration: well past an election (<= 1.4 s timeout + a vote) and the 2 s write timeout
+
+
+@dataclass
+class Run:
+    mesh: LocalMesh
+    http: httpx.Client
+    formed_at: float
+    acked: dict[str, bytes] = field(default_factory=dict)
+    n: int = 0
+
+    def write(self, node_id: str, key: str | None = None) -> httpx.Response:
+        self.n += 1
+        key = key or f"t/{self.n:05d}"
+        value = f"{node_id}:{self.n}".encode()
+        r = put(self.http, self.mesh, node_id, key, value)
+        if r.status_code == 200:
+            self.acked[key] = value
+        return r
+
+    def leader(self, timeout: float = 10.0, not_: str | None = None, among: list[str] | None = None) -> str:
+        return wait_leader(self.http, self.mesh, among or NODES, timeout, not_=not_)
+
+    def check_all_acked(self, timeout: float = 20.0) -> None:
+        held = wait_converged(self.http, self.mesh, NODES, "t/", timeout)
+        missing = sorted(k for k in self.acked if k not in held)
+        assert not missing, f"acknowledged writes lost: {missing[:10]}"
+        leader = self.leader()
+        for key, value in list(self.acked.items())[-5:]:
+            r = get(self.http, self.mesh, leader, key)
+            assert r.status_code == 200 and value_of(r) == value, (key, r.status_code, r.text)
+
+
+@pytest.fixture(scope="module")
+def run(
+    require_root: None, require_yggdrasil: str, require_nft: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Run]:
+    opts = MeshOptions(
+        nodes=3, mode="netns", run_dir=tmp_path_factory.mktemp("raft3"), agent_env={"X0_DAEMON_RESTART_DELAY": "1"}
+    )
+    with LocalMesh(opts) as mesh, client() as http:
+        yield Run(mesh=mesh, http=http, formed_at=time.monotonic())
+
+
+def test_a_leader_within_3s_of_the_mesh_forming_and_raft_rides_the_overlay(run: Run) -> None:
+    leader = run.leader(timeout=3.0)
+    assert time.monotonic() - run.formed_at <= 3.5
+    view = cluster(run.http, run.mesh, leader)
+    assert view["role"] == "leader" and view["has_quorum"] and view["voters_target"] == 3
+    for m in view["members"]:
+        node = run.mesh.node(m["node_id"])
+        assert m["voter"] and m["raft_address"] == f"{node.yggdrasil_address}:8082"
+        assert m["state"] in ("self", "connected")
+    # Bound on the overlay address only (not every interface): nothing listens on the underlay's 8082.
+    out = run.mesh.run_in_node(leader, ["ss", "-Htln", "sport = :8082"]).stdout
+    assert run.mesh.node(leader).yggdrasil_address in out and "0.0.0.0" not in out and "*:8082" not in out
+
+
+def test_writes_on_any_node_are_read_back_on_every_node(run: Run) -> None:
+    for node in NODES:
+        assert run.write(node).status_code == 200
+    key = next(iter(run.acked))
+    for node in NODES:
+        r = get(run.http, run.mesh, node, key)
+        assert r.status_code == 200 and value_of(r) == run.acked[key] and r.json()["stale"] is False
+        s = get(run.http, run.mesh, node, key, stale="true").json()
+        assert s["stale"] is True and s["lag"] is not None and s["lag"] >= 0
+    raw = get(run.http, run.mesh, NODES[0], key, raw="true")
+    assert raw.content == run.acked[key] and int(raw.headers["x-x0-modify-index"]) >= 1
+
+
+def test_bad_keys_sizes_and_tokens_are_refused_and_change_nothing(run: Run) -> None:
+    url = run.mesh.node("node-b").agent_url
+    h = auth(run.mesh)
+    before = replica(run.http, run.mesh, "node-a", "")
+    cases = [
+        (run.http.put(f"{url}/kv/bad key", content=b"x", headers=h), 400, "invalid key"),
+        (run.http.put(f"{url}/kv/{'k' * 513}", content=b"x", headers=h), 400, "512"),
+        (run.http.put(f"{url}/kv/big", content=b"x" * (64 * 1024 + 1), headers=h), 413, "65536"),
+        (run.http.put(f"{url}/kv/x", content=b"x"), 401, "Authorization"),
+        (run.http.put(f"{url}/kv/x", content=b"x", headers={"Authorization": "Bearer nope"}), 401, "wrong"),
+        (run.http.delete(f"{url}/kv/x"), 401, "Authorization"),
+        (run.http.put(f"{url}/kv/x", content=b"x", headers=h, params={"cas": "abc"}), 400, "cas"),
+        (run.http.get(f"{url}/kv/never-written"), 404, "never-written"),
+        (run.http.get(f"{url}/kv", params={"limit": "0"}), 400, "limit"),
+    ]
+    for r, status, words in cases:
+        assert r.status_code == status, (r.request.method, r.request.url, r.status_code, r.text)
+        assert words in r.json()["detail"], r.text
+    assert replica(run.http, run.mesh, "node-a", "") == before
+    # The limit itself is allowed.
+    assert run.write("node-c", key="t/exactly-64k").status_code == 200
+    r = put(run.http, run.mesh, "node-a", "t/exactly-64k", b"y" * 64 * 1024)
+    assert r.status_code == 200
+    run.acked["t/exactly-64k"] = b"y" * 64 * 1024
+
+
+def test_concurrent_cas_writers_exactly_one_wins_per_index(run: Run) -> None:
+    key = "t/cas"
+    assert run.write("node-a", key=key).status_code == 200
+    writers = 6
+    with concurrent.futures.ThreadPoolExecutor(writers) as pool:
+        for _ in range(4):
+            index = get(run.http, run.mesh, "node-b", key).json()["modify_index"]
+
+            def attempt(i: int, index: int = index) -> tuple[int, int, bytes]:
+                with client() as c:
+                    node = NODES[i % 3]
+                    value = f"w{i}@{index}".encode()
+                    return put(c, run.mesh, node, key, value, cas=index).status_code, i, value
+
+            results = list(pool.map(attempt, range(writers)))
+            winners = [(i, v) for status, i, v in results if status == 200]
+            assert len(winners) == 1, results
+            assert sorted(s for s, _, _ in results) == [200] + [409] * (writers - 1), results
+            r = get(run.http, run.mesh, "node-c", key)
+            assert value_of(r) == winners[0][1] and r.json()["modify_index"] > index
+            run.acked[key] = winners[0][1]
+    # cas=0 creates only when absent.
+    assert put(run.http, run.mesh, "node-a", key, b"again", cas=0).status_code == 409
+    assert put(run.http, run.mesh, "node-a", "t/cas-new", b"first", cas=0).status_code == 200
+    run.acked["t/cas-new"] = b"first"
+
+
+def _drill_on_leader(run: Run, kind: str) -> None:
+    """The leader takes the drill lease and cuts itself off; its writes time out with 503 (never 200) while
+    the other two elect a leader and keep acknowledging; after the revert every replica converges."""
+    old = run.leader()
+    others = [n for n in NODES if n != old]
+    r = run.http.post(
+        f"{run.mesh.node(old).agent_url}/drills",
+        json={"kind": kind, "duration_s": FAULT_S, "holder": f"pytest {kind}"},
+        headers=auth(run.mesh),
+    )
+    assert r.status_code == 202, r.text
+    drill = r.json()
+    started = time.monotonic()
+    # The lease is mesh-wide: another node refuses a second drill, naming the holder.
+    r2 = run.http.post(
+        f"{run.mesh.node(others[0]).agent_url}/drills",
+        json={"kind": "partition", "duration_s": 1},
+        headers=auth(run.mesh),
+    )
+    assert r2.status_code in (409, 503), r2.text
+    if r2.status_code == 409:
+        assert f"pytest {kind}" in r2.json()["detail"] and old in r2.json()["detail"]
+    minority: list[int] = []
+    majority: list[int] = []
+    while time.monotonic() - started < FAULT_S - 2.5:
+        minority.append(run.write(old).status_code)
+        majority.append(run.write(others[len(majority) % 2]).status_code)
+    assert minority and 200 not in minority and set(minority) == {503}, minority
+    new = run.leader(not_=old, among=others, timeout=FAULT_S)
+    assert new in others
+    assert run.write(new).status_code == 200
+    # Back: the old leader follows the new one, and the replicas agree.
+    wait_until(
+        f"{kind} drill reverted",
+        lambda: not run.http.get(f"{run.mesh.node(old).agent_url}/drills").json()["active"],
+        FAULT_S + 10,
+    )
+    run.leader(timeout=30)
+    run.check_all_acked(timeout=30)
+    # Nothing half-applied: no write answered 503 shows up anywhere.
+    assert all(k in run.acked for k in replica(run.http, run.mesh, old, "t/"))
+    # The lease is released by the drill's node once it reaches the leader again, and the drill is in the
+    # mesh's history on every node.
+    wait_until(
+        "drill lease released",
+        lambda: run.http.get(f"{run.mesh.node(others[1]).agent_url}/drills/lease").status_code == 404,
+        30,
+    )
+    for n in NODES:
+        hist = run.http.get(f"{run.mesh.node(n).agent_url}/drills/history").json()["drills"]
+        assert drill["id"] in [d["id"] for d in hist], (n, hist)
+
+
+def test_leader_partitioned_minority_writes_503_then_converges(run: Run) -> None:
+    _drill_on_leader(run, "partition")
+
+
+def test_leader_blackholed_minority_writes_503_then_converges(run: Run) -> None:
+    _drill_on_leader(run, "blackhole")
+
+
+def test_leader_daemon_killed_minority_writes_503_then_converges(run: Run) -> None:
+    _drill_on_leader(run, "kill-daemon")
+
+
+def test_leader_killed_new_leader_and_the_restarted_node_catches_up(run: Run) -> None:
+    old = run.leader()
+    others = [n for n in NODES if n != old]
+    run.mesh.stop_node(old)
+    new = run.leader(not_=old, among=others, timeout=10)
+    for _ in range(5):
+        assert run.write(others[0]).status_code == 200
+    run.mesh.start_node(old)
+    run.check_all_acked(timeout=30)
+    assert cluster(run.http, run.mesh, old)["leader_id"] in others or run.leader() == old
+    assert new in others
+
+
+def test_whole_mesh_restart_keeps_every_acknowledged_write(run: Run) -> None:
+    for _ in range(3):
+        assert run.write(NODES[_ % 3]).status_code == 200
+    for n in NODES:
+        run.mesh.stop_node(n)
+    for n in NODES:
+        run.mesh.start_node(n, wait=False)
+    run.mesh.wait_healthy(NODES, timeout=60)
+    run.leader(timeout=20)
+    run.check_all_acked(timeout=30)
+    assert (Path(run.mesh.node("node-a").dir) / "raft" / "journal.bin").exists()
