@@ -68,8 +68,9 @@ class NodeView(msgspec.Struct, kw_only=True, frozen=True):
     key: str | None = None
     api_version: str | None = None
     version: str | None = None
-    peers_up: int | None = None
+    peers_up: int | None = None  # planned links of this node that are up (see _with_link_counts)
     peers_planned: int | None = None
+    peers_temporary: int = 0  # stand-in links MAPE-K added
     members_known: int | None = None
     members_reachable: int | None = None
     incidents_active: int = 0
@@ -130,6 +131,16 @@ class MeshView(msgspec.Struct, kw_only=True, frozen=True):
     def incidents_active(self) -> int:
         return sum(n.incidents_active for n in self.nodes)
 
+    @property
+    def worst_reach(self) -> tuple[int, int, str] | None:
+        """(members reachable, members known, node) of the answering node that reaches the fewest members."""
+        seen = [
+            (n.members_reachable, n.members_known, n.id)
+            for n in self.nodes
+            if n.members_reachable is not None and n.members_known and n.state in ("up", "degraded")
+        ]
+        return min(seen, key=lambda r: (r[0] / r[1], r[0])) if seen else None
+
     def node(self, node_id: str) -> NodeView | None:
         for n in self.nodes:
             if n.id == node_id:
@@ -169,6 +180,7 @@ def _peer_name(peer: wire.PeerView) -> str | None:
 
 
 def _latency(a: AgentData, b_id: str) -> float | None:
+    # The daemon's own latency (Yggdrasil 0.5.6+), else MAPE-K's probe round trip to that member.
     if a.peers is not None:
         for p in a.peers.peers:
             if p.node_id == b_id and p.latency_ms is not None:
@@ -254,7 +266,9 @@ def merge(
         if node_id not in targets:
             continue
         sides = _observations(agent)
-        if agent.ok:
+        # An agent that answers /health but not /mesh/peers (its daemon just died) has only stale peer data: it
+        # must not keep its links "up".
+        if agent.ok and "peers" not in agent.endpoint_errors:
             obs[node_id] = sides
         # Stale data still tells us which links are planned.
         planned.update(link_key(node_id, other) for other, s in sides.items() if s.planned)
@@ -314,10 +328,41 @@ def merge(
         taken_at=now,
         polled_at=polled_at,
         poll_duration_s=poll_duration_s,
-        nodes=tuple(nodes),
+        nodes=tuple(_with_link_counts(nodes, links)),
         links=tuple(links),
         warnings=tuple(snapshot.warnings),
     )
+
+
+def _with_link_counts(nodes: list[NodeView], links: list[LinkView]) -> list[NodeView]:
+    """A node's peers are its links as the view judges them (both ends' peer lists and MAPE-K), so the node table,
+    node detail and the header's `links up` can never disagree. The daemon's own count (`/mesh/status`) goes
+    stale when the daemon dies under a live agent: it said 2/2 while the links were down."""
+    up: dict[str, int] = {}
+    planned: dict[str, int] = {}
+    temporary: dict[str, int] = {}
+    for link in links:
+        for end in (link.a, link.b):
+            if link.planned:
+                planned[end] = planned.get(end, 0) + 1
+                if link.state == "up":
+                    up[end] = up.get(end, 0) + 1
+            elif link.state == "temporary":
+                temporary[end] = temporary.get(end, 0) + 1
+    out = []
+    for n in nodes:
+        if n.peers_up is None and n.id not in planned and n.id not in temporary:
+            out.append(n)  # never heard from and no planned link: nothing to count
+            continue
+        out.append(
+            msgspec.structs.replace(
+                n,
+                peers_up=up.get(n.id, 0),
+                peers_planned=planned.get(n.id, 0),
+                peers_temporary=temporary.get(n.id, 0),
+            )
+        )
+    return out
 
 
 def _node_view(

@@ -11,7 +11,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Footer, Label, Sparkline, Static, TabbedContent, TabPane
 
-from dashboard.models import AgentData, NodeView
+from dashboard.models import AgentData, MeshView, NodeView
 from dashboard.screens.base import MeshScreen
 from dashboard.session import MeshUpdate
 from dashboard.widgets.styles import LINK_STYLE, NODE_STYLE, NODE_SYMBOL, fmt_age, fmt_ms
@@ -149,17 +149,26 @@ class NodeDetailScreen(MeshScreen):
             if latency
             else "link latency: not reported (Yggdrasil 0.5.6+ or MAPE-K probes give it)"
         )
-        self._fill(agent)
+        self._fill(agent, view)
 
-    def _fill(self, agent: AgentData | None) -> None:
+    def _fill(self, agent: AgentData | None, view: MeshView | None = None) -> None:
+        # Per peer, the link as the whole view judges it (both ends, MAPE-K): the same state and latency the
+        # topology draws, so the two never disagree ("13ms" on the map, "-" here).
+        links = {}
+        if view is not None:
+            for link in view.links:
+                if self.node_id in (link.a, link.b):
+                    links[link.b if link.a == self.node_id else link.a] = link
         peers: list[tuple[str | Text, ...]] = []
         routes: list[tuple[str | Text, ...]] = []
         incidents: list[tuple[str | Text, ...]] = []
         actions: list[tuple[str | Text, ...]] = []
         if agent is not None and agent.peers is not None:
             for p in sorted(agent.peers.peers, key=lambda p: (p.node_id or "~", p.key)):
-                state = "up" if p.up else "down"
-                style = LINK_STYLE["temporary" if p.temporary and p.up else state]
+                link = links.get(p.node_id or "")
+                state = link.state if link is not None else ("up" if p.up else "down")
+                style = LINK_STYLE.get(state, "")
+                latency = link.latency_ms if link is not None else p.latency_ms
                 direction = "-" if p.inbound is None else ("in" if p.inbound else "out")
                 peers.append(
                     (
@@ -169,7 +178,7 @@ class NodeDetailScreen(MeshScreen):
                         "yes" if p.temporary else "no",
                         direction,
                         p.remote or "-",
-                        fmt_ms(p.latency_ms),
+                        fmt_ms(latency),
                         fmt_age(p.uptime_s),
                         p.last_error or "",
                     )

@@ -50,18 +50,24 @@ class MeshHeader(Static):
         healthy_style = "green" if v.nodes_healthy == v.nodes_total else "bold red"
         t.append("nodes ")
         t.append(f"{v.nodes_healthy}/{v.nodes_total}", healthy_style)
-        t.append(" healthy   links ")
+        t.append(" up  links ")
         t.append(f"{v.links_up}/{v.links_planned}", "green" if v.links_up == v.links_planned else "bold yellow")
-        t.append(" up")
         if v.links_temporary:
-            t.append(f" +{v.links_temporary} temporary", "cyan")
-        t.append("   incidents ")
+            t.append(f" +{v.links_temporary} temp", "cyan")
+        worst = v.worst_reach
+        if worst is not None:
+            # MAPE-K's own count: an agent can be healthy while it reaches only part of the mesh (a partition);
+            # without this the header said 8/8 healthy beside "partition (4/8 members reachable)".
+            reach, known, _ = worst
+            t.append("  reach ")
+            t.append(f"{reach}/{known}", "green" if reach >= known else "bold yellow")
+        t.append("  incidents ")
         t.append(str(v.incidents_active), "bold yellow" if v.incidents_active else "green")
         age = v.data_age(self.clock())
-        t.append("   data ")
+        t.append("  data ")
         t.append(fmt_age(age), "bold red" if age is not None and age > 5 else "")
         if v.poll_duration_s is not None:
-            t.append(f" (poll {v.poll_duration_s * 1000:.0f} ms)", "grey50")
+            t.append(f" ({v.poll_duration_s * 1000:.0f} ms poll)", "grey50")
         if self.drill:
             t.append("   DRILL ", "bold reverse red")
             t.append(f" {self.drill}", "bold red")

@@ -39,6 +39,8 @@ def matches(node: NodeView, text: str) -> bool:
 def row_cells(n: NodeView) -> dict[str, str | Text]:
     planned = "?" if n.peers_planned is None else n.peers_planned
     peers = "-" if n.peers_up is None else f"{n.peers_up}/{planned}"
+    if n.peers_temporary:
+        peers += f" +{n.peers_temporary}"
     if n.peers_up is not None and n.peers_planned is not None and n.peers_up < n.peers_planned:
         peers_cell: str | Text = Text(peers, "yellow")
     else:
