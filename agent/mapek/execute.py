@@ -41,8 +41,7 @@ class Executor:
         self._holds: dict[str, asyncio.Task[None]] = {}
 
     async def run(self, action: PlannedAction, api_version: str | None) -> tuple[Outcome, str]:
-        if action.skip is not None:
-            return "skipped", action.skip
+        """Carry out one action (the loop records the ones the plan held back without calling this)."""
         try:
             if action.action == "quarantine":
                 return "ok", action.reason

@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 from litestar import Router
 from litestar.di import Provide
@@ -20,10 +22,10 @@ from litestar.di import Provide
 from agent.mapek.analyze import analyze
 from agent.mapek.controller import MapekController
 from agent.mapek.execute import Executor
-from agent.mapek.knowledge import Knowledge, Thresholds
+from agent.mapek.knowledge import Finding, Knowledge, Observation, PlannedAction, Reconciled, Thresholds
 from agent.mapek.monitor import MapekMonitor
-from agent.mapek.plan import plan
-from agent.mapek.schemas import INCIDENT_KINDS, Incident, MapekStatus, PhaseMs
+from agent.mapek.plan import Plan, plan
+from agent.mapek.schemas import INCIDENT_KINDS, Incident, MapekStatus, Outcome, PhaseMs
 from agent.settings import Settings
 from agent.views import member_of_link
 from agent.yggdrasil.client import AdminClient
@@ -40,11 +42,49 @@ PHASES = ("monitor", "analyze", "plan", "execute")
 PORT_WATCH_S = 0.25
 
 
-class MapekLoop:
-    """Extension object: `route_handlers` serve /mapek*, `start`/`stop` run the loop in the agent's lifespan."""
+class TickMonitor(Protocol):
+    """What a tick needs from Monitor (agent.mapek.monitor.MapekMonitor; tests/mapek/sim.py states the facts)."""
 
-    def __init__(self, settings: Settings, thresholds: Thresholds | None = None) -> None:
+    async def observe(self, kn: Knowledge, *, react: bool = False) -> Observation: ...
+
+    async def aclose(self) -> None: ...
+
+
+class TickExecutor(Protocol):
+    """What a tick needs from Execute (agent.mapek.execute.Executor): carry out one action that the plan did not
+    hold back (`skip` is None), and say how it went."""
+
+    async def run(self, action: PlannedAction, api_version: str | None) -> tuple[Outcome, str]: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class TickRecord:
+    """What one tick saw and decided (the simulator and tests read it; the loop itself keeps only Knowledge)."""
+
+    observation: Observation
+    findings: list[Finding]
+    reconciled: Reconciled
+    plan: Plan
+
+
+class MapekLoop:
+    """Extension object: `route_handlers` serve /mapek*, `start`/`stop` run the loop in the agent's lifespan.
+
+    `run_tick` is the whole of one tick; `attach` hands it the agent, a monitor and an executor, so the
+    simulator (tests/mapek/sim.py) drives this very code with stated facts instead of sockets. `clock` is the
+    wall clock of the records (actions' times, the knowledge's start)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        thresholds: Thresholds | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.settings = settings
+        self.clock = clock
         self.thresholds = thresholds or Thresholds()
         self.enabled = settings.mapek_enabled
         self.interval = settings.mapek_interval
@@ -55,8 +95,8 @@ class MapekLoop:
         self.running = False
         self._agent: AgentState | None = None
         self._task: asyncio.Task[None] | None = None
-        self._monitor: MapekMonitor | None = None
-        self._executor: Executor | None = None
+        self._monitor: TickMonitor | None = None
+        self._executor: TickExecutor | None = None
         self._members_gen = -1
         self._wake = asyncio.Event()
         self._watch: asyncio.Task[None] | None = None
@@ -77,9 +117,13 @@ class MapekLoop:
 
     # --- lifecycle ------------------------------------------------------------------------------------------
 
+    def attach(self, agent: AgentState, monitor: TickMonitor, executor: TickExecutor) -> None:
+        """Give `run_tick` what it works with (start() does it with the real monitor and executor)."""
+        self._agent, self._monitor, self._executor = agent, monitor, executor
+
     async def start(self, agent: AgentState) -> None:
         self._agent = agent
-        self.kn.started_at = time.time()
+        self.kn.started_at = self.clock()
         if not self.enabled:
             log.info("MAPE-K disabled (X0_MAPEK_ENABLED=false): the daemons heal on their own")
             return
@@ -90,12 +134,12 @@ class MapekLoop:
             m = member_of_link(link, agent.context())
             return m.node_id if m is not None else None
 
-        self._monitor = MapekMonitor(
+        monitor = MapekMonitor(
             admin, member_of, timeout=self.thresholds.probe_timeout_s, fanout=self.thresholds.probe_fanout
         )
-        self._executor = Executor(admin)
+        self.attach(agent, monitor, Executor(admin))
         self._task = asyncio.get_running_loop().create_task(self._run(), name="x0-mapek")
-        self._watch = asyncio.get_running_loop().create_task(self._watch_ports(), name="x0-mapek-ports")
+        self._watch = asyncio.get_running_loop().create_task(self._watch_ports(monitor), name="x0-mapek-ports")
         log.info(
             "MAPE-K running every %g s (degree %d, probe timeout %g s)",
             self.interval,
@@ -142,11 +186,9 @@ class MapekLoop:
         finally:
             self.running = False
 
-    async def _watch_ports(self) -> None:
+    async def _watch_ports(self, monitor: MapekMonitor) -> None:
         """Between ticks: wake the loop at once when a link we had up drops (the daemon saw an RST: no need to
         wait for the tick) or when the peering port of a down link we dial answers again."""
-        monitor = self._monitor
-        assert monitor is not None
         while True:
             await asyncio.sleep(PORT_WATCH_S)
             try:
@@ -164,7 +206,7 @@ class MapekLoop:
 
     # --- one tick -------------------------------------------------------------------------------------------
 
-    async def run_tick(self, *, react: bool = False) -> None:
+    async def run_tick(self, *, react: bool = False) -> TickRecord:
         agent, monitor, executor = self._agent, self._monitor, self._executor
         assert agent is not None and monitor is not None and executor is not None
         kn = self.kn
@@ -186,8 +228,11 @@ class MapekLoop:
         kn.accepting = dict(decided.accepting)
         t3 = time.perf_counter()
         for action in decided.actions:
-            outcome, reason = await executor.run(action, kn.api_version)
-            rec_action = kn.apply_outcome(action, outcome, reason, time.time())
+            if action.skip is not None:  # planned but held back (rate limit, quarantine, drill): recorded as such
+                outcome, reason = "skipped", action.skip
+            else:
+                outcome, reason = await executor.run(action, kn.api_version)
+            rec_action = kn.apply_outcome(action, outcome, reason, self.clock())
             metrics.mapek_actions.labels(action=rec_action.action, outcome=outcome).inc()
             level = logging.INFO if outcome != "failed" else logging.WARNING
             log.log(level, "action %s %s -> %s: %s", action.action, action.target, outcome, reason)
@@ -229,6 +274,7 @@ class MapekLoop:
             agent.unmark_temporary(m)
         for m in temporary - set(agent.temporary):
             agent.mark_temporary(m)
+        return TickRecord(observation=obs, findings=findings, reconciled=rec, plan=decided)
 
     # --- API views ------------------------------------------------------------------------------------------
 

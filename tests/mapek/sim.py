@@ -1,29 +1,27 @@
-"""A node's MAPE-K knowledge driven tick by tick with hand-written observations (no sockets).
+"""One node's MAPE-K loop driven tick by tick with stated facts (no sockets, no event loop, simulated time).
 
-`SimNode.tick()` runs the real Monitor -> Analyze -> Plan -> (recorded) Execute sequence of the loop, with the
-daemon and the probes replaced by the facts the test states.
+`SimNode.tick()` runs the agent's own `MapekLoop.run_tick` (members reload, Monitor -> Knowledge -> Analyze ->
+reconcile -> Plan -> Execute -> records, metrics and temporary-link marks on a real `AgentState`), with only the
+two I/O ends replaced: `StatedMonitor` hands it the Observation built from what the test states (links up, probe
+results, daemon health), and `StatedExecutor` answers each action with the outcome the test chooses. A change to
+the loop is a change to what these tests run.
+
+The tick must not wait on anything: `drive` runs it to completion in one step and fails if it would block (a
+real socket or sleep reached from the loop), which also keeps thousands of simulated ticks cheap.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from typing import Any, TypeVar
 
-from agent.mapek.analyze import analyze
-from agent.mapek.knowledge import (
-    Finding,
-    Knowledge,
-    LinkSample,
-    Observation,
-    PlannedAction,
-    Probe,
-    Reconciled,
-    Thresholds,
-)
-from agent.mapek.plan import Plan, plan
+from agent.mapek.knowledge import Finding, Knowledge, LinkSample, Observation, PlannedAction, Probe, Thresholds
+from agent.mapek.loop import MapekLoop, TickRecord
 from agent.mapek.schemas import Outcome
 from agent.members import Members, parse_members
+from agent.settings import Settings
+from agent.state import AgentState
 
 T0 = 1_000_000.0
 
@@ -52,11 +50,59 @@ def members(
     return parse_members(json.dumps(doc).encode())
 
 
-@dataclass
+R = TypeVar("R")
+
+
+def drive(coro: Coroutine[Any, Any, R]) -> R:
+    """Run a coroutine that never waits to its end, synchronously."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    coro.close()
+    raise RuntimeError("the simulated tick waited on I/O: a real socket or sleep is reachable from run_tick")
+
+
+class StatedMonitor:
+    """Monitor that hands the loop the observation the test stated for this tick (built from the knowledge as
+    the loop passes it, after any members reload, like the real monitor's probe set)."""
+
+    def __init__(self) -> None:
+        self.next: Callable[[Knowledge], Observation] | None = None
+
+    async def observe(self, kn: Knowledge, *, react: bool = False) -> Observation:
+        stated, self.next = self.next, None
+        if stated is None:
+            raise RuntimeError("no observation stated for this tick")
+        return stated(kn)
+
+    async def aclose(self) -> None:
+        return None
+
+
+class StatedExecutor:
+    """Executor whose outcome per action the test chooses (default: the daemon accepted it)."""
+
+    def __init__(self) -> None:
+        self.outcome: Callable[[PlannedAction], Outcome] = lambda a: "ok"
+        self.ran: list[PlannedAction] = []
+
+    async def run(self, action: PlannedAction, api_version: str | None) -> tuple[Outcome, str]:
+        self.ran.append(action)
+        return self.outcome(action), "done"
+
+    async def aclose(self) -> None:
+        return None
+
+
 class TickResult:
-    findings: list[Finding]
-    reconciled: Reconciled
-    plan: Plan
+    """A tick's record with the questions tests ask of it."""
+
+    def __init__(self, record: TickRecord) -> None:
+        self.record = record
+        self.findings: list[Finding] = record.findings
+        self.reconciled = record.reconciled
+        self.plan = record.plan
 
     def kinds(self, subject: str | None = None) -> set[str]:
         return {f.kind for f in self.findings if subject is None or f.subject == subject}
@@ -80,13 +126,30 @@ class SimNode:
         started: float | None = None,
     ) -> None:
         self.now = T0
-        self.kn = Knowledge(
-            me, mesh, thresholds or Thresholds(), degree, started_at=T0 - 100 if started is None else started
-        )
+        settings = Settings(node_id=me, mapek_degree=degree, raft_enabled=False)
+        self.agent = AgentState(settings)  # real state and metrics; its admin client is never used here
+        self.loop = MapekLoop(settings, thresholds, clock=lambda: self.now)
+        self.kn = self.loop.kn
+        self.kn.started_at = T0 - 100 if started is None else started
+        self.monitor = StatedMonitor()
+        self.executor = StatedExecutor()
+        self.loop.attach(self.agent, self.monitor, self.executor)
+        self.set_members(mesh)
         self.api = api
         self.bytes: dict[str, int] = {}
-        # Outcome execute reports for an executed action (default: the daemon accepted it).
-        self.outcome: Callable[[PlannedAction], Outcome] = lambda a: "ok"
+
+    @property
+    def outcome(self) -> Callable[[PlannedAction], Outcome]:
+        return self.executor.outcome
+
+    @outcome.setter
+    def outcome(self, fn: Callable[[PlannedAction], Outcome]) -> None:
+        self.executor.outcome = fn
+
+    def set_members(self, mesh: Members) -> None:
+        """A members-file reload as the agent's watcher does it: new members, new generation."""
+        self.agent.members.members = mesh
+        self.agent.members.generation += 1
 
     def tick(
         self,
@@ -117,54 +180,48 @@ class SimNode:
         after = {
             m: LinkSample(member=m, up=True, bytes_recvd=self.bytes[m], latency_ms=latency_ms.get(m)) for m in up
         }
-        probes: list[Probe] = []
-        for m in self.kn.others():
-            result = overlay.get(m, True)
-            ok = result is not False
-            rtt = result if isinstance(result, float) else 0.005
-            probes.append(
-                Probe(
-                    member=m,
-                    path="overlay",
-                    ok=ok,
-                    at=now,
-                    rtt_s=rtt if ok else None,
-                    error=None if ok else "timeout",
+
+        def observe(kn: Knowledge) -> Observation:
+            probes: list[Probe] = []
+            for m in kn.others():
+                result = overlay.get(m, True)
+                ok = result is not False
+                rtt = result if isinstance(result, float) else 0.005
+                probes.append(
+                    Probe(
+                        member=m,
+                        path="overlay",
+                        ok=ok,
+                        at=now,
+                        rtt_s=rtt if ok else None,
+                        error=None if ok else "timeout",
+                    )
                 )
-            )
-            u_ok = underlay.get(m, True)
-            h = (health or {}).get(m, {})
-            probes.append(
-                Probe(
-                    member=m,
-                    path="underlay",
-                    ok=u_ok,
-                    at=now,
-                    rtt_s=0.002 if u_ok else None,
-                    error=None if u_ok else "connection refused",
-                    daemon_up=h.get("daemon_up", True) if u_ok else None,  # type: ignore[arg-type]
-                    api_version=h.get("api_version") if u_ok else None,  # type: ignore[arg-type]
+                u_ok = underlay.get(m, True)
+                h = (health or {}).get(m, {})
+                probes.append(
+                    Probe(
+                        member=m,
+                        path="underlay",
+                        ok=u_ok,
+                        at=now,
+                        rtt_s=0.002 if u_ok else None,
+                        error=None if u_ok else "connection refused",
+                        daemon_up=h.get("daemon_up", True) if u_ok else None,  # type: ignore[arg-type]
+                        api_version=h.get("api_version") if u_ok else None,  # type: ignore[arg-type]
+                    )
                 )
+            for m, ok in (dial or {}).items():
+                probes.append(Probe(member=m, path="dial", ok=ok, at=now, error=None if ok else "refused"))
+            return Observation(
+                at=now,
+                daemon_ok=daemon_ok,
+                daemon_error=None if daemon_ok else "no admin socket",
+                api_version=self.api if daemon_ok else None,
+                links=after if daemon_ok else {},
+                links_before=before if daemon_ok else None,
+                probes=probes,
             )
-        for m, ok in (dial or {}).items():
-            probes.append(Probe(member=m, path="dial", ok=ok, at=now, error=None if ok else "refused"))
-        obs = Observation(
-            at=now,
-            daemon_ok=daemon_ok,
-            daemon_error=None if daemon_ok else "no admin socket",
-            api_version=self.api if daemon_ok else None,
-            links=after if daemon_ok else {},
-            links_before=before if daemon_ok else None,
-            probes=probes,
-        )
-        self.kn.observe(obs)
-        findings = analyze(obs, self.kn)
-        rec = self.kn.reconcile(findings, now)
-        p = plan(findings, self.kn, now)
-        self.kn.accepting = dict(p.accepting)
-        for a in p.actions:
-            if a.skip is not None:
-                self.kn.apply_outcome(a, "skipped", a.skip, now)
-            else:
-                self.kn.apply_outcome(a, self.outcome(a), "done", now)
-        return TickResult(findings=findings, reconciled=rec, plan=p)
+
+        self.monitor.next = observe
+        return TickResult(drive(self.loop.run_tick()))
