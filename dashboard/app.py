@@ -11,6 +11,10 @@ shows within a fraction of a second instead of at the next interval.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import sys
+import termios
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -38,6 +42,9 @@ from dashboard.session import MeshSession
 
 STYLES = Path(__file__).parent / "styles"
 CHANGE_COALESCE_S = 0.2  # least time between two poll cycles (or the interval if shorter), also on source changes
+# Closing the terminal (SIGHUP: tmux kill-session, an SSH drop), `kill` and `kill -INT` end the session like `q`:
+# the drill's fault reverted and a --local mesh stopped, never orphaned.
+EXIT_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 
 
 class X0Dash(App[int]):
@@ -45,6 +52,8 @@ class X0Dash(App[int]):
     CSS_PATH = [STYLES / "app.tcss", STYLES / "drills.tcss"]
     BINDINGS = [
         Binding("q", "quit", "Quit"),
+        # Like k9s and every TUI operators use (Textual's default only shows a toast saying to press q).
+        Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("d", "drills", "Drills"),
     ]
@@ -61,8 +70,11 @@ class X0Dash(App[int]):
         default_duration: int = 10,
         clock: Callable[[], float] = time.time,
         autopoll: bool = True,
+        handle_signals: bool = False,
     ) -> None:
         super().__init__()
+        self.handle_signals = handle_signals  # the real command only: tests run the app inside pytest's process
+        self.exit_signal: str | None = None
         self.clock = clock
         self.interval = interval
         self.reports_dir = reports_dir
@@ -91,6 +103,8 @@ class X0Dash(App[int]):
         return OverviewScreen()
 
     def on_mount(self) -> None:
+        if self.handle_signals:
+            self._install_exit_signals()
         if self.autopoll:
             self.start_polling()
 
@@ -219,6 +233,29 @@ class X0Dash(App[int]):
             self.install_screen(HelpScreen(), "help")
         self.push_screen("help")
 
+    def _install_exit_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in EXIT_SIGNALS:
+            loop.add_signal_handler(sig, self._on_exit_signal, sig)
+        # A terminal that hangs up sends SIGCONT with the SIGHUP; Textual's driver answers SIGCONT by resuming its
+        # terminal mode on the dead terminal, starting new threads that deadlock the exit (seen: x0dash hung
+        # after tmux kill-session, its mesh already stopped). Resume only on a terminal that is still there.
+        resume = signal.getsignal(signal.SIGCONT)
+        if callable(resume):
+
+            def on_cont(signum: int, frame: object) -> None:
+                if _terminal_alive():
+                    resume(signum, frame)  # type: ignore[arg-type]
+
+            signal.signal(signal.SIGCONT, on_cont)
+
+    def _on_exit_signal(self, sig: signal.Signals) -> None:
+        if self.exit_signal is None:
+            self.exit_signal = sig.name
+        if sig == signal.SIGHUP and not _terminal_alive():
+            _detach_terminal()
+        self.action_quit()
+
     def action_quit(self) -> None:
         if self._quitting:
             return
@@ -306,3 +343,22 @@ class X0Dash(App[int]):
             self.post_message(DrillFinished(report, error=f"drill done but the report could not be saved: {exc}"))
             return
         self.post_message(DrillFinished(report, paths=paths))
+
+
+def _terminal_alive() -> bool:
+    try:
+        termios.tcgetattr(sys.__stdin__.fileno())  # type: ignore[union-attr]
+    except (termios.error, OSError, ValueError, AttributeError):
+        return False
+    return True
+
+
+def _detach_terminal() -> None:
+    """The terminal hung up: point stdin/stdout/stderr at /dev/null, so the way out (restoring a terminal nobody
+    sees, a last message) neither fails nor blocks."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)

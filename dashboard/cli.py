@@ -323,6 +323,13 @@ async def _headless_main(args: argparse.Namespace, provider: Provider) -> int:
     )
 
 
+def _say(message: str) -> None:
+    try:
+        print(message, file=sys.stderr, flush=True)
+    except OSError:  # the terminal is gone (SIGHUP): nobody to tell, and nothing may stop the exit
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -345,16 +352,18 @@ def main(argv: list[str] | None = None) -> int:
             timeout=_num(args, "timeout", 1.5),
             reports_dir=_reports_dir(args),
             slo=build_slo(args),
+            handle_signals=True,
         )
         code = app.run()
         kept = getattr(provider, "kept_run_dir", None)
         if kept is not None:
-            print(
-                f"x0dash: the local mesh is stopped; its logs stay in {kept} (node-*/agent.log)", file=sys.stderr
-            )
+            _say(f"x0dash: the local mesh is stopped; its logs stay in {kept} (node-*/agent.log)")
         if app.source_error:
-            print(f"x0dash: the source could not start: {app.source_error}", file=sys.stderr)
+            _say(f"x0dash: the source could not start: {app.source_error}")
             return EXIT_SOURCE
+        if app.exit_signal is not None:
+            _say(f"x0dash: {app.exit_signal} received; stopped cleanly")
+            return 128 + signal.Signals[app.exit_signal].value
         return code or 0
     finally:
         provider.stop()  # idempotent; covers a crash or Ctrl-C that skipped the app's own shutdown

@@ -144,3 +144,20 @@ async def test_timeline_lines_are_never_cut(size: tuple[int, int]) -> None:
             pages.append(squeezed(region_text(app, timeline.content_region)))
         for e in report.timeline:
             assert any(squeezed(e.what) in page for page in pages), e.what
+
+
+@pytest.mark.parametrize("where", ["overview", "filter field", "drills form"])
+async def test_ctrl_c_quits(where: str) -> None:
+    # Item 7: Ctrl-C showed a toast ("press q to quit") instead of quitting, as k9s and every TUI operators use do.
+    app, update = recorded_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await feed(app, update)(pilot)
+        if where == "filter field":
+            await pilot.press("slash", "n")
+        elif where == "drills form":
+            await pilot.press("d")
+            app.screen.query_one("#duration", Input).focus()
+        await pilot.press("ctrl+c")
+        await pilot.pause(0.3)
+        assert not app.is_running
+    assert app.return_code == 0
