@@ -23,6 +23,33 @@ BASE_COLUMNS = (
     ("age", "data age"),
 )
 NOMAD_COLUMNS = (("alloc", "alloc"), ("nomad", "alloc status"), ("host", "Nomad node"))
+# What goes first when the table is too narrow (k9s style): least important first. node, health and peers stay.
+DROP_ORDER = ("address", "alloc", "rps", "age", "host", "nomad", "p99", "incidents")
+# Widths the columns need (content plus cell padding), to decide what fits before drawing.
+COLUMN_WIDTH = {
+    "node": 10,
+    "health": 13,
+    "address": 41,
+    "peers": 9,
+    "incidents": 11,
+    "rps": 8,
+    "p99": 9,
+    "age": 10,
+    "alloc": 10,
+    "nomad": 18,
+    "host": 14,
+}
+
+
+def fitting_columns(columns: Sequence[str], width: int) -> list[str]:
+    """The columns that fit in `width` cells, dropping by DROP_ORDER (pure)."""
+    kept = list(columns)
+    for victim in DROP_ORDER:
+        if sum(COLUMN_WIDTH.get(c, 10) for c in kept) <= width:
+            break
+        if victim in kept:
+            kept.remove(victim)
+    return kept
 
 
 def matches(node: NodeView, text: str) -> bool:
@@ -81,10 +108,34 @@ class NodeTable(DataTable[str | Text]):
         super().__init__(id=id, cursor_type="row", zebra_stripes=True)
         self._rows: dict[str, dict[str, str | Text]] = {}
         self._nomad = False
+        self._columns: list[str] = []
+        self._node_views: Sequence[NodeView] = ()
+        self._filter = ""
 
     def on_mount(self) -> None:
-        for key, label in BASE_COLUMNS:
-            self.add_column(label, key=key)
+        self._set_columns()
+
+    def on_resize(self) -> None:
+        if self._wanted_columns() != self._columns:
+            self._set_columns()
+            self.show(self._node_views, self._filter)
+
+    def _wanted_columns(self) -> list[str]:
+        keys = [k for k, _ in BASE_COLUMNS] + ([k for k, _ in NOMAD_COLUMNS] if self._nomad else [])
+        width = self.scrollable_content_region.width or self.size.width
+        return fitting_columns(keys, width) if width else keys
+
+    def _set_columns(self) -> None:
+        labels = dict(BASE_COLUMNS + NOMAD_COLUMNS)
+        self._columns = self._wanted_columns()
+        self.clear(columns=True)
+        self._rows = {}
+        for key in self._columns:
+            self.add_column(labels[key], key=key)
+
+    @property
+    def columns_shown(self) -> list[str]:
+        return list(self._columns)
 
     @property
     def node_ids(self) -> list[str]:
@@ -100,16 +151,13 @@ class NodeTable(DataTable[str | Text]):
             return None
 
     def show(self, nodes: Sequence[NodeView], filter_text: str = "") -> None:
+        self._node_views, self._filter = nodes, filter_text
         if not self._nomad and any(n.nomad is not None for n in nodes):
             self._nomad = True
-            for key, label in NOMAD_COLUMNS:
-                self.add_column(label, key=key)
-            for node_id in self._rows:
-                for key, _ in NOMAD_COLUMNS:
-                    self.update_cell(node_id, key, "-")
+            self._set_columns()
         wanted = [n for n in nodes if matches(n, filter_text)]
         wanted_ids = [n.id for n in wanted]
-        columns = [k for k, _ in BASE_COLUMNS] + ([k for k, _ in NOMAD_COLUMNS] if self._nomad else [])
+        columns = self._columns
         if wanted_ids != list(self._rows):
             selected = self.selected_node
             self.clear()
@@ -127,5 +175,6 @@ class NodeTable(DataTable[str | Text]):
             for c in columns:
                 value = cells.get(c, "-")
                 if not _same(old.get(c, "-"), value):
-                    self.update_cell(n.id, c, value)
+                    # update_width: a cell that grows ("● up" -> "◐ degraded") widens its column, never cut.
+                    self.update_cell(n.id, c, value, update_width=True)
             self._rows[n.id] = cells

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import pytest
 from textual.geometry import Region
 from textual.widgets import Input
@@ -161,3 +162,39 @@ async def test_ctrl_c_quits(where: str) -> None:
         await pilot.pause(0.3)
         assert not app.is_running
     assert app.return_code == 0
+
+
+LONG = (
+    "node-a: partition mesh (2/3 members reachable; the majority is 2; unreachable: node-b via every route "
+    "tried, last probe 1.2 s ago)"
+)
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_events_and_health_are_never_cut(size: tuple[int, int]) -> None:
+    # Item 8: "... majority is 2; unre" in the event log and "◐ degr" in the health column.
+    from dashboard.events import Event
+    from dashboard.messages import MeshUpdated
+    from dashboard.widgets.node_table import NodeTable
+
+    app, update = recorded_app()
+    async with app.run_test(size=size) as pilot:
+        await feed(app, update)(pilot)
+        view = update.view
+        degraded = msgspec.structs.replace(view.nodes[1], state="degraded", detail="yggdrasil: daemon not running")
+        later = msgspec.structs.replace(view, nodes=(view.nodes[0], degraded, view.nodes[2]))
+        event = Event(at=view.taken_at + 1, kind="incident", text=LONG, level="warn", node="node-a")
+        app.post_message(MeshUpdated(msgspec.structs.replace(update, view=later, events=[event])))
+        await pilot.pause()
+        log = app.screen.query_one("#events")
+        text = squeezed(region_text(app, log.content_region))
+        assert squeezed(LONG) in text, text
+        table = app.screen.query_one(NodeTable)
+        shown = region_text(app, table.content_region)
+        assert "◐ degraded" in shown, shown
+        for label in ("node", "health", "peers"):  # the important columns stay, whole
+            assert f" {label} " in f" {shown} "
+        width = size[0]
+        assert all(len(line.rstrip()) <= width for line in screen_text(app).splitlines())
+        if width < 100:
+            assert "Yggdrasil address" not in shown  # dropped first, not cut
