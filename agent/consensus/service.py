@@ -23,6 +23,7 @@ import base64
 import contextlib
 import json
 import logging
+import random
 import shutil
 import time
 import uuid
@@ -50,10 +51,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("x0.consensus")
 
 STEP_S = 0.5
-CLIENT_REFRESH_S = 2.0
+CLIENT_REFRESH_S = 5.0
 PROBE_TIMEOUT_S = 1.0
 REMOVED_GRACE_S = 5.0
 VOTERS_FILE = "voters.json"
+TARGET_KEY = "x0/raft/target"  # the leader's target voters (JSON list of node ids), for followers and clients
 
 
 class KvConflict(Exception):
@@ -104,6 +106,11 @@ class ConsensusService:
         self._seen: dict[str, float] = {}  # leader: voter address -> monotonic time last connected
         self._change: asyncio.Task[None] | None = None
         self._leaderless_since: float | None = None
+        self._removed_checked = 0.0
+        self._excluded: dict[str, float] = {}  # leader: node id -> when it was last found lost
+        self._excluded_checked = 0.0
+        self._published_target: list[str] | None = None
+        self._publishing: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._agent: AgentState | None = None
         self._http: httpx.AsyncClient | None = None
@@ -230,7 +237,10 @@ class ConsensusService:
         assert self._agent is not None
         members = self.members
         if members.members and self.node_id not in members.by_id:
-            self._set_role("client", f"this node ({self.node_id}) is not in the members file")
+            if self.engine is not None:
+                await self._check_removed(throttle=True)
+            if self.engine is None:
+                self._set_role("client", f"this node ({self.node_id}) is not in the members file")
             return
         clash = self._address_clash()
         if clash is not None and self.engine is None:
@@ -263,8 +273,16 @@ class ConsensusService:
         self._publish(st)
 
     def _learn_target_from_leader(self, st: RaftStatus) -> None:
-        # Followers keep the static target; the leader's own target (with replacements) is what /cluster of the
-        # leader shows. Nothing to do here beyond keeping a sane default.
+        """Followers show the leader's target as replicated in the store (so a client that asks any voter learns
+        it has to join), else the static one."""
+        assert self.engine is not None
+        entry, _ = self.engine.state.read(TARGET_KEY)
+        if entry is not None:
+            try:
+                self.target = [str(n) for n in json.loads(entry.value)]
+                return
+            except (ValueError, TypeError):
+                pass
         if not self.target:
             self.target = self.static_target()
 
@@ -368,11 +386,15 @@ class ConsensusService:
                 break
         return found
 
-    async def _check_removed(self) -> None:
+    async def _check_removed(self, throttle: bool = False) -> None:
         """A voter with no leader for a while: if some member reports a group with a leader that no longer
         lists this node as a voter, this node was removed: stop and become a client."""
         if self.engine is None:
             return
+        now = time.monotonic()
+        if throttle and now - self._removed_checked < CLIENT_REFRESH_S:
+            return
+        self._removed_checked = now
         me = self._self_address()
         group = await self._find_group()
         if group is None or me in group:
@@ -401,9 +423,21 @@ class ConsensusService:
             for a in config
             if a != self.engine.address and a in by_addr and now - self._seen[a] > self.settings.raft_replace_after
         }
+        # A voter dropped for being lost stays out of the target until its agent answers again (else the
+        # target would name it again as soon as it left the configuration, and nobody would replace it).
+        for n in lost:
+            self._excluded[n] = now
+        if self._excluded and now - self._excluded_checked > CLIENT_REFRESH_S:
+            self._excluded_checked = now
+            for n in [n for n in self._excluded if n not in lost]:
+                if await self._answers(n):
+                    del self._excluded[n]
         order = self.order() if self.members.members else [self.node_id]
-        target = vt.target_voters(order, self.voter_target_count(), exclude=lost)
+        current = [by_addr.get(a, a) for a in config]
+        target = vt.sticky_target(order, current, self.voter_target_count(), lost | set(self._excluded))
         self.target = target
+        if target != self._published_target and (self._publishing is None or self._publishing.done()):
+            self._publishing = asyncio.get_running_loop().create_task(self._publish_target(list(target)))
         if self._change is not None and not self._change.done():
             return
         if self.node_id not in target:
@@ -428,6 +462,13 @@ class ConsensusService:
         if extra and not missing:
             self._spawn_change("remove", extra[0], by_addr.get(extra[0], extra[0]))
 
+    async def _publish_target(self, target: list[str]) -> None:
+        try:
+            await self.put(TARGET_KEY, json.dumps(target).encode())
+            self._published_target = target
+        except (RaftUnavailable, KvConflict, KvFull) as exc:
+            log.debug("could not publish the voter target: %s", exc)
+
     def _spawn_change(self, op: str, address: str, node_id: str) -> None:
         assert self.engine is not None
         engine = self.engine
@@ -445,6 +486,15 @@ class ConsensusService:
         log.warning("raft membership: %s voter %s (%s)", op, node_id, address)
         self._change = asyncio.get_running_loop().create_task(change(), name=f"x0-raft-{op}-{node_id}")
 
+    async def _answers(self, node_id: str) -> bool:
+        url = self._url(node_id)
+        if url is None or self._http is None:
+            return False
+        try:
+            return (await self._http.get(f"{url}/cluster")).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     async def _is_joining(self, node_id: str) -> bool:
         url = self._url(node_id)
         if url is None or self._http is None:
@@ -459,11 +509,15 @@ class ConsensusService:
 
     async def _refresh_client(self, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self._client_refresh < CLIENT_REFRESH_S:
+        # Every step while the leader is unknown (the group is forming or electing), else every 5 s.
+        period = CLIENT_REFRESH_S if self.leader_id is not None else 0.0
+        if not force and now - self._client_refresh < period:
             return
         self._client_refresh = now
-        candidates = [self.leader_id] if self.leader_id else []
-        candidates += [n for n in self.client_voters if n not in candidates]
+        # Any voter knows the leader: ask them in random order so clients spread over the voters instead of all
+        # polling the leader (a 500-node mesh: ~100 requests/s over 5 voters at this period).
+        candidates = [n for n in self.client_voters if n != self.node_id]
+        random.shuffle(candidates)
         candidates += [n for n in self.static_target() if n not in candidates and n != self.node_id]
         for node_id in candidates:
             url = self._url(node_id)

@@ -48,6 +48,18 @@ def target_voters(order: Sequence[str], count: int, exclude: Iterable[str] = ())
     return [n for n in order if n not in skip][:count]
 
 
+def sticky_target(order: Sequence[str], current: Iterable[str], count: int, lost: Iterable[str] = ()) -> list[str]:
+    """The voters the leader steers to: current voters stay (so a voter that comes back after being replaced
+    does not displace its replacement), lost ones go, the group is filled from `order` or trimmed from its end."""
+    skip = set(lost)
+    members = set(order)
+    now = set(current)
+    keep = [n for n in order if n in now and n not in skip][:count]
+    fill = [n for n in order if n not in now and n not in skip]
+    chosen = set(keep + fill[: max(0, count - len(keep))])
+    return [n for n in order if n in chosen and n in members]
+
+
 def raft_address(member: Member, port: int) -> str:
     """host:port of the member's Raft listener (contracts §2): explicit, else overlay address, else the agent
     URL's host. IPv6 literals are written without brackets (pysyncobj splits on the last ':')."""

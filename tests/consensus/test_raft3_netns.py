@@ -108,7 +108,7 @@ def test_writes_on_any_node_are_read_back_on_every_node(run: Run) -> None:
 def test_bad_keys_sizes_and_tokens_are_refused_and_change_nothing(run: Run) -> None:
     url = run.mesh.node("node-b").agent_url
     h = auth(run.mesh)
-    before = replica(run.http, run.mesh, "node-a", "")
+    before = replica(run.http, run.mesh, "node-a", "t/")
     cases = [
         (run.http.put(f"{url}/kv/bad key", content=b"x", headers=h), 400, "invalid key"),
         (run.http.put(f"{url}/kv/{'k' * 513}", content=b"x", headers=h), 400, "512"),
@@ -123,7 +123,7 @@ def test_bad_keys_sizes_and_tokens_are_refused_and_change_nothing(run: Run) -> N
     for r, status, words in cases:
         assert r.status_code == status, (r.request.method, r.request.url, r.status_code, r.text)
         assert words in r.json()["detail"], r.text
-    assert replica(run.http, run.mesh, "node-a", "") == before
+    assert replica(run.http, run.mesh, "node-a", "t/") == before
     # The limit itself is allowed.
     assert run.write("node-c", key="t/exactly-64k").status_code == 200
     r = put(run.http, run.mesh, "node-a", "t/exactly-64k", b"y" * 64 * 1024)

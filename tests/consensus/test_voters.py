@@ -45,3 +45,18 @@ def test_raft_address_prefers_explicit_then_overlay_then_underlay() -> None:
     assert raft_address(_m("a", raft_address="[200::1]:9000"), 8082) == "200::1:9000"
     assert raft_address(_m("a", address="200::2"), 8082) == "200::2:8082"
     assert raft_address(_m("abc"), 8082) == "10.0.0.3:8082"
+
+
+def test_sticky_target_keeps_current_voters_and_fills_in_order() -> None:
+    from agent.consensus.voters import sticky_target
+
+    order = ["c", "a", "e", "b", "d", "f", "g"]
+    assert sticky_target(order, [], 5) == ["c", "a", "e", "b", "d"]
+    # "a" lost: replaced by the next in order; once back it does not displace "f".
+    assert sticky_target(order, ["c", "a", "e", "b", "d"], 5, lost={"a"}) == ["c", "e", "b", "d", "f"]
+    assert sticky_target(order, ["c", "e", "b", "d", "f"], 5) == ["c", "e", "b", "d", "f"]
+    # Shrink 5 -> 3 trims from the end of the order; grow 3 -> 5 fills from it.
+    assert sticky_target(order, ["c", "a", "e", "b", "d"], 3) == ["c", "a", "e"]
+    assert sticky_target(order, ["c", "a", "e"], 5) == ["c", "a", "e", "b", "d"]
+    # A member gone from the file is no longer a voter.
+    assert sticky_target(["c", "a", "e"], ["c", "a", "e", "b", "d"], 5) == ["c", "a", "e"]

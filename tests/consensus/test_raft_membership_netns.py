@@ -1,0 +1,199 @@
+"""Membership on live netns meshes: 5 -> 3 -> 5 voters as the members file shrinks and grows (the way Nomad's
+template rewrites it), and on 7 nodes (5 voters, 2 forwarding clients) the loss of a voter for good, replaced
+by the next member. Every acknowledged write survives; no term ever has two leaders."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+
+from agent.localmesh import LocalMesh, MeshOptions
+from tests.consensus.support import (
+    client,
+    cluster,
+    put,
+    replica,
+    views,
+    voters_of,
+    wait_converged,
+    wait_leader,
+)
+from tests.localmesh.support import wait_until
+
+pytestmark = [pytest.mark.root, pytest.mark.yggdrasil, pytest.mark.slow]
+
+
+@dataclass
+class Watch:
+    """A writer and an observer running while membership changes: acknowledged writes, leaders per term."""
+
+    mesh: LocalMesh
+    writer_nodes: list[str]
+    acked: dict[str, bytes] = field(default_factory=dict)
+    statuses: list[int] = field(default_factory=list)
+    leaders: dict[int, set[str]] = field(default_factory=dict)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> Iterator[None]:
+        def write() -> None:
+            with client() as c:
+                i = 0
+                while not self.stop.is_set():
+                    i += 1
+                    node = self.writer_nodes[i % len(self.writer_nodes)]
+                    key, value = f"w/{i:05d}", f"{node}:{i}".encode()
+                    try:
+                        r = put(c, self.mesh, node, key, value)
+                    except httpx.HTTPError:
+                        continue
+                    self.statuses.append(r.status_code)
+                    if r.status_code == 200:
+                        self.acked[key] = value
+                    time.sleep(0.05)
+
+        def observe() -> None:
+            with client() as c:
+                while not self.stop.is_set():
+                    for n in self.mesh.node_ids:
+                        try:
+                            v = cluster(c, self.mesh, n)
+                        except httpx.HTTPError:
+                            continue
+                        if v["role"] == "leader":
+                            self.leaders.setdefault(v["term"], set()).add(n)
+                    time.sleep(0.1)
+
+        threads = [threading.Thread(target=write), threading.Thread(target=observe)]
+        for t in threads:
+            t.start()
+        try:
+            yield
+        finally:
+            self.stop.set()
+            for t in threads:
+                t.join(10)
+
+    def check(self, c: httpx.Client, voters: list[str]) -> None:
+        two = {t: ls for t, ls in self.leaders.items() if len(ls) > 1}
+        assert not two, f"two leaders in one term: {two}"
+        held = wait_converged(c, self.mesh, voters, "w/", 30)
+        missing = [k for k in self.acked if k not in held]
+        assert not missing, f"acknowledged writes lost: {missing[:10]}"
+        assert self.acked, "no write was acknowledged while membership changed"
+
+
+def _write_members(mesh: LocalMesh, keep: list[str], original: dict) -> None:
+    doc = dict(original)
+    doc["members"] = [m for m in original["members"] if m["node_id"] in keep]
+    doc["links"] = [pair for pair in original["links"] if pair[0] in keep and pair[1] in keep]
+    assert mesh.members_path is not None
+    tmp = mesh.members_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc))
+    tmp.replace(mesh.members_path)
+
+
+@pytest.fixture(scope="module")
+def mesh5(
+    require_root: None, require_yggdrasil: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalMesh]:
+    with LocalMesh(MeshOptions(nodes=5, mode="netns", run_dir=tmp_path_factory.mktemp("raft5"))) as mesh:
+        yield mesh
+
+
+def test_5_to_3_to_5_voters_without_losing_a_write_or_two_leaders_in_a_term(mesh5: LocalMesh) -> None:
+    mesh = mesh5
+    with client() as c:
+        leader = wait_leader(c, mesh, mesh.node_ids, 10)
+        assert voters_of(c, mesh, leader) == sorted(mesh.node_ids)
+        assert mesh.members_path is not None
+        original = json.loads(mesh.members_path.read_text())
+        # Keep the leader and two others: the two that leave are followers.
+        keep = [leader, *[n for n in mesh.node_ids if n != leader][:2]]
+        gone = [n for n in mesh.node_ids if n not in keep]
+        watch = Watch(mesh, writer_nodes=keep)
+        runner = watch.run()
+        next(runner)
+        try:
+            _write_members(mesh, keep, original)
+            wait_until("3 voters", lambda: voters_of(c, mesh, wait_leader(c, mesh, keep, 10)) == sorted(keep), 30)
+            wait_until(
+                "the members that left stop voting",
+                lambda: all(cluster(c, mesh, n)["role"] == "client" for n in gone),
+                30,
+            )
+            _write_members(mesh, mesh.node_ids, original)
+            wait_until(
+                "5 voters again",
+                lambda: voters_of(c, mesh, wait_leader(c, mesh, mesh.node_ids, 10)) == sorted(mesh.node_ids),
+                45,
+            )
+        finally:
+            next(runner, None)
+        watch.check(c, mesh.node_ids)
+        ok = watch.statuses.count(200)
+        assert ok >= 0.8 * len(watch.statuses), f"{ok} of {len(watch.statuses)} writes acknowledged"
+
+
+@pytest.fixture(scope="module")
+def mesh7(
+    require_root: None, require_yggdrasil: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalMesh]:
+    opts = MeshOptions(
+        nodes=7,
+        mode="netns",
+        run_dir=tmp_path_factory.mktemp("raft7"),
+        agent_env={"X0_RAFT_REPLACE_AFTER": "3"},
+    )
+    with LocalMesh(opts) as mesh:
+        yield mesh
+
+
+def test_7_nodes_5_voters_2_clients_forward_and_a_lost_voter_is_replaced(mesh7: LocalMesh) -> None:
+    mesh = mesh7
+    formed = time.monotonic()
+    with client() as c:
+        leader = wait_leader(c, mesh, mesh.node_ids, 3.0)
+        assert time.monotonic() - formed <= 3.5
+        voters = voters_of(c, mesh, leader)
+        clients = [n for n in mesh.node_ids if n not in voters]
+        assert len(voters) == 5 and len(clients) == 2
+        for n in clients:
+            view = cluster(c, mesh, n)
+            assert view["role"] == "client" and view["leader_id"] == leader
+            assert put(c, mesh, n, f"w/client-{n}", n.encode()).status_code == 200
+            r = c.get(f"{mesh.node(n).agent_url}/kv/w/client-{n}")
+            assert r.status_code == 200 and r.json()["stale"] is False
+        victim = next(v for v in voters if v != leader)
+        watch = Watch(mesh, writer_nodes=[*clients, leader])
+        runner = watch.run()
+        next(runner)
+        try:
+            mesh.stop_node(victim)
+            survivors = [n for n in mesh.node_ids if n != victim]
+
+            def replaced() -> bool:
+                lead = wait_leader(c, mesh, [v for v in voters if v != victim], 10)
+                now = voters_of(c, mesh, lead)
+                return victim not in now and len(now) == 5
+
+            try:
+                wait_until("the lost voter replaced by the next member", replaced, 40)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}: {views(c, mesh, survivors)}") from None
+        finally:
+            next(runner, None)
+        lead = wait_leader(c, mesh, survivors, 10)
+        new_voters = voters_of(c, mesh, lead)
+        assert len(set(new_voters) & set(clients)) == 1
+        watch.check(c, new_voters)
+        # The lost node comes back as a client: it does not displace its replacement.
+        mesh.start_node(victim)
+        wait_until("the returning node forwards", lambda: cluster(c, mesh, victim)["role"] == "client", 30)
+        assert voters_of(c, mesh, wait_leader(c, mesh, survivors, 10)) == new_voters
+        assert replica(c, mesh, new_voters[0], "w/client-")
