@@ -48,6 +48,8 @@ REQUIRED_ALERTS = {
     "heal failing": "X0HealFailing",
     "agent API p99 high": "X0AgentApiLatencyHigh",
     "drill SLO breach": "X0DrillSloBreach",
+    "no Raft leader": "X0NoLeader",
+    "Raft quorum at risk": "X0RaftQuorumAtRisk",
 }
 # <nomad_sd_config> fields (reference/nomad.md §4) plus the <http_config> ones we might need.
 NOMAD_SD_FIELDS = {
