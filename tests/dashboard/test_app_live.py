@@ -224,7 +224,9 @@ def test_headless_blackhole_and_refusals(mesh: object, tmp_path: Path) -> None:
         timeout=150,
     )
     report = from_json(out.stdout)
-    assert out.returncode == (0 if report.passed else 1), out.stderr
+    # The SLOs are loose (10 s / 20 s): a 3-node mesh heals well within them, so the drill passes and exits 0
+    # (the strict case below is the one that must fail).
+    assert (out.returncode, report.passed, report.failures) == (0, True, []), out.stderr
     check_measured_from_records(report, mesh)
     assert (tmp_path / "r.md").read_text().startswith("# Drill blackhole on node-b:")
     assert len(list(tmp_path.glob("drill-*-blackhole-node-b.json"))) == 1

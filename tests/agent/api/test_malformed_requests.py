@@ -21,6 +21,7 @@ class Agent:
     def __init__(self, mesh: LocalMesh) -> None:
         node = mesh.node("node-a")
         self.url, self.port, self.log_path = node.agent_url, node.agent_port, node.log_path
+        self.token = mesh.api_token
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -92,17 +93,36 @@ def test_malformed_requests_never_get_a_500(agent: Agent) -> None:
             b"\xff\xfe\x00",
             b"x" * 200_000,
         ]
+        assert mutating, "no mutating route in the OpenAPI document"
+        codes: dict[str, set[int]] = {}
         for method, path in mutating:
             concrete = path.replace("{", "").replace("}", "")  # path params as literal garbage
+            # The guard first: a wrong token is refused before the body is read (so the bodies below carry the
+            # real one, or they would never reach a parser).
+            r = c.request(method, concrete, content=b"{", headers={"authorization": "Bearer nope"})
+            assert r.status_code == 401, f"{method} {path} with a wrong token: {r.status_code}"
             for body in bodies:
                 for ctype in ["application/json", "text/plain", "multipart/form-data; boundary=x"]:
+                    what = f"{method} {path} {ctype} {body[:20]!r}"
                     r = c.request(
                         method,
                         concrete,
                         content=body,
-                        headers={"content-type": ctype, "authorization": "Bearer nope"},
+                        headers={"content-type": ctype, "authorization": f"Bearer {agent.token}"},
                     )
-                    check(r, f"{method} {path} {ctype} {body[:20]!r}")
+                    check(r, what)
+                    assert r.status_code not in (401, 403), f"{what}: the real token was refused"
+                    codes.setdefault(f"{method} {path}", set()).add(r.status_code)
+        # A route that declares a JSON body parsed every one of these and refused it as malformed (none is a valid
+        # request); one that takes no body (or raw bytes, /kv) only had to stay below 500.
+        parsed = [
+            f"{m} {p}"
+            for m, p in mutating
+            if "application/json" in (spec["paths"][p][m.lower()].get("requestBody") or {}).get("content", {})
+        ]
+        assert parsed, "no route declares a JSON body: the parser checks below would test nothing"
+        for route in parsed:
+            assert 400 in codes[route] and codes[route] <= {400, 413, 415}, (route, codes[route])
         # odd headers
         check(c.get("/health", headers={"host": "bad host\\name"}), "bad host")
         check(c.get("/health", headers={"x-junk": "y" * 6000}), "big header")

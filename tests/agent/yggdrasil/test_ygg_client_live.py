@@ -124,8 +124,23 @@ async def test_routing_tables(nodes: dict[str, Node]) -> None:
             if route.key == nodes["b"].ident.public_key
             else route.next_hop_port in ports
         )
-    assert isinstance(await client.get_paths(), list)
-    assert isinstance(await client.get_sessions(), list)
+    # A remote call b -> a makes a path and a session to a (reference: getSessions); a is b's direct peer.
+    a = nodes["a"].ident
+    slow = AdminClient(nodes["b"].admin, timeout=8.0)
+    for _ in range(3):  # the daemon answers "Timed out waiting for response" until it can route to a
+        try:
+            await slow.call("getNodeInfo", {"key": a.public_key})
+            break
+        except AdminCommandError:
+            continue
+    else:
+        raise AssertionError("b never reached a with getNodeInfo")
+    (link,) = [p for p in await client.get_peers() if p.key == a.public_key]
+    sessions = [r for r in await client.get_sessions() if r.key == a.public_key]
+    assert [(r.kind, r.address) for r in sessions] == [("session", a.address)]
+    assert sessions[0].bytes_recvd is not None and sessions[0].bytes_recvd > 0
+    paths = [r for r in await client.get_paths() if r.key == a.public_key]
+    assert [(r.kind, r.address, r.next_hop_port) for r in paths] == [("path", a.address, link.port)]
     with pytest.raises(AdminCommandError) as info:
         await client.get_tree()  # a 0.5 command
     assert info.value.kind == "unknown_command"

@@ -304,7 +304,10 @@ def test_runs_inside_a_network_namespace(
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
         daemon = make_daemon(require_yggdrasil, run_dir, "ns", daemons, netns=ns)
-        assert daemon.command()[:4] == [daemon.command()[0], "netns", "exec", ns]
+        cmd = daemon.command()
+        assert Path(cmd[0]).name == "ip" and os.access(cmd[0], os.X_OK), cmd
+        assert cmd[1:4] == ["netns", "exec", ns], cmd
+        assert Path(cmd[4]).name == "yggdrasil" and cmd[5:] == ["-useconffile", str(daemon.config_path)], cmd
         daemon.start()
         daemon.wait_ready(10)
         pid = daemon.pid
