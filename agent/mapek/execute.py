@@ -107,10 +107,12 @@ class Executor:
         try:
             await asyncio.sleep(seconds)
         finally:
-            with contextlib.suppress(NftError, FaultUnavailable):
-                await asyncio.to_thread(self.nft.delete_table, faults.hold_table(member))
+            # Only the member's current hold lifts the table: a hold replaced by a newer one (same table) is
+            # cancelled and must leave the newer one in place.
             if self._holds.get(member) is asyncio.current_task():
                 del self._holds[member]
+                with contextlib.suppress(NftError, FaultUnavailable):
+                    await asyncio.to_thread(self.nft.delete_table, faults.hold_table(member))
 
     async def aclose(self) -> None:
         """Lift every hold now (agent stopping)."""

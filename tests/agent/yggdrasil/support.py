@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 @contextmanager
@@ -26,3 +29,63 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# A responder gets (request dict, writer) and writes whatever it wants; returning False closes the connection.
+Responder = Callable[[dict[str, Any], asyncio.StreamWriter], Awaitable[bool | None]]
+
+
+class FakeAdmin:
+    """A unix-socket server speaking (or mis-speaking) the admin protocol."""
+
+    def __init__(self, path: str, responder: Responder) -> None:
+        self.path = path
+        self.responder = responder
+        self.connections = 0
+        self.requests: list[dict[str, Any]] = []
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+
+    @property
+    def endpoint(self) -> str:
+        return f"unix://{self.path}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_unix_server(self._handle, self.path)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for task in list(self._handlers):
+                task.cancel()
+            await asyncio.gather(*self._handlers, return_exceptions=True)
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        self.connections += 1
+        decoder = json.JSONDecoder()
+        buf = ""
+        try:
+            while True:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    return
+                buf += chunk.decode()
+                while buf.strip():
+                    try:
+                        req, end = decoder.raw_decode(buf.lstrip())
+                    except json.JSONDecodeError:
+                        break
+                    buf = buf.lstrip()[end:]
+                    self.requests.append(req)
+                    if await self.responder(req, writer) is False:
+                        return
+        except (asyncio.CancelledError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+            self._handlers.discard(task)

@@ -4,10 +4,13 @@ error within the timeout. Also replays the 0.5 fixtures, since no 0.5 daemon can
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import json
 import os
 import socket
 import time
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,7 @@ from agent.yggdrasil.errors import (
     AdminTimeout,
     AdminUnavailable,
 )
-from tests.agent.yggdrasil.support import short_tmp_dir
+from tests.agent.yggdrasil.support import FakeAdmin, Responder, short_tmp_dir
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "yggdrasil"
 V047 = FIXTURES / "0.4.7"
@@ -30,65 +33,6 @@ V05 = FIXTURES / "0.5"
 TIMEOUT = 0.5
 # Scheduling noise on a shared 2-core machine; the bound under test is TIMEOUT.
 MARGIN = 0.5
-
-# A responder gets (request dict, writer) and writes whatever it wants; returning False closes the connection.
-Responder = Callable[[dict[str, Any], asyncio.StreamWriter], Awaitable[bool | None]]
-
-
-class FakeAdmin:
-    """A unix-socket server speaking (or mis-speaking) the admin protocol."""
-
-    def __init__(self, path: str, responder: Responder) -> None:
-        self.path = path
-        self.responder = responder
-        self.connections = 0
-        self.requests: list[dict[str, Any]] = []
-        self._server: asyncio.Server | None = None
-        self._handlers: set[asyncio.Task[None]] = set()
-
-    @property
-    def endpoint(self) -> str:
-        return f"unix://{self.path}"
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_unix_server(self._handle, self.path)
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            for task in list(self._handlers):
-                task.cancel()
-            await asyncio.gather(*self._handlers, return_exceptions=True)
-            await self._server.wait_closed()
-            self._server = None
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
-        self.connections += 1
-        decoder = json.JSONDecoder()
-        buf = ""
-        try:
-            while True:
-                chunk = await reader.read(65536)
-                if not chunk:
-                    return
-                buf += chunk.decode()
-                while buf.strip():
-                    try:
-                        req, end = decoder.raw_decode(buf.lstrip())
-                    except json.JSONDecodeError:
-                        break
-                    buf = buf.lstrip()[end:]
-                    self.requests.append(req)
-                    if await self.responder(req, writer) is False:
-                        return
-        except (asyncio.CancelledError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-            self._handlers.discard(task)
 
 
 def fixture_bytes(path: Path) -> bytes:
@@ -488,8 +432,44 @@ async def test_cancelled_call_leaves_no_half_read_stream(
     assert server.connections == 2
 
 
-def test_no_leftover_sockets(sock_dir: Path) -> None:
-    assert os.listdir(sock_dir) == []
+def open_sockets() -> int:
+    """Sockets this process holds open (client and server ends alike)."""
+    fds = Path("/proc/self/fd")
+    count = 0
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):
+            count += os.readlink(fd).startswith("socket:")
+    return count
+
+
+async def test_calls_leave_no_connection_open(serve: Callable[[Responder], Awaitable[FakeAdmin]]) -> None:
+    """Every call, session and failed call closes its connection itself: none is kept, none is left for the
+    garbage collector to close (it warns "unclosed transport"). The agent polls forever; a leaked connection a
+    tick would exhaust its descriptors."""
+    server = await serve(replay(V047_FILES))
+    before = open_sockets()
+    slow = await serve(never_answer)
+    client, stuck = AdminClient(server.endpoint, TIMEOUT), AdminClient(slow.endpoint, 0.2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for _ in range(5):
+            await client.snapshot()
+            with pytest.raises(AdminCommandError):
+                await client.add_peer("tls://10.0.0.1:1")
+            async with client.session() as s:
+                await s.get_peers()
+                await s.get_self()
+            with pytest.raises(AdminTimeout):
+                await stuck.get_self()
+        gc.collect()
+    assert server.connections >= 15 and slow.connections == 5
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+    await slow.stop()  # its handlers still sleep on their connections (the daemon side of a hang)
+    for _ in range(100):  # the fake's own ends close once it reads the client's EOF
+        if open_sockets() == before:
+            break
+        await asyncio.sleep(0.02)
+    assert open_sockets() == before
 
 
 @pytest.mark.parametrize(
