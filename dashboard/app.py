@@ -16,6 +16,7 @@ import signal
 import sys
 import termios
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from dashboard.background import BackgroundLoop
 from dashboard.drills.engine import DrillEngine, DrillPlan, DrillRefused, DrillStep
 from dashboard.drills.report import DEFAULT_REPORTS_DIR, save
 from dashboard.drills.scoring import SLO, DrillReport
+from dashboard.events import Event
 from dashboard.history import SessionHistory
 from dashboard.messages import DrillFinished, DrillStepped, MeshUpdated, SourceFailed
 from dashboard.models import AgentData, MeshView
@@ -39,6 +41,7 @@ from dashboard.screens.node_detail import NodeDetailScreen
 from dashboard.screens.overview import OverviewScreen
 from dashboard.screens.source_error import SourceErrorScreen
 from dashboard.session import MeshSession
+from dashboard.wire import Drill
 
 STYLES = Path(__file__).parent / "styles"
 CHANGE_COALESCE_S = 0.2  # least time between two poll cycles (or the interval if shorter), also on source changes
@@ -90,6 +93,8 @@ class X0Dash(App[int]):
         self.view: MeshView | None = None
         self.agents: dict[str, AgentData] = {}  # copies handed over with each update (UI thread only)
         self.history = SessionHistory()
+        self.recent_events: deque[Event] = deque(maxlen=2000)  # what the event log got (a drill elsewhere's steps)
+        self._drills_were_active = False
         self.status_note: str | None = "starting the source…"
         self.source_error: str | None = None
         self.drill_steps: list[DrillStep] = []
@@ -141,6 +146,11 @@ class X0Dash(App[int]):
         self.view = message.update.view
         self.agents = message.update.agents or self.agents
         self.history.record(message.update.view)
+        self.recent_events.extend(message.update.events)
+        active = bool(message.update.view.active_drills)
+        if active or self._drills_were_active or self.engine.running is not None:
+            self._drill_changed()  # the drills screen follows a drill started elsewhere, too (and its end)
+        self._drills_were_active = active
         for screen in self.screen_stack:
             if isinstance(screen, MeshScreen):
                 screen.receive(message.update)
@@ -185,10 +195,27 @@ class X0Dash(App[int]):
 
     # ------------------------------------------------------------------------------------------------ queries
     @property
+    def external_drills(self) -> list[Drill]:
+        """Drills running on the agents that this x0dash did not start (another x0dash, headless, POST /drills)."""
+        view = self.view
+        if view is None:
+            return []
+        own = self.session.poller.own_drills
+        return [d for d in view.active_drills if d.id not in own]
+
+    @property
     def drill_banner(self) -> str | None:
         plan = self.engine.running
         if plan is None:
-            return None
+            others = self.external_drills
+            if not others:
+                return None
+            d = others[0]
+            more = f" (+{len(others) - 1} more)" if len(others) > 1 else ""
+            return (
+                f"{d.kind} on {d.node_id} ({d.duration_s:g} s) t+{max(0.0, self.clock() - d.started_at):.0f} s, "
+                f"started elsewhere{more}"
+            )
         started = next((s.at - (s.t_s or 0.0) for s in self.drill_steps if s.t_s is not None), None)
         since = f" t+{self.clock() - started:.0f} s" if started is not None else " preparing"
         return f"{plan.kind} on {plan.target} ({plan.duration_s} s){since}"

@@ -107,6 +107,46 @@ def incident_event(observer: str, inc: wire.Incident, what: str) -> Event:
     )
 
 
+def drill_events(node_id: str, before: wire.DrillList | None, now: wire.DrillList, own: set[str]) -> list[Event]:
+    """What changed in an agent's drills since the last look: started, and ended (reverted/aborted/failed). The
+    first look reports only the running ones (the past is history, not news); drills this x0dash runs itself
+    (`own`) are told by its own steps."""
+    known_active = {d.id for d in before.active} if before is not None else set()
+    known_past = {d.id for d in before.past} if before is not None else None
+    events: list[Event] = []
+    for d in now.active:
+        if d.id not in known_active and d.id not in own:
+            events.append(
+                Event(
+                    at=d.started_at,
+                    kind="drill",
+                    node=node_id,
+                    level="warn",
+                    text=f"drill {d.kind} on {d.node_id} started (id {d.id}, {d.duration_s:g} s): {d.detail}",
+                )
+            )
+    if known_past is not None:
+        for d in now.past:
+            if d.id in known_past or d.id in own:
+                continue
+            took = (d.reverted_at or d.ends_at) - d.started_at
+            events.append(
+                Event(
+                    at=d.reverted_at or d.ends_at,
+                    kind="drill",
+                    node=node_id,
+                    level="error" if d.state == "failed" else "ok",
+                    text=f"drill {d.kind} on {d.node_id} {d.state} after {took:.1f} s (id {d.id})",
+                )
+            )
+    return events
+
+
+def step_event(at: float, what: str, level: Level, node: str | None) -> Event:
+    """A step of a drill this x0dash runs, for the event log (the README promises them there)."""
+    return Event(at=at, kind="drill", node=node, level=level, text=f"drill: {what}")
+
+
 def action_event(observer: str, act: wire.Action) -> Event:
     level: Level = {"ok": "ok", "failed": "error"}.get(act.outcome, "info")
     why = f": {act.reason}" if act.reason else ""

@@ -57,6 +57,7 @@ class AgentData(msgspec.Struct, kw_only=True):
     endpoint_errors: dict[str, str] = {}  # endpoint -> error of the last poll (health may be fine)
     rtt_ms: float | None = None  # /health round trip as seen from the dashboard
     cursor: float | None = None  # agent clock: newest incident/action time seen, for `since=` queries
+    drills: wire.DrillList | None = None  # the agent's own drills (GET /drills), whoever started them
 
 
 class NodeView(msgspec.Struct, kw_only=True, frozen=True):
@@ -106,6 +107,9 @@ class MeshView(msgspec.Struct, kw_only=True, frozen=True):
     nodes: tuple[NodeView, ...]
     links: tuple[LinkView, ...]
     warnings: tuple[str, ...] = ()
+    # Drills running on the agents right now, whoever started them (this x0dash, another one, a headless run, a
+    # plain POST /drills): the header's banner shows them all.
+    active_drills: tuple[wire.Drill, ...] = ()
 
     @property
     def nodes_total(self) -> int:
@@ -331,6 +335,12 @@ def merge(
         nodes=tuple(_with_link_counts(nodes, links)),
         links=tuple(links),
         warnings=tuple(snapshot.warnings),
+        active_drills=tuple(
+            d
+            for node_id, agent in sorted(agents.items())
+            if node_id in targets and agent.drills is not None and "drills" not in agent.endpoint_errors
+            for d in agent.drills.active
+        ),
     )
 
 

@@ -18,7 +18,7 @@ import msgspec
 
 from dashboard import wire
 from dashboard.agent_client import AgentClient, AgentError
-from dashboard.events import Event, action_event, incident_event
+from dashboard.events import Event, action_event, drill_events, incident_event
 from dashboard.models import AgentData, absorb_actions, absorb_incidents
 from dashboard.promtext import parse_metrics
 from dashboard.providers.base import NodeTarget
@@ -64,6 +64,7 @@ class Poller:
         self.urgent = False
         self.agents: dict[str, AgentData] = {}
         self.detail_nodes: set[str] = set()  # nodes whose routes are fetched too (someone is looking)
+        self.own_drills: set[str] = set()  # drill ids this session runs: its engine tells their steps itself
         self.cycles = 0
         self._lock = asyncio.Lock()
 
@@ -120,6 +121,7 @@ class Poller:
         if with_records:
             calls["incidents"] = c.incidents(url, since)
             calls["actions"] = c.actions(url, since)
+            calls["drills"] = c.drills(url)  # drills started anywhere (another x0dash, headless, POST /drills)
         if with_metrics:
             calls["metrics"] = c.metrics_text(url)
         if with_routes:
@@ -170,6 +172,9 @@ class Poller:
         events.extend(incident_event(data.node_id, inc, what) for inc, what in absorb_incidents(data, incidents))
         if "actions" in replies and not isinstance(replies["actions"], AgentError):
             events.extend(action_event(data.node_id, a) for a in absorb_actions(data, replies["actions"]))
+        if "drills" in replies and not isinstance(replies["drills"], AgentError):
+            events.extend(drill_events(data.node_id, data.drills, replies["drills"], self.own_drills))
+            data.drills = replies["drills"]
         return events
 
     async def _timed_health(self, url: str) -> tuple[wire.Health, float]:

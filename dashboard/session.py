@@ -66,6 +66,7 @@ class MeshSession:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Event | None = None  # set by the source's change listener, cleared per refresh
         self.source_changes = 0  # change notifications received (diagnostics, tests)
+        self._pending_events: list[Event] = []  # told between polls (drill steps), handed out with the next update
 
     async def start(self) -> None:
         """Start the provider (may raise ProviderError, after cleaning up what it started)."""
@@ -107,6 +108,10 @@ class MeshSession:
             return False
         return True
 
+    def add_event(self, event: Event) -> None:
+        """An event for the log that no poll produces (a drill step); it goes out with the next update."""
+        self._pending_events.append(event)
+
     async def close(self) -> None:
         await self.client.aclose()
         # stop() is also due after a failed start: the provider may have half-started something.
@@ -144,7 +149,8 @@ class MeshSession:
                 poll_duration_s=poll.duration_s,
                 down_after=self.down_after,
             )
-            events = view_events(self.view, view) + poll.events
+            events = view_events(self.view, view) + poll.events + self._pending_events
+            self._pending_events = []
             events.sort(key=lambda e: e.at)
             self.view = view
             update = MeshUpdate(

@@ -35,6 +35,7 @@ from dashboard.drills.scoring import (
     score,
     steady_state,
 )
+from dashboard.events import step_event
 from dashboard.models import MeshView, NodeView
 from dashboard.nomad.view import AGENT_TASK
 from dashboard.providers.base import SOURCE_DRILL_KINDS, DrillKind, NomadPlacement, ProviderError
@@ -178,6 +179,7 @@ class DrillEngine:
     ) -> None:
         at = self.clock() if at is None else at
         step = DrillStep(at=at, t_s=None if self._t0 is None else at - self._t0, what=what, level=level, node=node)
+        self.session.add_event(step_event(at, what, level, node))
         for listener in list(self.listeners):
             listener(step)
 
@@ -484,6 +486,7 @@ class DrillEngine:
         agent_kind = "kill-daemon" if plan.kind == "node-loss" else plan.kind
         try:
             drill = await client.start_drill(url, agent_kind, plan.duration_s)
+            self.session.poller.own_drills.add(drill.id)  # its steps are ours; the poll need not announce it
         except AgentError as exc:
             raise DrillRefused(f"{plan.target} refused the {agent_kind} drill: {exc.detail}") from exc
         return FaultWindow(

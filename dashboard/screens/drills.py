@@ -42,7 +42,7 @@ from dashboard.screens.base import MeshScreen
 from dashboard.screens.confirm import ConfirmDrillScreen
 from dashboard.session import MeshUpdate
 from dashboard.widgets.fields import NumberField
-from dashboard.widgets.timeline import DrillTimeline, rows_from_report, rows_from_steps
+from dashboard.widgets.timeline import DrillTimeline, rows_from_events, rows_from_report, rows_from_steps
 
 KIND_LABELS = {
     "blackhole": "blackhole",
@@ -198,6 +198,15 @@ class DrillScreen(MeshScreen):
                     "bold red",
                 )
             )
+        elif dash.external_drills:
+            d = dash.external_drills[0]
+            status.update(
+                Text(
+                    f"running elsewhere: {d.kind} on {d.node_id} for {d.duration_s:g} s (drill {d.id}); its steps "
+                    "are what the agents record",
+                    "bold red",
+                )
+            )
         elif dash.last_drill_error:
             status.update(Text(f"refused: {dash.last_drill_error}", "bold red"))
         elif dash.last_report is not None:
@@ -214,6 +223,11 @@ class DrillScreen(MeshScreen):
             # One timeline: the report's (what the saved Markdown says), not the live steps as they arrived.
             timeline.border_title = "timeline (report)"
             timeline.show(rows_from_report(dash.last_report))
+        elif running is None and dash.external_drills:
+            # Someone else's drill: its steps are the agents' events about it since it began.
+            d = dash.external_drills[0]
+            timeline.border_title = f"timeline (drill {d.id}, started elsewhere)"
+            timeline.show(rows_from_events(dash.recent_events, d.started_at, d.node_id))
         else:
             timeline.border_title = "timeline"
             timeline.show(rows_from_steps(dash.drill_steps))

@@ -5,7 +5,7 @@ screen and the saved Markdown say the same thing."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import msgspec
 from rich.table import Table
@@ -15,6 +15,7 @@ from textual.widgets import Static
 
 from dashboard.drills.engine import DrillStep
 from dashboard.drills.scoring import DrillReport
+from dashboard.events import Event
 from dashboard.widgets.styles import LEVEL_STYLE
 
 
@@ -34,6 +35,19 @@ def rows_from_steps(steps: Sequence[DrillStep]) -> list[TimelineRow]:
     before = [s for s in steps if s.t_s is None]
     after = sorted((s for s in steps if s.t_s is not None), key=lambda s: s.t_s or 0.0)
     return [TimelineRow(s.t_s, s.node or "", s.what, s.level) for s in (*before, *after)]
+
+
+def rows_from_events(events: Iterable[Event], started_at: float, target: str) -> list[TimelineRow]:
+    """A drill this x0dash did not start, told by what the agents recorded since it began: the drill itself,
+    incidents and heal actions (about the target, or mesh-wide partitions)."""
+    rows = []
+    for e in sorted(events, key=lambda e: e.at):
+        if e.at < started_at - 0.5 or e.kind not in ("drill", "incident", "action"):
+            continue
+        if e.kind != "drill" and target not in e.text and "partition" not in e.text:
+            continue
+        rows.append(TimelineRow(e.at - started_at, e.node or "", e.text, e.level))
+    return rows
 
 
 def _level(what: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from textual.command import CommandPalette
-from textual.widgets import DataTable, Input, Select
+from textual.widgets import DataTable, Input, Select, Static
 
 from dashboard.app import X0Dash
 from dashboard.drills.engine import DrillEngine, DrillPlan, DrillRefused
@@ -157,6 +157,15 @@ async def test_drill_through_the_ui_confirm_then_report(mesh: object, tmp_path: 
         assert sum(s.startswith("first detection by") for s in steps) == 2
         assert any(s.startswith("full recovery") for s in steps)
         assert {p.suffix for p in app.last_report_paths} == {".json", ".md"}
+        # Item 3: the steps reach the event log too (the README promises them there), as "drill" events.
+        await until(
+            pilot,
+            "the last step logged",
+            lambda: any("drill: PASS" in e.text or "drill: FAIL" in e.text for e in app.recent_events),
+        )
+        logged = [e.text for e in app.recent_events if e.kind == "drill"]
+        assert "drill: fault injected: agent drill blackhole" in logged
+        assert sum(t.startswith("drill: first detection by") for t in logged) == 2
         assert from_json(app.last_report_paths[0].read_bytes()) == report
         assert screen.query_one("#report-box").display is True
         # One timeline on screen once the report exists: the report's, sorted, as the saved Markdown has it.
@@ -308,3 +317,49 @@ async def test_local_source_starts_its_mesh_and_stops_it_on_quit(
         assert [n for n in netns.list_netns() if n in names] == []
     finally:
         provider.stop()
+
+
+async def test_a_drill_started_elsewhere_shows_its_banner_steps_and_end(mesh: object, tmp_path: Path) -> None:
+    """Item 3: a drill started by another client (here a plain POST /drills, as a headless run or another x0dash
+    does) was invisible in the TUI: no banner, no steps."""
+    app = make_app(mesh, tmp_path)
+    token = json.loads(mesh.inventory_path.read_text())["api_token"]
+    url = mesh.node("node-c").agent_url
+    async with app.run_test(size=(140, 42)) as pilot:
+        await until(pilot, "mesh whole", lambda: whole(app), within=60)
+        async with httpx.AsyncClient(
+            trust_env=False, timeout=5, headers={"authorization": f"Bearer {token}"}
+        ) as c:
+            drill = (await c.post(f"{url}/drills", json={"kind": "blackhole", "duration_s": 6})).json()
+        await until(pilot, "banner", lambda: "blackhole on node-c" in (app.drill_banner or ""), within=10)
+        assert "started elsewhere" in app.drill_banner
+        header = app.screen.query_one("#header", Static).render_header().plain
+        assert "DRILL" in header and "blackhole on node-c" in header
+        await until(
+            pilot,
+            "the start in the event log",
+            lambda: any(
+                e.kind == "drill" and drill["id"] in e.text and "started" in e.text for e in app.recent_events
+            ),
+        )
+        await pilot.press("d")
+        screen = app.screen
+        assert isinstance(screen, DrillScreen)
+        assert "running elsewhere: blackhole on node-c" in str(screen.query_one("#drill-status", Static).render())
+        timeline = screen.query_one(DrillTimeline)
+        await until(
+            pilot,
+            "observers' detections as steps",
+            lambda: sum("node-c" in r.what for r in timeline.rows) >= 2,
+            within=20,
+        )
+        await until(
+            pilot,
+            "the end in the event log",
+            lambda: any(
+                e.kind == "drill" and drill["id"] in e.text and "reverted" in e.text for e in app.recent_events
+            ),
+            within=30,
+        )
+        await until(pilot, "banner gone", lambda: app.drill_banner is None, within=10)
+        await until(pilot, "mesh whole again", lambda: whole(app), within=60)
