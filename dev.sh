@@ -27,6 +27,9 @@ system_packages() {
     command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
     command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || missing="$missing nftables"
     command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || missing="$missing iproute2"
+    # x0dash's web view is tested in a real headless browser, its signal teardown in a real terminal (tmux).
+    command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+    command -v tmux >/dev/null 2>&1 || missing="$missing tmux"
     [ -z "$missing" ] && return 0
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "dev.sh: installing$missing" >&2

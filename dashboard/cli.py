@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shlex
 import signal
 import sys
 from collections.abc import Callable
@@ -147,14 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
         # The subcommand is optional: without it x0dash opens the dashboard (argparse would print `drill ...`
         # as if it were required).
         usage="x0dash [options]                           open the dashboard\n"
-        "       x0dash [options] drill KIND --target NODE  run one drill headless",
+        "       x0dash [options] drill KIND --target NODE  run one drill headless\n"
+        "       x0dash [options] serve [--host H] [--port P] [--token T]   the dashboard in a browser",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"x0dash {__version__}")
     _add_common(p, sub=False)
-    subs = p.add_subparsers(dest="command", metavar="[drill]", title="commands", required=False)
+    subs = p.add_subparsers(dest="command", metavar="[drill | serve]", title="commands", required=False)
     d = subs.add_parser(
         "drill",
         prog="x0dash drill",
@@ -192,7 +194,69 @@ def build_parser() -> argparse.ArgumentParser:
         help="wait this long for the mesh's steady state before injecting (60)",
     )
     _add_common(d, sub=True)
+    w = subs.add_parser(
+        "serve",
+        prog="x0dash serve",
+        help="the dashboard in a browser (textual-serve); options before `serve` choose its source",
+        description="Serve the dashboard to browsers: each tab runs x0dash with the options given before "
+        "`serve`. Binds 127.0.0.1 by default; any other address requires an access token in the URL "
+        "(--token or $X0DASH_TOKEN, else one is made up and printed), and requests without it are refused.",
+        epilog="example: x0dash --inventory run/inventory.json serve --host 0.0.0.0 --port 8000",
+    )
+    w.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    w.add_argument("--port", type=_whole("--port", 1, 65535), default=8000, help="port (8000)")
+    w.add_argument("--token", default=None, help="access token browsers must give as ?token= ($X0DASH_TOKEN)")
+    w.add_argument("--public-url", default=None, metavar="URL", help="the URL browsers use, behind a proxy")
+    _add_common(w, sub=True)
     return p
+
+
+# The dashboard options a served browser tab gets (everything before `serve` but the command itself).
+_DASH_OPTIONS = (
+    "local",
+    "inventory",
+    "nomad",
+    "job",
+    "topology",
+    "mode",
+    "run_dir",
+    "interval",
+    "timeout",
+    "reports_dir",
+    "detect_slo",
+    "repair_slo",
+    "recover_timeout",
+)
+
+
+def dashboard_argv(args: argparse.Namespace) -> list[str]:
+    """The x0dash command line that reproduces these dashboard options (for `serve`'s browser tabs)."""
+    argv = [sys.executable, "-m", "dashboard.cli"]
+    for name in _DASH_OPTIONS:
+        value = getattr(args, name, None)
+        if value is not None:
+            argv += [f"--{name.replace('_', '-')}", str(value)]
+    return argv
+
+
+def run_serve(args: argparse.Namespace, env: dict[str, str] | None = None) -> int:
+    from dashboard.web import DashServer, ServeError, access_token
+
+    env = dict(os.environ) if env is None else env
+    try:
+        token = access_token(args.host, args.token or env.get("X0DASH_TOKEN") or None)
+    except ServeError as exc:
+        print(f"x0dash serve: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    server = DashServer(
+        shlex.join(dashboard_argv(args)), host=args.host, port=args.port, token=token, public_url=args.public_url
+    )
+    try:
+        server.serve()
+    except OSError as exc:
+        print(f"x0dash serve: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def _num(args: argparse.Namespace, name: str, default: float) -> float:
@@ -338,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"x0dash: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     try:
+        if args.command == "serve":
+            return run_serve(args)
         if args.command == "drill":
             try:
                 return asyncio.run(_headless_main(args, provider))
