@@ -57,6 +57,7 @@ class X0Dash(App[int]):
         Binding("q", "quit", "Quit"),
         # Like k9s and every TUI operators use (Textual's default only shows a toast saying to press q).
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
+        Binding("colon", "command_palette", "Palette", show=False, key_display=":"),  # k9s's command line
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("d", "drills", "Drills"),
     ]

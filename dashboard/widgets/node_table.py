@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from rich.text import Text
 from textual.binding import Binding
@@ -97,9 +98,33 @@ def _same(a: str | Text, b: str | Text) -> bool:
     return a == b
 
 
+# k9s style: shift+letter sorts by that column, again reverses. Worst first where it matters.
+SORTS: dict[str, Callable[[NodeView], Any]] = {
+    "name": lambda n: n.id,
+    "health": lambda n: (-STATE_RANK[n.state], n.id),
+    "incidents": lambda n: (-n.incidents_active, n.id),
+    "p99": lambda n: (-(n.p99_ms if n.p99_ms is not None else -1.0), n.id),
+}
+STATE_RANK = {"down": 4, "silent": 3, "degraded": 2, "unknown": 1, "up": 0}
+
+
+def sort_nodes(nodes: Sequence[NodeView], by: str, reverse: bool = False) -> list[NodeView]:
+    return sorted(nodes, key=SORTS[by], reverse=reverse)
+
+
 class NodeTable(DataTable[str | Text]):
     # DataTable's own enter binding is hidden; this one says in the footer what enter does here.
-    BINDINGS = [Binding("enter", "select_cursor", "Node detail")]
+    BINDINGS = [
+        Binding("enter", "select_cursor", "Node detail"),
+        Binding("j", "cursor_down", "Down", show=False),
+        Binding("k", "cursor_up", "Up", show=False),
+        Binding("g", "scroll_top", "Top", show=False),
+        Binding("G", "scroll_bottom", "Bottom", show=False),
+        Binding("N", "sort('name')", "Sort", key_display="N/H/I/P"),
+        Binding("H", "sort('health')", "Sort by health", show=False),
+        Binding("I", "sort('incidents')", "Sort by incidents", show=False),
+        Binding("P", "sort('p99')", "Sort by p99", show=False),
+    ]
     DEFAULT_CSS = """
     NodeTable { height: auto; max-height: 50%; }
     """
@@ -109,6 +134,8 @@ class NodeTable(DataTable[str | Text]):
         self._rows: dict[str, dict[str, str | Text]] = {}
         self._nomad = False
         self._columns: list[str] = []
+        self.sort_by = "name"
+        self.sort_reverse = False
         self._node_views: Sequence[NodeView] = ()
         self._filter = ""
 
@@ -133,6 +160,13 @@ class NodeTable(DataTable[str | Text]):
         for key in self._columns:
             self.add_column(labels[key], key=key)
 
+    def action_sort(self, by: str) -> None:
+        self.sort_reverse = not self.sort_reverse if by == self.sort_by else False
+        self.sort_by = by
+        arrow = "↓" if not self.sort_reverse else "↑"
+        self.border_title = f"nodes (by {by} {arrow})"
+        self.show(self._node_views, self._filter)
+
     @property
     def columns_shown(self) -> list[str]:
         return list(self._columns)
@@ -155,7 +189,7 @@ class NodeTable(DataTable[str | Text]):
         if not self._nomad and any(n.nomad is not None for n in nodes):
             self._nomad = True
             self._set_columns()
-        wanted = [n for n in nodes if matches(n, filter_text)]
+        wanted = sort_nodes([n for n in nodes if matches(n, filter_text)], self.sort_by, self.sort_reverse)
         wanted_ids = [n.id for n in wanted]
         columns = self._columns
         if wanted_ids != list(self._rows):
