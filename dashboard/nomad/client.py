@@ -36,6 +36,10 @@ class _EventStream(Requester):
     ENDPOINT = "event/stream"
 
 
+class _AllocLogs(Requester):
+    ENDPOINT = "client/fs/logs"
+
+
 def _json(resp: requests.Response, *, empty: Any = None) -> Any:
     if not resp.content.strip():
         return empty
@@ -72,6 +76,7 @@ class NomadClient:
         self._variable = api.Variable(**rs)
         self._services = _Services(**rs)
         self._events = _EventStream(**rs)
+        self._logs = _AllocLogs(**rs)
 
     def close(self) -> None:
         self.session.close()
@@ -149,6 +154,13 @@ class NomadClient:
                 dict, self._node.drain_node_with_spec(node_id, spec, mark_eligible=mark_eligible)
             ),
         )
+
+    def alloc_logs(self, alloc_id: str, task: str, stream: str, max_bytes: int) -> str:
+        """The tail of a task's stdout or stderr: GET /v1/client/fs/logs/:alloc_id with plain=true (the text
+        without base64 frames), origin=end and offset=max_bytes, no follow (api-docs/client.mdx, Stream Logs;
+        ACL read-logs or read-fs; 404 when the task's logging is disabled)."""
+        params = {"task": task, "type": stream, "origin": "end", "offset": max_bytes, "plain": "true"}
+        return self._call("read logs", lambda: self._logs.request(alloc_id, method="get", params=params).text)
 
     # Event stream ---------------------------------------------------------------------------------------------
     def open_event_stream(self, *, index: int, topics: list[str]) -> requests.Response:

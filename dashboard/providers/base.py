@@ -13,6 +13,8 @@ from typing import Literal
 
 import msgspec
 
+from dashboard.logs import MAX_LOG_BYTES, LogSource, read_tail
+
 DrillKind = Literal["blackhole", "partition", "node-loss", "restart-alloc", "drain"]
 # Drills only a scheduler source can make (Nomad): offered only when `Provider.source_drill_kinds` lists them.
 SOURCE_DRILL_KINDS: tuple[DrillKind, ...] = ("restart-alloc", "drain")
@@ -118,6 +120,19 @@ class Provider(abc.ABC):
     def undo_drain(self, node_id: str) -> str:
         """Cancel drain_node and restore the node's eligibility from before it."""
         raise ProviderError(f"{self.name}: draining a node needs a scheduler source (Nomad)")
+
+    def log_sources(self, node_id: str) -> list[LogSource]:
+        """Where this node's logs can be read (the log view); default: none known."""
+        return []
+
+    def read_log(self, source: LogSource, max_bytes: int = MAX_LOG_BYTES) -> str:
+        """The tail of one of log_sources(); ProviderError with the reason when it cannot be read."""
+        if source.path is None:
+            raise ProviderError(f"{self.name}: cannot read {source.name} ({source.where})")
+        try:
+            return read_tail(source.path, max_bytes)
+        except OSError as exc:
+            raise ProviderError(f"cannot read {source.where}: {exc.strerror or exc}") from exc
 
     @property
     def source_drill_kinds(self) -> tuple[DrillKind, ...]:

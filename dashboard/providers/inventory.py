@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dashboard.logs import LogSource, file_sources
 from dashboard.providers.base import NodeTarget, Provider, ProviderError, SourceSnapshot
 
 
@@ -82,6 +83,7 @@ class InventoryProvider(Provider):
         self._links: list[tuple[str, str]] = []
         self._stamp: tuple[float, int] | None = None
         self._warnings: list[str] = []
+        self._mesh_dir: str | None = None  # a local mesh's run dir (its nodes' logs), when the inventory says
 
     @property
     def api_token(self) -> str | None:
@@ -96,12 +98,17 @@ class InventoryProvider(Provider):
         st = self.path.stat()
         doc = json.loads(self.path.read_text())
         self._mesh, self._nodes, self._links, self._token = parse_inventory(doc)
+        mesh_dir = doc.get("mesh_dir") if isinstance(doc, dict) else None
+        self._mesh_dir = mesh_dir if isinstance(mesh_dir, str) else None
         self._stamp = (st.st_mtime, st.st_size)
         self._warnings = []
         if self._token and stat.S_IMODE(st.st_mode) & 0o077:
             self._warnings.append(
                 f"{self.path} holds the API token but has mode {stat.S_IMODE(st.st_mode):o}; make it 0600"
             )
+
+    def log_sources(self, node_id: str) -> list[LogSource]:
+        return file_sources(self._mesh_dir, node_id)
 
     def start(self) -> None:
         try:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+from dashboard.logs import LogSource, file_sources
 from dashboard.providers.base import Provider, ProviderError, SourceSnapshot
 from dashboard.providers.inventory import InventoryError, parse_inventory
 
@@ -102,6 +103,9 @@ class LocalProvider(Provider):
             self._mesh = None
             if self._own_run_dir is not None and any(self._own_run_dir.iterdir()):
                 self.kept_run_dir = self._own_run_dir
+
+    def log_sources(self, node_id: str) -> list[LogSource]:
+        return file_sources(self._inventory.get("mesh_dir"), node_id)
 
     def node_loss(self, node_id: str, duration_s: float) -> str:
         if self._mesh is None:

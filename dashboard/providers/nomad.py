@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from dashboard.agent_client import AgentClient, AgentError
+from dashboard.logs import MAX_LOG_BYTES, LogSource
 from dashboard.nomad.backoff import Backoff
 from dashboard.nomad.client import NomadClient
 from dashboard.nomad.errors import NomadError
@@ -29,6 +30,8 @@ from dashboard.nomad.events import EventStream
 from dashboard.nomad.settings import NomadSettings, NomadSettingsError, load_settings
 from dashboard.nomad.view import (
     AGENT_SERVICE,
+    AGENT_TASK,
+    YGGDRASIL_TASK,
     MeshNode,
     NomadView,
     agent_warnings,
@@ -147,6 +150,35 @@ class NomadProvider(Provider):
             self.token_detail = f"no API token for drills: variable {path} has no api_token item"
 
     # Refresh --------------------------------------------------------------------------------------------------
+    def log_sources(self, node_id: str) -> list[LogSource]:
+        view = self._view
+        node = next((n for n in view.nodes if n.node_id == node_id), None) if view is not None else None
+        alloc_id = node.alloc_id if node is not None else ""
+        if not alloc_id:
+            return []
+        # The agent logs to stderr (Python logging); Yggdrasil to stdout.
+        return [
+            LogSource(
+                name=f"{task} {stream}",
+                where=f"Nomad allocation {alloc_id[:8]}, task {task}, {stream}",
+                alloc_id=alloc_id,
+                task=task,
+                stream=stream,
+            )
+            for task, stream in ((AGENT_TASK, "stderr"), (YGGDRASIL_TASK, "stdout"), (AGENT_TASK, "stdout"))
+        ]
+
+    def read_log(self, source: LogSource, max_bytes: int = MAX_LOG_BYTES) -> str:
+        if source.alloc_id is None or source.task is None or source.stream is None:
+            return super().read_log(source, max_bytes)
+        client = self._client
+        if client is None:
+            raise ProviderError("Nomad is not connected")
+        try:
+            return client.alloc_logs(source.alloc_id, source.task, source.stream, max_bytes)
+        except NomadError as exc:
+            raise ProviderError(str(exc)) from exc
+
     def refresh(self) -> SourceSnapshot:
         now = time.monotonic()
         if now < self._retry_at:

@@ -16,11 +16,16 @@ HELP = """\
 | key | where | what |
 |---|---|---|
 | `enter` | overview | open the node under the cursor |
+| `j` `k` `g` `G` | tables | down, up, top, bottom (k9s keys; arrows work too) |
+| `N` `H` `I` `P` | overview | sort nodes by name, health, incidents, p99 (again: reverse) |
+| `:` | anywhere | command palette (as `ctrl+p`) |
 | `/` | overview | filter nodes and events (id, state, address); `esc` clears |
 | `d` | anywhere | drills: pick kind, target, duration; confirm; watch; `a` aborts |
 | `a` | drills | abort the running drill: the fault is reverted at once |
 | `u` | drills (Nomad) | undo a drain: cancel it and restore the Nomad node's eligibility |
-| `esc` | detail, drills | back |
+| `L` | node detail | its logs (agent.log, yggdrasil.log; Nomad: task stdout/stderr) |
+| `/` `n` `tab` `r` | logs | search, next match, next log, reload |
+| `esc` | detail, drills, logs | back |
 | `ctrl+p` | anywhere | command palette (jump to a node, start drills, help) |
 | `?` | anywhere | this help |
 | `q` | anywhere | quit (a local mesh started by `--local` is stopped) |

@@ -86,6 +86,7 @@ class NodeDetailScreen(MeshScreen):
     BINDINGS = [
         Binding("escape", "back", "Back"),
         Binding("d", "drill", "Drill this node"),
+        Binding("L", "logs", "Logs"),
     ]
 
     def __init__(self, node_id: str) -> None:
@@ -235,6 +236,11 @@ class NodeDetailScreen(MeshScreen):
 
     def action_back(self) -> None:
         self.dismiss()
+
+    def action_logs(self) -> None:
+        from dashboard.screens.logs import LogScreen
+
+        self.app.push_screen(LogScreen(self.node_id))
 
     def action_drill(self) -> None:
         self.dash.open_drills(target=self.node_id)

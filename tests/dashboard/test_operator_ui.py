@@ -17,6 +17,7 @@ from dashboard.messages import DrillFinished, DrillStepped
 from dashboard.screens.drills import DrillScreen, KindButton
 from dashboard.widgets.timeline import DrillTimeline
 
+from .conftest import until
 from .record_fixtures import REPORT_FILE
 from .test_snapshots import feed, recorded_app
 
@@ -198,3 +199,91 @@ async def test_events_and_health_are_never_cut(size: tuple[int, int]) -> None:
         assert all(len(line.rstrip()) <= width for line in screen_text(app).splitlines())
         if width < 100:
             assert "Yggdrasil address" not in shown  # dropped first, not cut
+
+
+async def test_k9s_keys_move_sort_and_open_the_palette() -> None:
+    from textual.command import CommandPalette
+
+    from dashboard.messages import MeshUpdated
+    from dashboard.widgets.node_table import NodeTable
+
+    app, update = recorded_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await feed(app, update)(pilot)
+        table = app.screen.query_one(NodeTable)
+        assert table.selected_node == "node-a"
+        await pilot.press("j", "j")
+        assert table.selected_node == "node-c"
+        await pilot.press("k")
+        assert table.selected_node == "node-b"
+        view = update.view
+        worse = msgspec.structs.replace(view.nodes[2], state="down", detail="cannot connect")
+        app.post_message(
+            MeshUpdated(
+                msgspec.structs.replace(
+                    update,
+                    view=msgspec.structs.replace(view, nodes=(view.nodes[0], view.nodes[1], worse)),
+                    events=[],
+                )
+            )
+        )
+        await pilot.pause()
+        await pilot.press("H")  # by health: the worst first
+        assert table.node_ids[0] == "node-c" and "by health" in str(table.border_title)
+        await pilot.press("P")  # by p99, slowest first
+        p99 = {n.id: n.p99_ms or -1 for n in app.view.nodes}
+        assert [p99[i] for i in table.node_ids] == sorted(p99.values(), reverse=True)
+        await pilot.press("P")  # again: reversed
+        assert [p99[i] for i in table.node_ids] == sorted(p99.values())
+        await pilot.press("N")
+        assert table.node_ids == ["node-a", "node-b", "node-c"]
+        assert table.selected_node == "node-b"  # the cursor follows its node through the sorts
+        await pilot.press("colon")
+        assert isinstance(app.screen, CommandPalette)
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_node_logs_from_the_run_dir_scroll_and_search(size: tuple[int, int], tmp_path: Path) -> None:
+    import json
+
+    from textual.widgets import Log
+
+    from dashboard.providers.inventory import InventoryProvider
+    from dashboard.screens.logs import LogScreen
+
+    node_dir = tmp_path / "local-test" / "node-a"
+    node_dir.mkdir(parents=True)
+    lines = [f"2026-12-03 09:00:{i % 60:02d} INFO x0.mapek: tick {i}" for i in range(300)]
+    lines[40] = "2026-12-03 08:59:00 WARNING x0.supervisor: yggdrasil exited with 1; restarting in 3 s"
+    (node_dir / "agent.log").write_text("\n".join(lines) + "\n")
+    inventory = tmp_path / "inventory.json"
+    inventory.write_text(
+        json.dumps(
+            {
+                "mesh": "local-test",
+                "mesh_dir": str(tmp_path / "local-test"),
+                "nodes": [{"id": f"node-{c}", "agent_url": f"http://127.0.0.1:{9}"} for c in "abc"],
+            }
+        )
+    )
+    provider = InventoryProvider(inventory)
+    provider.start()
+    app, update = recorded_app()
+    app.session.provider = provider  # the recorded mesh, with this inventory's run dir for its logs
+    async with app.run_test(size=size) as pilot:
+        await feed(app, update)(pilot)
+        await pilot.press("enter", "L")
+        screen = app.screen
+        assert isinstance(screen, LogScreen) and screen.node_id == "node-a"
+        log = screen.query_one(Log)
+        await until(pilot, "agent.log shown", lambda: log.line_count == 300)
+        await pilot.pause()
+        assert "tick 299" in screen_text(app)  # opened at the end, like tail
+        await pilot.press("slash", *"restarting", "enter")
+        await pilot.pause()
+        assert screen.match_at == 40
+        assert "yggdrasil exited with 1" in screen_text(app)
+        await pilot.press("tab")  # yggdrasil.log: not there, and it says so
+        await until(pilot, "the missing log explained", lambda: "cannot read yggdrasil.log" in screen_text(app))
+        await pilot.press("escape")
+        assert not isinstance(app.screen, LogScreen)
