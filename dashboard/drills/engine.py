@@ -22,6 +22,7 @@ from typing import Literal, get_args
 
 import msgspec
 
+from agent import __version__
 from dashboard.agent_client import AgentError
 from dashboard.drills.scoring import (
     SLO,
@@ -30,6 +31,7 @@ from dashboard.drills.scoring import (
     FaultWindow,
     IncidentSeen,
     SteadyState,
+    environment,
     relevant,
     returned_to,
     score,
@@ -322,6 +324,7 @@ class DrillEngine:
 
     async def _run(self, plan: DrillPlan, view: MeshView) -> DrillReport:
         view, before = await self._wait_steady(plan)
+        start_view = view
         target = view.node(plan.target)
         assert target is not None
         taken = self.affected(view, plan)
@@ -413,6 +416,7 @@ class DrillEngine:
             created_at=self.clock(),
             skew_s=self.skew_s,
         )
+        report = msgspec.structs.replace(report, environment=environment(start_view, __version__))
         self._step(
             "PASS" if report.passed else "FAIL: " + "; ".join(report.failures), "ok" if report.passed else "error"
         )

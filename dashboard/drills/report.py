@@ -8,7 +8,7 @@ from pathlib import Path
 
 import msgspec
 
-from dashboard.drills.scoring import DrillReport, FaultWindow
+from dashboard.drills.scoring import DrillReport, FaultWindow, ObserverScore
 
 DEFAULT_REPORTS_DIR = Path(os.environ.get("X0DASH_REPORTS", "reports"))
 
@@ -40,13 +40,83 @@ def _back_line(f: FaultWindow) -> list[str]:
     return ["- back: NEVER (no running allocation with a healthy agent)"] if f.source_brings_back else []
 
 
+def _worst(report: DrillReport, attr: str) -> ObserverScore | None:
+    scored = [o for o in report.observers if getattr(o, attr) is not None]
+    return max(scored, key=lambda o: getattr(o, attr)) if scored else None
+
+
+def summary_line(report: DrillReport) -> str:
+    """The one line a manager reads first: the fault and its length, worst detect, worst repair, the verdict and
+    the SLO that failed."""
+    f, slo = report.fault, report.slo
+    length = (f.ended_at - f.started_at) if f.ended_at is not None else None
+    parts = [f"{f.kind} on {f.target}, fault {_s(length) if length is not None else 'never reverted'}"]
+    detect, repair = _worst(report, "detect_s"), _worst(report, "repair_s")
+    parts.append(f"worst detect {_s(detect.detect_s)} ({detect.observer})" if detect else "nobody detected it")
+    parts.append(f"worst repair {_s(repair.repair_s, signed=True)} ({repair.observer})" if repair else "no repair")
+    if report.passed:
+        verdict = f"PASS (SLOs: detect <= {slo.detect_s:g} s, repair <= {slo.repair_s:g} s)"
+    else:
+        missed = []
+        if any(o.detect_s is None or not o.detect_ok for o in report.observers) or not report.observers:
+            missed.append(f"detect <= {slo.detect_s:g} s")
+        if any(o.detect_s is not None and not o.repair_ok for o in report.observers):
+            missed.append(f"repair <= {slo.repair_s:g} s")
+        if not report.recovered:
+            missed.append(f"back to steady state within {slo.recover_timeout_s:g} s")
+        if f.aborted:
+            missed.append("aborted by the operator")
+        reason = "; ".join(missed) or (report.failures[0] if report.failures else "")
+        verdict = f"FAIL (SLO missed: {reason})" if missed else f"FAIL ({reason})"
+    return f"{'; '.join(parts)}: {verdict}"
+
+
+def why_no_action(report: DrillReport, o: ObserverScore) -> str:
+    """Why an observer has no heal action, from what it recorded (never a guess about intent)."""
+    if o.actions:
+        return ""
+    target = report.fault.target
+    if o.detected_at is None:
+        return "it never detected the fault, so it had nothing to heal"
+    if o.repair_s is not None and o.repair_s < 0:
+        return f"its incidents about {target} resolved {-o.repair_s:.2f} s before the fault ended: nothing to do"
+    if o.repair_s is not None:
+        return (
+            f"MAPE-K recorded no action; its incidents about {target} resolved {o.repair_s:.2f} s after the fault "
+            "was reverted, by the revert itself"
+        )
+    return f"MAPE-K recorded no action and its incidents about {target} are still open"
+
+
+def _environment(report: DrillReport) -> list[str]:
+    env = report.environment
+    if env is None:  # a version-1 report
+        return [f"- source: {report.source}"]
+    agents = ", ".join(env.agent_versions) or "unknown"
+    apis = ", ".join(env.yggdrasil_apis) or "unknown"
+    return [
+        f"- source: {env.source}",
+        f"- topology: {env.nodes} nodes, {env.planned_links} planned links",
+        f"- x0-agent {agents}; Yggdrasil admin API {apis}"
+        + (f"; x0dash {env.dashboard_version}" if env.dashboard_version else ""),
+    ]
+
+
+def fmt_t(t_s: float) -> str:
+    return f"t{t_s:+.2f} s"
+
+
 def to_markdown(report: DrillReport) -> str:
     f, slo = report.fault, report.slo
     verdict = "PASS" if report.passed else "FAIL"
     lines = [
         f"# Drill {f.kind} on {f.target}: {verdict}",
         "",
-        f"- source: {report.source}",
+        f"**{summary_line(report)}**",
+        "",
+        "## Environment",
+        "",
+        *_environment(report),
         f"- fault: {f.method}, {f.duration_s:g} s requested"
         + (f", drill id `{f.drill_id}`" if f.drill_id else "")
         + (" (aborted)" if f.aborted else ""),
@@ -55,6 +125,7 @@ def to_markdown(report: DrillReport) -> str:
         *_back_line(f),
         f"- SLOs: detect <= {slo.detect_s:g} s, repair <= {slo.repair_s:g} s after the fault ends, "
         f"back to steady state within {slo.recover_timeout_s:g} s",
+        f"- report format version {report.version}",
         "",
         "## Per observer",
         "",
@@ -68,6 +139,10 @@ def to_markdown(report: DrillReport) -> str:
             f"| {o.observer} | {o.detected_by or '-'} | {_s(o.detect_s)} | {_s(o.repair_s, signed=True)} "
             f"| {o.incidents} | {o.actions} | {ok}{note} |"
         )
+    silent = [(o, why_no_action(report, o)) for o in report.observers if not o.actions]
+    if silent:
+        lines += ["", "Why no heal action:", ""]
+        lines += [f"- {o.observer}: {why}" for o, why in silent]
     after = report.after.summary() if report.after else "never measured"
     lines += [
         "",
@@ -86,14 +161,19 @@ def to_markdown(report: DrillReport) -> str:
     if report.after and report.after.links_not_up:
         lines.append(f"- links not up after: {', '.join(report.after.links_not_up)}")
     lines += ["", "## Timeline", "", "| t | node | event |", "|---|---|---|"]
-    for e in report.timeline:
-        lines.append(f"| {e.t_s:+.2f} s | {e.node or ''} | {e.what} |")
+    for e in sorted(report.timeline, key=lambda e: e.t_s):
+        lines.append(f"| {fmt_t(e.t_s)} | {e.node or ''} | {e.what} |")
     lines += ["", "## Verdict", ""]
     if report.passed:
         lines.append("PASS: every observer detected and repaired within the SLOs and the mesh is whole again.")
     else:
         lines += [f"- {failure}" for failure in report.failures]
     return "\n".join(lines) + "\n"
+
+
+def json_schema() -> dict[str, object]:
+    """The JSON Schema of the saved report (docs/drill-report.schema.json is this, committed)."""
+    return msgspec.json.schema(DrillReport)
 
 
 def report_basename(report: DrillReport) -> str:
@@ -119,3 +199,11 @@ def save(report: DrillReport, reports_dir: Path | None, extra: Path | None = Non
             extra.write_bytes(to_json(report))
         written.append(extra)
     return written
+
+
+if __name__ == "__main__":  # python -m dashboard.drills.report > docs/drill-report.schema.json
+    import json
+    import sys
+
+    json.dump(json_schema(), sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")

@@ -16,7 +16,8 @@ import msgspec
 
 from dashboard.models import MeshView
 
-REPORT_VERSION = 1
+# 2: `environment` (agent and Yggdrasil versions, topology, source); reports of version 1 still decode.
+REPORT_VERSION = 2
 ClockSource = Literal["agent", "dashboard"]
 
 
@@ -147,6 +148,28 @@ class TimelineEntry(msgspec.Struct, kw_only=True, frozen=True):
     what: str
 
 
+class Environment(msgspec.Struct, kw_only=True, frozen=True):
+    """What the drill ran on, as the dashboard saw it when the drill began."""
+
+    source: str
+    nodes: int
+    planned_links: int
+    agent_versions: list[str]  # distinct x0-agent versions
+    yggdrasil_apis: list[str]  # distinct Yggdrasil admin API versions (0.4, 0.5)
+    dashboard_version: str = ""
+
+
+def environment(view: MeshView, dashboard_version: str = "") -> Environment:
+    return Environment(
+        source=view.source,
+        nodes=view.nodes_total,
+        planned_links=view.links_planned,
+        agent_versions=sorted({n.version for n in view.nodes if n.version}),
+        yggdrasil_apis=sorted({n.api_version for n in view.nodes if n.api_version}),
+        dashboard_version=dashboard_version,
+    )
+
+
 class DrillReport(msgspec.Struct, kw_only=True, frozen=True):
     version: int
     kind: str
@@ -166,6 +189,7 @@ class DrillReport(msgspec.Struct, kw_only=True, frozen=True):
     failures: list[str]
     created_at: float
     actions: list[ActionSeen] = []
+    environment: Environment | None = None  # version 2
 
 
 def relevant(inc: IncidentSeen, aliases: Iterable[str], fault: FaultWindow, skew_s: float) -> bool:
