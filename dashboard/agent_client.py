@@ -179,6 +179,13 @@ class AgentClient:
     async def drills(self, base_url: str) -> wire.DrillList:
         return await self.request("GET", base_url, "/drills", wire.DrillList)
 
+    async def drill_history(self, base_url: str, limit: int = 200) -> list[wire.DrillRecord]:
+        """The mesh's finished drills from the replicated store (contracts §3: any node serves them)."""
+        reply = await self.request(
+            "GET", base_url, "/drills/history", wire.DrillHistory, params={"limit": str(limit)}
+        )
+        return reply.drills
+
     async def start_drill(self, base_url: str, kind: str, duration_s: int) -> wire.Drill:
         return await self.request(
             "POST",

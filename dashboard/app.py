@@ -60,6 +60,7 @@ class X0Dash(App[int]):
         Binding("colon", "command_palette", "Palette", show=False, key_display=":"),  # k9s's command line
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("d", "drills", "Drills"),
+        Binding("D", "drill_history", "History"),
     ]
 
     def __init__(
@@ -253,6 +254,12 @@ class X0Dash(App[int]):
             return
         self.open_drills()
 
+    def action_drill_history(self) -> None:
+        from dashboard.screens.drill_history import DrillHistoryScreen
+
+        if not isinstance(self.screen, DrillHistoryScreen):
+            self.push_screen(DrillHistoryScreen())
+
     def action_help(self) -> None:
         if isinstance(self.screen, HelpScreen):
             return
@@ -318,6 +325,9 @@ class X0Dash(App[int]):
         yield from super().get_system_commands(screen)
         yield SystemCommand(
             "Drills", "pick a fault, a target and a duration; watch the mesh heal", self.action_drills
+        )
+        yield SystemCommand(
+            "Drill history", "every drill of the mesh, its report, trends per kind", self.action_drill_history
         )
         yield SystemCommand("Help", "keys, states, sources, headless drills", self.action_help)
         if self.view is not None:

@@ -3,6 +3,7 @@ and consumer cannot drift apart silently (a reply that does not match is reporte
 
 from __future__ import annotations
 
+from agent.consensus.schemas import DrillHistory, DrillRecord
 from agent.drills.schemas import Drill, DrillList
 from agent.mapek.schemas import Action, ActionList, Incident, IncidentList
 from agent.mapek.schemas import MapekStatus as MapekState
@@ -12,7 +13,9 @@ __all__ = [
     "Action",
     "ActionList",
     "Drill",
+    "DrillHistory",
     "DrillList",
+    "DrillRecord",
     "ErrorBody",
     "Health",
     "Incident",

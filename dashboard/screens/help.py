@@ -22,6 +22,7 @@ HELP = """\
 | `/` | overview | filter nodes and events (id, state, address); `esc` clears |
 | `d` | anywhere | drills: pick kind, target, duration; confirm; watch; `a` aborts |
 | `a` | drills | abort the running drill: the fault is reverted at once |
+| `D` | anywhere | drill history: every drill of the mesh, its report, trends per kind |
 | `u` | drills (Nomad) | undo a drain: cancel it and restore the Nomad node's eligibility |
 | `L` | node detail | its logs (agent.log, yggdrasil.log; Nomad: task stdout/stderr) |
 | `/` `n` `tab` `r` | logs | search, next match, next log, reload |

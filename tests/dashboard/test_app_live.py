@@ -164,6 +164,17 @@ async def test_drill_through_the_ui_confirm_then_report(mesh: object, tmp_path: 
             lambda: any("drill: PASS" in e.text or "drill: FAIL" in e.text for e in app.recent_events),
         )
         logged = [e.text for e in app.recent_events if e.kind == "drill"]
+        # The drill history (D) lists it with its report, and as node-b's agent knows it.
+        await pilot.press("escape", "D")
+        history = app.screen
+        await until(
+            pilot,
+            "the drill in the history",
+            lambda: any(r.id == report.fault.drill_id and "agent node-b" in r.seen_in for r in history.rows),
+        )
+        row = next(r for r in history.rows if r.id == report.fault.drill_id)
+        assert "report" in row.seen_in and row.state == ("PASS" if report.passed else "FAIL")
+        await pilot.press("escape", "d")
         assert "drill: fault injected: agent drill blackhole" in logged
         assert sum(t.startswith("drill: first detection by") for t in logged) == 2
         assert from_json(app.last_report_paths[0].read_bytes()) == report

@@ -287,3 +287,68 @@ async def test_node_logs_from_the_run_dir_scroll_and_search(size: tuple[int, int
         await until(pilot, "the missing log explained", lambda: "cannot read yggdrasil.log" in screen_text(app))
         await pilot.press("escape")
         assert not isinstance(app.screen, LogScreen)
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_drill_history_lists_every_drill_with_reports_and_trends(
+    size: tuple[int, int], tmp_path: Path
+) -> None:
+    from textual.widgets import DataTable, Markdown
+    from textual_plotext import PlotextPlot
+
+    from dashboard.drills.history import trend_series
+    from dashboard.drills.report import save
+    from dashboard.messages import MeshUpdated
+    from dashboard.screens.drill_history import DrillHistoryScreen
+    from dashboard.wire import Drill, DrillList
+
+    from .conftest import closed_port
+
+    report = from_json(REPORT_FILE.read_bytes())
+    older = msgspec.structs.replace(
+        report,
+        fault=msgspec.structs.replace(report.fault, started_at=report.fault.started_at - 86400, drill_id="d-1"),
+    )
+    save(older, tmp_path)
+    save(report, tmp_path)
+    app, update = recorded_app()
+    app.reports_dir = tmp_path
+    # A drill another client ran on node-c, known only from that agent's GET /drills.
+    elsewhere = Drill(
+        id="drl-elsewhere",
+        kind="partition",
+        node_id="node-c",
+        duration_s=8,
+        started_at=report.fault.started_at + 60,
+        ends_at=report.fault.started_at + 68,
+        reverted_at=report.fault.started_at + 68,
+        state="reverted",
+        detail="",
+    )
+    agents = dict(update.agents)
+    agents["node-c"] = msgspec.structs.replace(agents["node-c"], drills=DrillList(active=[], past=[elsewhere]))
+    dead = f"http://127.0.0.1:{closed_port()}"  # no agent answers: the mesh-wide history is unavailable
+    view = msgspec.structs.replace(
+        update.view, nodes=tuple(msgspec.structs.replace(n, agent_url=dead) for n in update.view.nodes)
+    )
+    async with app.run_test(size=size) as pilot:
+        await feed(app, msgspec.structs.replace(update, agents=agents))(pilot)
+        app.post_message(MeshUpdated(msgspec.structs.replace(update, view=view, agents=agents, events=[])))
+        await pilot.pause()
+        await pilot.press("D")
+        screen = app.screen
+        assert isinstance(screen, DrillHistoryScreen)
+        table = screen.query_one("#history", DataTable)
+        await until(pilot, "three drills listed", lambda: table.row_count == 3)
+        assert [r.id for r in screen.rows] == ["drl-elsewhere", report.fault.drill_id, "d-1"]
+        assert [r.state for r in screen.rows] == ["reverted", "FAIL", "FAIL"]
+        assert screen.rows[0].seen_in == ["agent node-c"] and screen.rows[1].seen_in == ["report"]
+        assert "unavailable" in screen.note and "3 drills" in screen.note
+        await pilot.press("j")  # the report of the highlighted drill
+        await pilot.pause()
+        assert "Drill blackhole on node-b: FAIL" in screen.query_one("#history-report", Markdown).source
+        plot = screen.query_one(PlotextPlot)
+        assert plot.region.height >= 6
+        at, detect, repair = trend_series(screen.rows)["blackhole"]  # the two reports, oldest first
+        assert at == sorted(at) and len(detect) == 2 and detect[0] == max(o.detect_s for o in report.observers)
+        assert "blackhole" in screen_text(app)
