@@ -349,6 +349,6 @@ async def test_drill_history_lists_every_drill_with_reports_and_trends(
         assert "Drill blackhole on node-b: FAIL" in screen.query_one("#history-report", Markdown).source
         plot = screen.query_one(PlotextPlot)
         assert plot.region.height >= 6
-        at, detect, repair = trend_series(screen.rows)["blackhole"]  # the two reports, oldest first
+        at, detect, _repair = trend_series(screen.rows)["blackhole"]  # the two reports, oldest first
         assert at == sorted(at) and len(detect) == 2 and detect[0] == max(o.detect_s for o in report.observers)
         assert "blackhole" in screen_text(app)
