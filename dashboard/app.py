@@ -57,7 +57,9 @@ class X0Dash(App[int]):
         Binding("q", "quit", "Quit"),
         # Like k9s and every TUI operators use (Textual's default only shows a toast saying to press q).
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
-        Binding("colon", "command_palette", "Palette", show=False, key_display=":"),  # k9s's command line
+        # Declaring any command_palette binding drops Textual's own ctrl+p one: keep it, and add k9s's `:`.
+        Binding("ctrl+p", "command_palette", "palette", show=False, priority=True),
+        Binding("colon", "command_palette", "Palette", show=False, key_display=":"),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("d", "drills", "Drills"),
         Binding("D", "drill_history", "History"),

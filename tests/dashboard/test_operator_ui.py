@@ -240,6 +240,9 @@ async def test_k9s_keys_move_sort_and_open_the_palette() -> None:
         assert table.selected_node == "node-b"  # the cursor follows its node through the sorts
         await pilot.press("colon")
         assert isinstance(app.screen, CommandPalette)
+        await pilot.press("escape")
+        await pilot.press("ctrl+p")  # Textual's own key still works beside k9s's
+        assert isinstance(app.screen, CommandPalette)
 
 
 @pytest.mark.parametrize("size", SIZES)
