@@ -32,6 +32,10 @@ agent-bench *args:
 dash-bench *args:
     python bench/dash_poll.py {{args}}
 
+# replicated KV store vs a 3-member etcd on the same netns mesh (root, etcd-server): writes/s, p50/p99, reads/s, failover, RSS
+kv-bench *args:
+    python bench/kv_bench.py {{args}}
+
 # self-healing: detect/repair times with MAPE-K vs the daemons alone (root); e.g. `just heal-bench --runs 3`
 heal-bench *args:
     python bench/heal_bench.py {{args}}

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
@@ -33,9 +33,15 @@ from agent.yggdrasil.errors import AdminError
 from agent.yggdrasil.models import DaemonSnapshot
 
 if TYPE_CHECKING:
-    from agent.consensus.service import ConsensusService
     from agent.peering import Peering
     from agent.supervisor import DaemonSupervisor
+
+
+class ConsensusHandle(Protocol):
+    """What other parts use of agent.consensus.service.ConsensusService (state does not import it)."""
+
+    role: str
+    drill_coordinator: Any
 
 
 class AgentState:
@@ -50,7 +56,7 @@ class AgentState:
         self.supervisor: DaemonSupervisor | None = None
         self.peering: Peering | None = None
         # Set by agent.consensus when it starts (None: consensus not loaded, e.g. tests with other extensions).
-        self.consensus: ConsensusService | None = None
+        self.consensus: ConsensusHandle | None = None
 
         self.snapshot: DaemonSnapshot | None = None
         self.snapshot_mono: float | None = None  # when `snapshot` was stored (monotonic)

@@ -148,6 +148,10 @@ class AgentClient:
     async def routes(self, base_url: str) -> wire.MeshRoutes:
         return await self.request("GET", base_url, "/mesh/routes", wire.MeshRoutes)
 
+    async def cluster(self, base_url: str) -> wire.Cluster:
+        """The node's Raft view (contracts §3 `/cluster`)."""
+        return await self.request("GET", base_url, "/cluster", wire.Cluster)
+
     async def mapek(self, base_url: str) -> wire.MapekState:
         return await self.request("GET", base_url, "/mapek", wire.MapekState)
 

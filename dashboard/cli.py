@@ -51,7 +51,10 @@ headless drills:
   x0dash --inventory run/inventory.json drill partition --target node-a --json
   kinds: blackhole (target silently drops its Yggdrasil traffic), partition (target cut off),
          node-loss (the source stops the node; else the agent kills its Yggdrasil daemon; Nomad: stops the
-         allocation and the drill ends once the replacement allocation's agent is healthy and the mesh whole)
+         allocation and the drill ends once the replacement allocation's agent is healthy and the mesh whole),
+         leader-loss (a node loss of whichever node leads the Raft group: --target leader; with partition and
+         blackhole of the leader it runs a store workload and reports time to a new leader, write
+         unavailability and a consistency verdict)
   Nomad only: restart-alloc (Nomad restarts the allocation in place; --task for one task),
          drain (drains the Nomad node running the target with --deadline S, undone after --duration or on
          Ctrl-C: eligibility restored)
@@ -167,7 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     d.add_argument("kind", choices=DRILL_KINDS, help="what to break")
-    d.add_argument("--target", required=True, metavar="NODE", help="node id to break (e.g. node-b)")
+    d.add_argument(
+        "--target",
+        required=True,
+        metavar="NODE",
+        help="node id to break (e.g. node-b); leader-loss: `--target leader` (it takes whichever node leads)",
+    )
     d.add_argument("--duration", type=_duration, default=10, metavar="S", help="seconds the fault lasts (10)")
     d.add_argument(
         "--deadline",

@@ -15,7 +15,7 @@ screens draw. A link's state comes from both ends' own peer lists:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -45,6 +45,7 @@ class AgentData(msgspec.Struct, kw_only=True):
     peers: wire.MeshPeers | None = None
     routes: wire.MeshRoutes | None = None
     mapek: wire.MapekState | None = None
+    cluster: wire.Cluster | None = None  # Raft view (/cluster); None before consensus or when unreachable
     incidents: dict[str, wire.Incident] = {}
     actions: dict[str, wire.Action] = {}
     metrics: MetricsSample | None = None
@@ -82,6 +83,16 @@ class NodeView(msgspec.Struct, kw_only=True, frozen=True):
     uptime_s: float | None = None
     failing_checks: tuple[str, ...] = ()
     nomad: NomadPlacement | None = None
+    # Raft (agent.consensus): role as the node reports it, its term, and how many entries its replica trails the
+    # highest commit index any node reports (None: no Raft data from this node).
+    raft_role: str | None = None
+    raft_term: int | None = None
+    raft_lag: int | None = None
+    raft_leader_id: str | None = None
+
+    @property
+    def is_leader(self) -> bool:
+        return self.raft_role == "leader"
 
 
 class LinkView(msgspec.Struct, kw_only=True, frozen=True):
@@ -332,7 +343,7 @@ def merge(
         taken_at=now,
         polled_at=polled_at,
         poll_duration_s=poll_duration_s,
-        nodes=tuple(_with_link_counts(nodes, links)),
+        nodes=tuple(with_raft_lag(_with_link_counts(nodes, links), agents)),
         links=tuple(links),
         warnings=tuple(snapshot.warnings),
         active_drills=tuple(
@@ -413,7 +424,39 @@ def _node_view(
         uptime_s=st.uptime_s if st else None,
         failing_checks=tuple(c.name for c in health.checks if not c.ok) if health else (),
         nomad=nomad,
+        **_raft_fields(agent.cluster if agent.ok else None),
     )
+
+
+def _raft_fields(cluster: wire.Cluster | None) -> dict[str, Any]:
+    if cluster is None:
+        return {}
+    return {
+        "raft_role": cluster.role,
+        "raft_term": cluster.term,
+        "raft_leader_id": cluster.leader_id,
+        # Replaced by the lag behind the mesh's highest commit index in `with_raft_lag`.
+        "raft_lag": None
+        if cluster.role in ("client", "disabled")
+        else cluster.commit_index - cluster.applied_index,
+    }
+
+
+def with_raft_lag(nodes: list[NodeView], agents: Mapping[str, AgentData]) -> list[NodeView]:
+    """Each voter's lag: the highest commit index any node reports minus the entries its replica applied."""
+    commits = [a.cluster.commit_index for a in agents.values() if a.ok and a.cluster is not None]
+    if not commits:
+        return nodes
+    top = max(commits)
+    out: list[NodeView] = []
+    for n in nodes:
+        a = agents.get(n.id)
+        c = a.cluster if a is not None and a.ok else None
+        if c is None or c.role in ("client", "disabled", "joining"):
+            out.append(n)
+        else:
+            out.append(msgspec.structs.replace(n, raft_lag=max(0, top - c.applied_index)))
+    return out
 
 
 def absorb_incidents(agent: AgentData, incidents: Iterable[wire.Incident]) -> list[tuple[wire.Incident, str]]:

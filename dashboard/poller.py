@@ -117,6 +117,7 @@ class Poller:
             "status": c.status(url),
             "peers": c.peers(url),
             "mapek": c.mapek(url),
+            "cluster": c.cluster(url),
         }
         if with_records:
             calls["incidents"] = c.incidents(url, since)
@@ -155,6 +156,13 @@ class Poller:
             data.status = replies["status"]
         if not isinstance(replies["peers"], AgentError):
             data.peers = replies["peers"]
+        cluster = replies["cluster"]
+        if isinstance(cluster, AgentError):
+            data.cluster = None
+            if cluster.kind == "not_found":  # an agent from before consensus: not an error worth showing
+                errors.pop("cluster", None)
+        else:
+            data.cluster = cluster
         if "routes" in replies and not isinstance(replies["routes"], AgentError):
             data.routes = replies["routes"]
         if "metrics" in replies and not isinstance(replies["metrics"], AgentError):

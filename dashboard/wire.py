@@ -3,7 +3,7 @@ and consumer cannot drift apart silently (a reply that does not match is reporte
 
 from __future__ import annotations
 
-from agent.consensus.schemas import DrillHistory, DrillRecord
+from agent.consensus.schemas import Cluster, ClusterMember, DrillHistory, DrillLease, DrillRecord, KvEntry
 from agent.drills.schemas import Drill, DrillList
 from agent.mapek.schemas import Action, ActionList, Incident, IncidentList
 from agent.mapek.schemas import MapekStatus as MapekState
@@ -12,14 +12,18 @@ from agent.mesh.schemas import ErrorBody, Health, MeshPeers, MeshRoutes, MeshSta
 __all__ = [
     "Action",
     "ActionList",
+    "Cluster",
+    "ClusterMember",
     "Drill",
     "DrillHistory",
+    "DrillLease",
     "DrillList",
     "DrillRecord",
     "ErrorBody",
     "Health",
     "Incident",
     "IncidentList",
+    "KvEntry",
     "MapekState",
     "MeshPeers",
     "MeshRoutes",

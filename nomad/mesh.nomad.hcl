@@ -88,6 +88,12 @@ variable "peer_port" {
   description = "Static host port for Yggdrasil peering (tls://); 0 = dynamic."
 }
 
+variable "raft_port" {
+  type        = number
+  default     = 0
+  description = "Static host port for the agent's Raft listener (X0_RAFT_PORT); 0 = dynamic."
+}
+
 variable "log_level" {
   type    = string
   default = "info"
@@ -147,6 +153,11 @@ job "x0-mesh" {
       }
       port "peer" {
         static = var.peer_port
+      }
+      # Raft between the agents that vote (docs/contracts.md §7); published as a tag so the members template
+      # can write each member's raft_address.
+      port "raft" {
+        static = var.raft_port
       }
     }
 
@@ -296,6 +307,10 @@ job "x0-mesh" {
         LISTEN_PORT     = "$${NOMAD_PORT_api}"
         YGGDRASIL_ADMIN = "unix://$${NOMAD_ALLOC_DIR}/yggdrasil.sock"
         MESH_MEMBERS    = "$${NOMAD_TASK_DIR}/members.json"
+        X0_RAFT_PORT    = "$${NOMAD_PORT_raft}"
+        # alloc/data is sticky (ephemeral_disk above): a restarted task or a replaced allocation on the same
+        # client keeps its Raft journal and catches up from there.
+        X0_RAFT_DIR = "$${NOMAD_ALLOC_DIR}/data/raft"
         LOG_LEVEL       = var.log_level
         X0_NODE_NAME    = var.node_name
       }
@@ -335,7 +350,8 @@ job "x0-mesh" {
             {{- if and $id (not (scratch.Key $id)) -}}
               {{- scratch.Set $id true -}}
               {{- if $n }}, {{ end }}{{ $n = add $n 1 -}}
-              {"node_id": {{ $id | toJSON }}, "agent_url": {{ if $a.Address | regexMatch ":" }}{{ printf "http://[%s]:%d" $a.Address $a.Port | toJSON }}{{ else }}{{ printf "http://%s:%d" $a.Address $a.Port | toJSON }}{{ end }}
+              {"node_id": {{ $id | toJSON }}, "agent_url": {{ if $a.Address | regexMatch ":" }}{{ printf "http://[%s]:%d" $a.Address $a.Port | toJSON }}{{ else }}{{ printf "http://%s:%d" $a.Address $a.Port | toJSON }}{{ end }}, "host": {{ $a.Node | toJSON }}
+              {{- range $a.Tags }}{{ if . | regexMatch "^x0-raft-port=[0-9]+$" }}, "raft_address": {{ printf "%s:%s" $a.Address (. | regexReplaceAll "^x0-raft-port=" "") | toJSON }}{{ end }}{{ end }}
               {{- range $y := nomadService "${local.peer_service}" }}{{ if eq $y.AllocID $a.AllocID -}}
                 , "listen_uri": {{ if $y.Address | regexMatch ":" }}{{ printf "tls://[%s]:%d" $y.Address $y.Port | toJSON }}{{ else }}{{ printf "tls://%s:%d" $y.Address $y.Port | toJSON }}{{ end }}
               {{- end }}{{ end -}}
@@ -350,7 +366,7 @@ job "x0-mesh" {
         provider = "nomad"
         name     = local.agent_service
         port     = "api"
-        tags     = ["x0-mesh", "x0-node=${var.node_name}"]
+        tags     = ["x0-mesh", "x0-node=${var.node_name}", "x0-raft-port=$${NOMAD_PORT_raft}"]
 
         # /health is 503 while the daemon is down; no check_restart: restarting the agent cannot fix the daemon
         # (Nomad restarts that task itself) and would only drop the agent's view during the outage.

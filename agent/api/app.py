@@ -28,7 +28,7 @@ from litestar.types import ControllerRouterHandler
 from agent import __version__
 from agent.api.errors import EXCEPTION_HANDLERS
 from agent.api.middleware import RequestTimer
-from agent.consensus.service import ConsensusService
+from agent.consensus.extension import ConsensusExtension
 from agent.drills.extension import DrillsExtension
 from agent.mapek.loop import MapekLoop
 from agent.mesh.controllers import HealthController, MeshController, MetricsController
@@ -58,7 +58,7 @@ class AgentExtension(Protocol):
 def default_extensions(settings: Settings) -> list[AgentExtension]:
     """The extensions a production agent runs. MAPE-K, consensus and drills register here (drills after
     consensus: they take the mesh-wide drill lease through it)."""
-    return [MapekLoop(settings), ConsensusService(settings), DrillsExtension(settings)]
+    return [MapekLoop(settings), ConsensusExtension(settings), DrillsExtension(settings)]
 
 
 def _log_task_end(task: asyncio.Task[None]) -> None:

@@ -34,9 +34,6 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import msgspec
-from litestar import Router
-from litestar.di import Provide
-from litestar.exceptions import ServiceUnavailableException
 
 from agent.consensus import voters as vt
 from agent.consensus.engine import RaftEngine, RaftStatus, RaftUnavailable
@@ -46,6 +43,7 @@ from agent.members import Members
 from agent.settings import Settings
 
 if TYPE_CHECKING:
+    from agent.drills.manager import DrillCoordinator
     from agent.state import AgentState
 
 log = logging.getLogger("x0.consensus")
@@ -89,6 +87,8 @@ class KvValue:
 
 
 class ConsensusService:
+    """The node's Raft role and store (see the module doc); served by agent.consensus.extension."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.node_id = settings.node_id
@@ -115,30 +115,14 @@ class ConsensusService:
         self._agent: AgentState | None = None
         self._http: httpx.AsyncClient | None = None
         self._metrics_role: str | None = None
-        from agent.consensus.drill_lease import DrillLeaseCoordinator
-
-        self.drill_coordinator = DrillLeaseCoordinator(self)
-        self._last_changes = 0
-
-        def provide() -> ConsensusService:
-            return self
-
-        from agent.consensus.controller import ClusterController, KvController, LeaseController
-
-        self.route_handlers = [
-            Router(
-                path="/",
-                route_handlers=[ClusterController, KvController, LeaseController],
-                dependencies={"consensus": Provide(provide, sync_to_thread=False)},
-                signature_namespace={"ConsensusService": ConsensusService},
-            )
-        ]
+        self._last_changes = 0  # engine leader changes already counted in x0_raft_leader_changes_total
+        # The drills' side of the mesh-wide lease (agent.consensus.drill_lease), set by the extension.
+        self.drill_coordinator: DrillCoordinator | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------------------
 
     async def start(self, agent: AgentState) -> None:
         self._agent = agent
-        agent.consensus = self
         s = self.settings
         if not s.raft_enabled:
             self._set_role("disabled", "Raft is disabled (X0_RAFT_ENABLED=false)")
@@ -156,7 +140,6 @@ class ConsensusService:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="x0-consensus")
 
     async def stop(self) -> None:
-        await self.drill_coordinator.shutdown()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -873,7 +856,3 @@ def _current_from(r: httpx.Response) -> int:
         return int(detail.rsplit(" ", 1)[-1])
     except (ValueError, AttributeError):
         return -1
-
-
-def unavailable(detail: str) -> ServiceUnavailableException:
-    return ServiceUnavailableException(detail=detail)

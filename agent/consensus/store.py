@@ -81,6 +81,28 @@ class KvState(SyncObjConsumer):
         return self._once(rid, lambda: self.apply_append_trim(prefix, key, value, keep))
 
     @replicated
+    def apply_batch(self, ops: list[tuple[Any, ...]]) -> list[Any]:
+        """Group commit: many requests in one log entry (agent.consensus.engine batches what arrives while the
+        previous entry is in flight). Each op keeps its own request id, result and order."""
+        out: list[Any] = []
+        for op in ops:
+            kind = op[0]
+            if kind == "put":
+                _, key, value, cas, rid = op
+                out.append(self._once(rid, lambda k=key, v=value, c=cas: self.apply_put(k, v, c)))
+            elif kind == "delete":
+                _, key, cas, rid = op
+                out.append(self._once(rid, lambda k=key, c=cas: self.apply_delete(k, c)))
+            elif kind == "append":
+                _, prefix, key, value, keep, rid = op
+                out.append(
+                    self._once(rid, lambda p=prefix, k=key, v=value, n=keep: self.apply_append_trim(p, k, v, n))
+                )
+            else:  # "barrier"
+                out.append(self.index)
+        return out
+
+    @replicated
     def barrier(self) -> int:
         """A no-op through the log: once it is applied here, this replica holds every write acknowledged before
         the barrier was proposed (the linearizable read of contracts §7)."""

@@ -37,6 +37,7 @@ from dashboard.drills.scoring import (
     score,
     steady_state,
 )
+from dashboard.drills.workload import Workload, WorkloadResult
 from dashboard.events import step_event
 from dashboard.models import MeshView, NodeView
 from dashboard.nomad.view import AGENT_TASK
@@ -100,6 +101,13 @@ def describe(
         what = f"the source stops {target} (agent and Yggdrasil daemon), as if the host died"
     elif kind == "node-loss":
         what = f"{target}'s agent kills its Yggdrasil daemon (kill-daemon drill), as if the node died"
+    elif kind == "leader-loss":
+        return (
+            f"The Raft leader ({target} now) is lost: "
+            + describe(msgspec.structs.replace(plan, kind="node-loss"), via_source=via_source, placement=placement)
+            + " Meanwhile every other node runs a store writer and reader; the report adds each one's time to a "
+            "new leader, the write-unavailability window and a consistency verdict."
+        )
     elif kind == "restart-alloc":
         tasks = f"task {plan.task}" if plan.task else "all tasks (Yggdrasil and the agent)"
         where = _alloc(placement) if placement is not None else f"{target}'s allocation"
@@ -201,7 +209,20 @@ class DrillEngine:
 
     def via_source(self, kind: str) -> bool:
         """True when the source makes this fault (no agent drill, no agent API token needed)."""
+        kind = "node-loss" if kind == "leader-loss" else kind
         return kind in SOURCE_DRILL_KINDS or (kind == "node-loss" and self.uses_source_for_node_loss)
+
+    @staticmethod
+    def resolve_leader(plan: DrillPlan, view: MeshView) -> DrillPlan:
+        """leader-loss: the target is whoever leads the Raft group now (as the agents report it)."""
+        if plan.kind != "leader-loss":
+            return plan
+        leaders = [n.id for n in view.nodes if n.is_leader and n.state == "up"]
+        named = {n.raft_leader_id for n in view.nodes if n.raft_leader_id}
+        if len(leaders) != 1 or named - set(leaders):
+            seen = ", ".join(f"{n.id}: {n.raft_role or 'no Raft data'}" for n in view.nodes)
+            raise DrillRefused(f"no single Raft leader the agents agree on ({seen}); nothing to take away")
+        return msgspec.structs.replace(plan, target=leaders[0])
 
     def source_brings_back(self, kind: str) -> bool:
         """True when the source undoes the fault by itself (Nomad restarts or re-places the allocation)."""
@@ -280,6 +301,8 @@ class DrillEngine:
 
     # ---------------------------------------------------------------------------------------------- run
     async def run(self, plan: DrillPlan) -> DrillReport:
+        if plan.kind == "leader-loss":
+            plan = self.resolve_leader(plan, await self._view())
         view = await self.preflight(plan)
         self.running = plan
         self._abort.clear()
@@ -327,6 +350,15 @@ class DrillEngine:
         start_view = view
         target = view.node(plan.target)
         assert target is not None
+        shown_kind = plan.kind
+        if plan.kind == "leader-loss":
+            if not target.is_leader:
+                raise DrillRefused(f"{plan.target} no longer leads the Raft group; start the drill again")
+            plan = msgspec.structs.replace(plan, kind="node-loss")  # the fault itself is a node loss
+        # A drill on the Raft leader drives a small store workload and judges its consistency.
+        with_workload = shown_kind == "leader-loss" or (
+            plan.kind in ("partition", "blackhole") and target.is_leader
+        )
         taken = self.affected(view, plan)
         observers = [n.id for n in view.nodes if n.id not in taken and n.state == "up"]
         if not observers and len(taken) > 1:
@@ -344,7 +376,26 @@ class DrillEngine:
         )
         if plan.kind == "drain":
             await self._announce_drain(plan)
-        fault = await self._inject(plan, url)
+        workload: Workload | None = None
+        if with_workload:
+            urls = {o: u for o in observers if (u := (view.node(o) or target).agent_url)}
+            workload = Workload(
+                urls=urls, token=self.session.client.token, prefix=f"x0dash/drills/{self.clock():.0f}"
+            )
+            await workload.start()
+            warm = await workload.warmed_up()
+            self._step(
+                f"store workload on {', '.join(urls)}: a writer and a reader each (leader {workload.old_leader})"
+                + ("" if warm else "; NOT every writer got a write acknowledged before the fault"),
+                "info" if warm else "warn",
+            )
+            workload.fault()
+        try:
+            fault = await self._inject(plan, url)
+        except BaseException:
+            if workload is not None:
+                await workload.finish()
+            raise
         self._live = (plan, fault, url)
         self._t0 = fault.started_at
         self._step(f"fault injected: {fault.method}", "warn", plan.target, at=fault.started_at)
@@ -402,6 +453,7 @@ class DrillEngine:
                 )
                 break
         self._collect(observers, fault, seen, acted, announced, aliases)
+        result = await self._end_workload(workload, observers) if workload is not None else None
         report = score(
             source=view.source,
             fault=fault,
@@ -417,10 +469,45 @@ class DrillEngine:
             skew_s=self.skew_s,
         )
         report = msgspec.structs.replace(report, environment=environment(start_view, __version__))
+        if shown_kind != plan.kind or result is not None:
+            report = self._with_workload(report, shown_kind, result)
         self._step(
             "PASS" if report.passed else "FAIL: " + "; ".join(report.failures), "ok" if report.passed else "error"
         )
         return report
+
+    async def _end_workload(self, workload: Workload, observers: list[str]) -> WorkloadResult:
+        result = await workload.finish(live=observers)
+        for obs, took in sorted(result.new_leader_after_s.items()):
+            self._step(
+                f"{obs} names a new leader {took:.2f} s after the fault" if took is not None
+                else f"{obs} never named a new leader",
+                "ok" if took is not None else "error",
+                obs,
+            )  # fmt: skip
+        gap = result.unavailable_s
+        self._step("write unavailability: " + ("-" if gap is None else f"{gap:.2f} s"))
+        v = result.verdict
+        self._step(v.summary(), "ok" if v.consistent else "error")
+        return result
+
+    def _with_workload(self, report: DrillReport, kind: str, result: WorkloadResult | None) -> DrillReport:
+        failures = list(report.failures)
+        if result is not None:
+            if not result.verdict.consistent:
+                failures.append(result.verdict.summary())
+            if result.verdict.writes_acked == 0:
+                failures.append("the store workload got no write acknowledged (no API token, or no quorum)")
+            if any(t is None for t in result.new_leader_after_s.values()) and kind == "leader-loss":
+                failures.append("an observer never named a new leader")
+        return msgspec.structs.replace(
+            report,
+            kind=kind,
+            fault=msgspec.structs.replace(report.fault, kind=kind),
+            consistency=result,
+            failures=failures,
+            passed=report.passed and failures == report.failures,
+        )
 
     @staticmethod
     def _placement(view: MeshView, node_id: str) -> NomadPlacement | None:

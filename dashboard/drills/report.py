@@ -160,6 +160,23 @@ def to_markdown(report: DrillReport) -> str:
     ]
     if report.after and report.after.links_not_up:
         lines.append(f"- links not up after: {', '.join(report.after.links_not_up)}")
+    if report.consistency is not None:
+        c = report.consistency
+        gap = c.unavailable_s
+        lines += [
+            "",
+            "## Store workload (Raft)",
+            "",
+            f"- leader when the drill started: {c.old_leader or '-'}",
+            *(
+                f"- {obs}: new leader {_s(took)} after the fault"
+                if took is not None
+                else f"- {obs}: NO new leader"
+                for obs, took in sorted(c.new_leader_after_s.items())
+            ),
+            f"- write unavailability: {_s(gap)} (last acknowledged write before the fault → first after it)",
+            f"- consistency: {c.verdict.summary()}",
+        ]
     lines += ["", "## Timeline", "", "| t | node | event |", "|---|---|---|"]
     for e in sorted(report.timeline, key=lambda e: e.t_s):
         lines.append(f"| {fmt_t(e.t_s)} | {e.node or ''} | {e.what} |")

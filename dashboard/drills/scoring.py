@@ -14,6 +14,7 @@ from typing import Literal
 
 import msgspec
 
+from dashboard.drills.workload import WorkloadResult
 from dashboard.models import MeshView
 
 # 2: `environment` (agent and Yggdrasil versions, topology, source); reports of version 1 still decode.
@@ -190,6 +191,9 @@ class DrillReport(msgspec.Struct, kw_only=True, frozen=True):
     created_at: float
     actions: list[ActionSeen] = []
     environment: Environment | None = None  # version 2
+    # The store workload of a drill on the Raft leader (dashboard.drills.workload): new leader per observer,
+    # write-unavailability window, consistency verdict. None for other drills.
+    consistency: WorkloadResult | None = None
 
 
 def relevant(inc: IncidentSeen, aliases: Iterable[str], fault: FaultWindow, skew_s: float) -> bool:

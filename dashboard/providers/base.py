@@ -15,7 +15,8 @@ import msgspec
 
 from dashboard.logs import MAX_LOG_BYTES, LogSource, read_tail
 
-DrillKind = Literal["blackhole", "partition", "node-loss", "restart-alloc", "drain"]
+# leader-loss: a node loss of whichever node leads the Raft group when the drill starts (issue 9).
+DrillKind = Literal["blackhole", "partition", "node-loss", "leader-loss", "restart-alloc", "drain"]
 # Drills only a scheduler source can make (Nomad): offered only when `Provider.source_drill_kinds` lists them.
 SOURCE_DRILL_KINDS: tuple[DrillKind, ...] = ("restart-alloc", "drain")
 

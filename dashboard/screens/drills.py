@@ -48,6 +48,7 @@ KIND_LABELS = {
     "blackhole": "blackhole",
     "partition": "partition",
     "node-loss": "node loss",
+    "leader-loss": "leader loss (Raft)",
     "restart-alloc": "restart allocation (Nomad)",
     "drain": "drain Nomad node",
 }

@@ -11,6 +11,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Footer, Label, Sparkline, Static, TabbedContent, TabPane
 
+from dashboard import wire
 from dashboard.models import AgentData, MeshView, NodeView
 from dashboard.screens.base import MeshScreen
 from dashboard.session import MeshUpdate
@@ -57,6 +58,8 @@ def node_summary(node: NodeView | None, agent: AgentData | None, node_id: str) -
                 f", {nm.eligibility or '?'}{', draining' if nm.drain else ''})",
             )
         )
+    if agent is not None and agent.cluster is not None:
+        rows.extend(raft_rows(agent.cluster, node.raft_lag))
     for name, value in rows:
         t.append(f"{name:>18}  ", "grey50")
         t.append(f"{value}\n")
@@ -65,6 +68,26 @@ def node_summary(node: NodeView | None, agent: AgentData | None, node_id: str) -
             t.append(f"{name:>18}  ", "grey50")
             t.append(f"{err}\n", "red")
     return t
+
+
+def raft_rows(c: wire.Cluster, lag: int | None) -> list[tuple[str, str]]:
+    """The node's Raft view (its own /cluster) as summary rows (pure)."""
+    contact = "-" if c.last_contact_s is None else f"{c.last_contact_s:.2f} s ago"
+    voters = [m for m in c.members if m.voter]
+    seen = [m.node_id for m in voters if m.state in ("self", "leader", "connected")]
+    rows = [
+        ("raft", f"{c.role}, term {c.term}, leader {c.leader_id or 'none'} (last contact {contact})"),
+        (
+            "raft log",
+            f"commit {c.commit_index}, applied {c.applied_index}"
+            + ("" if lag is None else f", {lag} behind the mesh's highest commit"),
+        ),
+    ]
+    if c.role not in ("client", "disabled"):
+        rows.append(("raft voters", f"{len(seen)} of {len(voters)} reachable: {', '.join(seen) or '-'}"))
+    if c.detail:
+        rows.append(("raft detail", c.detail))
+    return rows
 
 
 def refill(table: DataTable, rows: list[tuple[str | Text, ...]]) -> None:  # type: ignore[type-arg]

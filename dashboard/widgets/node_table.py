@@ -24,8 +24,10 @@ BASE_COLUMNS = (
     ("age", "data age"),
 )
 NOMAD_COLUMNS = (("alloc", "alloc"), ("nomad", "alloc status"), ("host", "Nomad node"))
+# Shown once any agent answers /cluster (agent.consensus): role (★ marks the leader), term, commit lag.
+RAFT_COLUMNS = (("raft", "raft role/term/lag"),)
 # What goes first when the table is too narrow (k9s style): least important first. node, health and peers stay.
-DROP_ORDER = ("address", "alloc", "rps", "age", "host", "nomad", "p99", "incidents")
+DROP_ORDER = ("address", "alloc", "rps", "age", "host", "nomad", "p99", "raft", "incidents")
 # Widths the columns need (content plus cell padding), to decide what fits before drawing.
 COLUMN_WIDTH = {
     "node": 10,
@@ -39,6 +41,7 @@ COLUMN_WIDTH = {
     "alloc": 10,
     "nomad": 18,
     "host": 14,
+    "raft": 20,
 }
 
 
@@ -84,11 +87,25 @@ def row_cells(n: NodeView) -> dict[str, str | Text]:
         "p99": fmt_ms(n.p99_ms),
         "age": Text(fmt_age(n.age_s), age_style),
     }
+    if n.raft_role is not None:
+        cells["raft"] = raft_cell(n)
     if n.nomad is not None:
         cells["alloc"] = n.nomad.alloc_id[:8]
         cells["nomad"] = f"{n.nomad.client_status}/{n.nomad.desired_status}"
         cells["host"] = n.nomad.node_name or n.nomad.node_id[:8]
     return cells
+
+
+def raft_cell(n: NodeView) -> Text:
+    """'★ leader t4', 'follower t4 lag 2', 'client', ... (pure)."""
+    role = n.raft_role or "-"
+    if role in ("client", "disabled", "joining"):
+        return Text(role, "dim" if role != "joining" else "yellow")
+    term = "" if n.raft_term is None else f" t{n.raft_term}"
+    if role == "leader":
+        return Text(f"★ leader{term}", "bold green")
+    lag = f" lag {n.raft_lag}" if n.raft_lag else ""
+    return Text(f"{role}{term}{lag}", "yellow" if role == "candidate" or (n.raft_lag or 0) > 100 else "")
 
 
 def _same(a: str | Text, b: str | Text) -> bool:
@@ -133,6 +150,7 @@ class NodeTable(DataTable[str | Text]):
         super().__init__(id=id, cursor_type="row", zebra_stripes=True)
         self._rows: dict[str, dict[str, str | Text]] = {}
         self._nomad = False
+        self._raft = False
         self._columns: list[str] = []
         self.sort_by = "name"
         self.sort_reverse = False
@@ -148,12 +166,15 @@ class NodeTable(DataTable[str | Text]):
             self.show(self._node_views, self._filter)
 
     def _wanted_columns(self) -> list[str]:
-        keys = [k for k, _ in BASE_COLUMNS] + ([k for k, _ in NOMAD_COLUMNS] if self._nomad else [])
+        keys = [k for k, _ in BASE_COLUMNS]
+        if self._raft:
+            keys[keys.index("incidents") : keys.index("incidents")] = [k for k, _ in RAFT_COLUMNS]
+        keys += [k for k, _ in NOMAD_COLUMNS] if self._nomad else []
         width = self.scrollable_content_region.width or self.size.width
         return fitting_columns(keys, width) if width else keys
 
     def _set_columns(self) -> None:
-        labels = dict(BASE_COLUMNS + NOMAD_COLUMNS)
+        labels = dict(BASE_COLUMNS + NOMAD_COLUMNS + RAFT_COLUMNS)
         self._columns = self._wanted_columns()
         self.clear(columns=True)
         self._rows = {}
@@ -188,6 +209,9 @@ class NodeTable(DataTable[str | Text]):
         self._node_views, self._filter = nodes, filter_text
         if not self._nomad and any(n.nomad is not None for n in nodes):
             self._nomad = True
+            self._set_columns()
+        if not self._raft and any(n.raft_role is not None for n in nodes):
+            self._raft = True
             self._set_columns()
         wanted = sort_nodes([n for n in nodes if matches(n, filter_text)], self.sort_by, self.sort_reverse)
         wanted_ids = [n.id for n in wanted]

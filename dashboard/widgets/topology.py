@@ -107,6 +107,8 @@ def draw_ring(
     for n in nodes:
         x, y = pos[n.id]
         label = NODE_SYMBOL[n.state] + " " + (n.id if len(n.id) <= LABEL_MAX else n.id[: LABEL_MAX - 1] + "…")
+        if n.is_leader:
+            label += " ★"  # the Raft leader
         canvas.text(max(0, min(width - len(label), x - len(label) // 2)), y, label, NODE_STYLE[n.state])
     return canvas.rows()
 
@@ -129,7 +131,8 @@ def draw_matrix(nodes: Sequence[NodeView], links: Sequence[LinkView]) -> list[li
     rows.append(head)
     for i, n in enumerate(nodes):
         row: list[Cell] = []
-        label = f"{i:>{num_w}} {NODE_SYMBOL[n.state]} {n.id[:name_w]:<{name_w}} "
+        mark = "★" if n.is_leader else " "  # the Raft leader
+        label = f"{i:>{num_w}} {NODE_SYMBOL[n.state]} {n.id[:name_w]:<{name_w}}{mark}"
         row.extend((ch, NODE_STYLE[n.state]) for ch in label)
         for j in range(len(nodes)):
             s = state.get((i, j))

@@ -23,11 +23,15 @@ def cluster(c: httpx.Client, mesh: LocalMesh, node_id: str) -> dict[str, Any]:
     return r.json()
 
 
-def agreed_leader(c: httpx.Client, mesh: LocalMesh, nodes: Iterable[str]) -> str | None:
-    """The leader every given node names, when they all name the same one and it says it leads."""
+def agreed_leader(c: httpx.Client, mesh: LocalMesh, nodes: Iterable[str], voters_only: bool = False) -> str | None:
+    """The leader every given node names (with voters_only: every voter among them; clients learn the leader
+    later, from a voter), when they all name the same one and it says it leads."""
     names = set()
     for n in nodes:
-        names.add(cluster(c, mesh, n)["leader_id"])
+        view = cluster(c, mesh, n)
+        if voters_only and view["role"] in ("client", "joining", "disabled"):
+            continue
+        names.add(view["leader_id"])
     if len(names) != 1 or None in names:
         return None
     leader = names.pop()
@@ -35,13 +39,18 @@ def agreed_leader(c: httpx.Client, mesh: LocalMesh, nodes: Iterable[str]) -> str
 
 
 def wait_leader(
-    c: httpx.Client, mesh: LocalMesh, nodes: Iterable[str], timeout: float, not_: str | None = None
+    c: httpx.Client,
+    mesh: LocalMesh,
+    nodes: Iterable[str],
+    timeout: float,
+    not_: str | None = None,
+    voters_only: bool = False,
 ) -> str:
     nodes = list(nodes)
     found: list[str] = []
 
     def agreed() -> bool:
-        leader = agreed_leader(c, mesh, nodes)
+        leader = agreed_leader(c, mesh, nodes, voters_only)
         if leader is None or leader == not_:
             return False
         found.append(leader)

@@ -247,3 +247,46 @@ def test_whole_mesh_restart_keeps_every_acknowledged_write(run: Run) -> None:
     run.leader(timeout=20)
     run.check_all_acked(timeout=30)
     assert (Path(run.mesh.node("node-a").dir) / "raft" / "journal.bin").exists()
+
+
+def test_x0dash_leader_loss_drill_reports_new_leader_unavailability_and_a_consistent_history(
+    run: Run, tmp_path: Path
+) -> None:
+    """x0dash headless `drill leader-loss`: the target is whoever leads; with an inventory source the node loss is
+    the agent's kill-daemon drill (overlay gone: the leader is cut off from the group). The report carries every
+    observer's time to a new leader, the write-unavailability window and a consistency verdict."""
+    import asyncio
+    import io
+    import json as _json
+
+    from dashboard.cli import run_headless
+    from dashboard.drills.engine import DrillPlan
+    from dashboard.providers.inventory import InventoryProvider
+
+    old = run.leader()
+    assert run.mesh.inventory_path is not None
+    report_path = tmp_path / "report.json"
+    out, err = io.StringIO(), io.StringIO()
+    asyncio.run(
+        run_headless(
+            InventoryProvider(run.mesh.inventory_path),
+            DrillPlan(kind="leader-loss", target="leader", duration_s=5),
+            reports_dir=None,
+            report_file=report_path,
+            as_json=True,
+            out=out,
+            err=err,
+        )
+    )
+    report = _json.loads(report_path.read_text())
+    assert report["kind"] == "leader-loss" and report["target"] == old, report["target"]
+    c = report["consistency"]
+    assert c is not None and c["old_leader"] == old
+    observers = [n for n in NODES if n != old]
+    assert sorted(c["new_leader_after_s"]) == observers
+    assert all(t is not None and 0 < t < 10 for t in c["new_leader_after_s"].values()), c["new_leader_after_s"]
+    assert c["unavailable_from"] is not None and c["unavailable_to"] is not None
+    assert 0 < c["unavailable_to"] - c["unavailable_from"] < 10
+    v = c["verdict"]
+    assert v["consistent"] and v["writes_acked"] > 0 and v["reads_ok"] > 0, v
+    run.leader(timeout=30)

@@ -50,7 +50,7 @@ async def test_drills_screen_of_another_source_offers_no_nomad_kinds(tmp_path: P
         screen = app.screen
         assert isinstance(screen, DrillScreen)
         kinds = [b.id for b in screen.query(RadioButton)]
-        assert kinds == ["kind-blackhole", "kind-partition", "kind-node-loss"]
+        assert kinds == ["kind-blackhole", "kind-partition", "kind-node-loss", "kind-leader-loss"]
         assert screen.query_one("#undo-drain", Button).display is False
         assert screen.check_action("undo_drain", ()) is False  # `u` neither shown nor run
         assert not any(w.display for w in screen.query(".drain-field, .restart-field"))

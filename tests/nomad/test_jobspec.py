@@ -122,9 +122,9 @@ def test_system_job_by_default_service_with_three_nodes_for_a_dev_agent() -> Non
 
 def test_ports_are_dynamic_by_default_and_referenced_ports_exist() -> None:
     ports = {label: spec for p in GROUP["network"][0]["port"] for label, spec in p.items()}
-    assert set(ports) == {"api", "peer"}
+    assert set(ports) == {"api", "peer", "raft"}
     # static = 0 => dynamic port (jobspec2 normalizeNetworkPorts moves only Value > 0 to ReservedPorts).
-    assert VARS["api_port"] == 0 and VARS["peer_port"] == 0
+    assert VARS["api_port"] == 0 and VARS["peer_port"] == 0 and VARS["raft_port"] == 0
     for task in TASKS.values():
         for svc in task.get("service", []):
             assert svc["port"] in ports
@@ -303,8 +303,12 @@ def test_members_file_shape_is_what_the_agent_parses() -> None:
         ],
     ):
         parts = []
-        for node_id, url, listen in members:
-            item = f'{{"node_id": {json.dumps(node_id)}, "agent_url": {json.dumps(url)}'
+        for i, (node_id, url, listen) in enumerate(members):
+            host = url.split("//")[1].rsplit(":", 1)[0].strip("[]")
+            # host (Nomad node id) and raft_address (service address + the x0-raft-port tag) as the template
+            # writes them.
+            item = f'{{"node_id": {json.dumps(node_id)}, "agent_url": {json.dumps(url)}, "host": "9f1e-{i}"'
+            item += f', "raft_address": {json.dumps(f"{host}:{22000 + i}")}'
             item += f', "listen_uri": {json.dumps(listen)}' if listen else ""
             parts.append(item + "}")
         text = '{"mesh": "x0-mesh", "members": [' + ", ".join(parts) + "]}"

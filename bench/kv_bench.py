@@ -1,0 +1,477 @@
+"""The replicated KV store beside etcd, on the same mesh, in the same run.
+
+    python bench/kv_bench.py                     # about 4 minutes
+    python bench/kv_bench.py --kills 10 --seconds 8 --json out.json
+
+One real 3-node mesh in network namespaces (agent.localmesh: root, yggdrasil): the agents' Raft group (3 voters,
+pysyncobj, bound on the Yggdrasil addresses), and beside it a 3-member etcd cluster (Debian `etcd-server`, default
+timeouts: heartbeat 100 ms, election 1000 ms) started in the same namespaces, its peers on the same Yggdrasil
+addresses (so both Raft groups ride the same overlay), its clients on the underlay like the agents' API.
+The bench client runs in the host namespace and spreads requests over the three nodes of each system:
+- agents: `PUT /kv/{key}` (token), `GET /kv/{key}` (linearizable: a barrier through the log);
+- etcd: its JSON gateway, `POST /v3/kv/put` and `POST /v3/kv/range` (linearizable by default).
+Figures (each system measured alone, the other idle):
+- acknowledged writes/s and p50/p99 latency with 1 and with 32 concurrent clients (closed loop, --seconds each);
+- p50/p99 write latency at a paced 100 writes/s (open loop, --seconds);
+- linearizable reads/s with 32 clients;
+- leader failover, --kills times: the leader's process is SIGKILLed (agents: the agent, whose daemon dies with it
+  = node loss; etcd: the etcd process, overlay left up), then time until the survivors name a new leader and
+  until the first write acknowledged through them; the node is started again before the next kill;
+- RSS of each agent voter after writing a 10 MiB store (160 values of 64 KiB), beside etcd's.
+Targets (issue 9): failover median <= 1.5 s and never worse than etcd's median; >= 1000 writes/s with 32 clients;
+p99 < 50 ms at 100 writes/s; agent RSS < 80 MB with a 10 MiB store. Ratios are agents / etcd.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from agent.localmesh import LocalMesh, MeshOptions, netns  # noqa: E402
+
+TOKEN = "x0-kv-bench"
+ETCD_CLIENT = 2379
+ETCD_PEER = 2380
+POLL_S = 0.02
+VALUE = b"v" * 100
+
+
+def pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(q / 100 * (len(xs) - 1)))]
+
+
+def b64(s: str | bytes) -> str:
+    return base64.b64encode(s.encode() if isinstance(s, str) else s).decode()
+
+
+class System:
+    name = "?"
+
+    def __init__(self, mesh: LocalMesh) -> None:
+        self.mesh = mesh
+        self.down: set[str] = set()
+
+    def up_nodes(self) -> list[str]:
+        return [n for n in self.mesh.node_ids if n not in self.down]
+
+    async def put(self, c: httpx.AsyncClient, node: str, key: str, value: bytes) -> bool:
+        raise NotImplementedError
+
+    async def get(self, c: httpx.AsyncClient, node: str, key: str) -> bool:
+        raise NotImplementedError
+
+    async def leader(self, c: httpx.AsyncClient, nodes: list[str]) -> str | None:
+        raise NotImplementedError
+
+    def kill(self, node: str) -> None:
+        raise NotImplementedError
+
+    def restart(self, node: str) -> None:
+        raise NotImplementedError
+
+    def pid(self, node: str) -> int | None:
+        raise NotImplementedError
+
+
+class Agents(System):
+    name = "agents"
+
+    def url(self, node: str) -> str:
+        return self.mesh.node(node).agent_url
+
+    async def put(self, c: httpx.AsyncClient, node: str, key: str, value: bytes) -> bool:
+        r = await c.put(f"{self.url(node)}/kv/{key}", content=value, headers={"Authorization": f"Bearer {TOKEN}"})
+        return r.status_code == 200
+
+    async def get(self, c: httpx.AsyncClient, node: str, key: str) -> bool:
+        r = await c.get(f"{self.url(node)}/kv/{key}")
+        return r.status_code == 200
+
+    async def leader(self, c: httpx.AsyncClient, nodes: list[str]) -> str | None:
+        names = set()
+        for n in nodes:
+            try:
+                names.add((await c.get(f"{self.url(n)}/cluster", timeout=0.5)).json()["leader_id"])
+            except (httpx.HTTPError, ValueError, KeyError):
+                return None
+        return names.pop() if len(names) == 1 and None not in names else None
+
+    def kill(self, node: str) -> None:
+        pid = self.mesh.agent_pid(node)
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+        self.down.add(node)
+
+    def restart(self, node: str) -> None:
+        self.mesh.stop_node(node)  # reaps what the kill left (the daemon dies with its agent)
+        self.mesh.start_node(node)
+        self.down.discard(node)
+        self.after_restart(node)
+
+    def after_restart(self, node: str) -> None:
+        """stop_node kills every process in the namespace, the idle etcd member too: the bench revives it."""
+
+    def pid(self, node: str) -> int | None:
+        return self.mesh.agent_pid(node)
+
+
+class Etcd(System):
+    name = "etcd"
+
+    def __init__(self, mesh: LocalMesh, binary: str) -> None:
+        super().__init__(mesh)
+        self.binary = binary
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.ids: dict[str, str] = {}  # member id (decimal string) -> node
+
+    def url(self, node: str) -> str:
+        return f"http://{self.mesh.node(node).underlay_ip}:{ETCD_CLIENT}"
+
+    def _argv(self, node: str, state: str) -> list[str]:
+        n = self.mesh.node(node)
+        cluster = ",".join(f"{m.id}=http://[{m.yggdrasil_address}]:{ETCD_PEER}" for m in self.mesh.nodes)
+        return netns.exec_argv(
+            n.netns or "",
+            [
+                self.binary,
+                "--name", node,
+                "--data-dir", str(n.dir / "etcd"),
+                "--listen-peer-urls", f"http://[{n.yggdrasil_address}]:{ETCD_PEER}",
+                "--initial-advertise-peer-urls", f"http://[{n.yggdrasil_address}]:{ETCD_PEER}",
+                "--listen-client-urls", f"http://{n.underlay_ip}:{ETCD_CLIENT}",
+                "--advertise-client-urls", f"http://{n.underlay_ip}:{ETCD_CLIENT}",
+                "--initial-cluster", cluster,
+                "--initial-cluster-token", f"x0-kv-bench-{self.mesh.id}",
+                "--initial-cluster-state", state,
+                "--log-level", "warn",
+            ],
+        )  # fmt: skip
+
+    def start(self, node: str, state: str = "new") -> None:
+        log = open(self.mesh.node(node).dir / "etcd.log", "ab")  # the process keeps it
+        self.procs[node] = subprocess.Popen(
+            self._argv(node, state), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+
+    def revive(self, node: str) -> None:
+        p = self.procs.get(node)
+        if p is not None and p.poll() is not None:
+            self.start(node, "existing")
+
+    def stop_all(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.kill()
+        for p in self.procs.values():
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+
+    async def put(self, c: httpx.AsyncClient, node: str, key: str, value: bytes) -> bool:
+        r = await c.post(f"{self.url(node)}/v3/kv/put", json={"key": b64(key), "value": b64(value)})
+        return r.status_code == 200 and "error" not in r.json()
+
+    async def get(self, c: httpx.AsyncClient, node: str, key: str) -> bool:
+        r = await c.post(f"{self.url(node)}/v3/kv/range", json={"key": b64(key)})
+        return r.status_code == 200 and "error" not in r.json()
+
+    async def leader(self, c: httpx.AsyncClient, nodes: list[str]) -> str | None:
+        names = set()
+        for n in nodes:
+            try:
+                body = (await c.post(f"{self.url(n)}/v3/maintenance/status", json={}, timeout=0.5)).json()
+                self.ids[str(body["header"]["member_id"])] = n
+                names.add(str(body.get("leader", "0")))
+            except (httpx.HTTPError, ValueError, KeyError):
+                return None
+        if len(names) != 1:
+            return None
+        lid = names.pop()
+        return self.ids.get(lid) if lid != "0" else None
+
+    def kill(self, node: str) -> None:
+        self.procs[node].kill()
+        self.procs[node].wait(5)
+        self.down.add(node)
+
+    def restart(self, node: str) -> None:
+        self.start(node, "existing")
+        self.down.discard(node)
+
+    def pid(self, node: str) -> int | None:
+        p = self.procs.get(node)
+        return p.pid if p is not None and p.poll() is None else None
+
+
+@dataclass
+class Figures:
+    system: str
+    w1_per_s: float = 0.0
+    w1_p50_ms: float = 0.0
+    w1_p99_ms: float = 0.0
+    w32_per_s: float = 0.0
+    w32_p50_ms: float = 0.0
+    w32_p99_ms: float = 0.0
+    paced_rate: float = 0.0
+    paced_p50_ms: float = 0.0
+    paced_p99_ms: float = 0.0
+    paced_failed: int = 0
+    r32_per_s: float = 0.0
+    failover_leader_s: list[float] = field(default_factory=list)
+    failover_write_s: list[float] = field(default_factory=list)
+    rss_mb: dict[str, float] = field(default_factory=dict)
+
+
+async def closed_loop(sys_: System, clients: int, seconds: float, op: str) -> tuple[float, list[float]]:
+    lat: list[float] = []
+    ok = 0
+    stop = time.monotonic() + seconds
+    nodes = sys_.up_nodes()
+
+    async def worker(i: int) -> None:
+        nonlocal ok
+        async with httpx.AsyncClient(trust_env=False, timeout=5.0) as c:
+            n = 0
+            while time.monotonic() < stop:
+                n += 1
+                node = nodes[(i + n) % len(nodes)]
+                key = f"b/{op}/{i}/{n % 500}"
+                t = time.perf_counter()
+                try:
+                    good = await (sys_.put(c, node, key, VALUE) if op == "w" else sys_.get(c, node, f"b/w/{i}/1"))
+                except httpx.HTTPError:
+                    good = False
+                if good:
+                    ok += 1
+                    lat.append(time.perf_counter() - t)
+
+    started = time.monotonic()
+    await asyncio.gather(*(worker(i) for i in range(clients)))
+    return ok / (time.monotonic() - started), lat
+
+
+async def paced(sys_: System, rate: float, seconds: float) -> tuple[list[float], int]:
+    lat: list[float] = []
+    failed = 0
+    nodes = sys_.up_nodes()
+    async with httpx.AsyncClient(trust_env=False, timeout=5.0, limits=httpx.Limits(max_connections=64)) as c:
+
+        async def one(i: int) -> None:
+            nonlocal failed
+            t = time.perf_counter()
+            try:
+                good = await sys_.put(c, nodes[i % len(nodes)], f"b/p/{i % 1000}", VALUE)
+            except httpx.HTTPError:
+                good = False
+            if good:
+                lat.append(time.perf_counter() - t)
+            else:
+                failed += 1
+
+        tasks = []
+        start = time.monotonic()
+        for i in range(int(rate * seconds)):
+            await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+    return lat, failed
+
+
+async def wait_leader(sys_: System, c: httpx.AsyncClient, within_s: float = 60.0) -> str:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        leader = await sys_.leader(c, sys_.up_nodes())
+        if leader is not None:
+            return leader
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"{sys_.name}: no leader agreed by {sys_.up_nodes()} within {within_s:g} s")
+
+
+async def failover(sys_: System, kills: int) -> tuple[list[float], list[float]]:
+    to_leader: list[float] = []
+    to_write: list[float] = []
+    async with httpx.AsyncClient(trust_env=False, timeout=1.0) as c:
+        for k in range(kills):
+            old = await wait_leader(sys_, c)
+            survivors = [n for n in sys_.up_nodes() if n != old]
+            t0 = time.monotonic()
+            sys_.kill(old)
+            got_leader: float | None = None
+            got_write: float | None = None
+            i = 0
+            while (got_leader is None or got_write is None) and time.monotonic() - t0 < 30:
+                if got_leader is None:
+                    try:
+                        lead = await sys_.leader(c, survivors)
+                    except httpx.HTTPError:
+                        lead = None
+                    if lead is not None and lead != old:
+                        got_leader = time.monotonic() - t0
+                if got_write is None:
+                    i += 1
+                    try:
+                        if await sys_.put(c, survivors[i % 2], f"b/f/{k}/{i}", VALUE):
+                            got_write = time.monotonic() - t0
+                    except httpx.HTTPError:
+                        pass
+                await asyncio.sleep(POLL_S)
+            to_leader.append(got_leader if got_leader is not None else float("inf"))
+            to_write.append(got_write if got_write is not None else float("inf"))
+            print(f"  {sys_.name} kill {k + 1}/{kills}: {old}: new leader {to_leader[-1]:.2f} s, "
+                  f"first write {to_write[-1]:.2f} s", flush=True)  # fmt: skip
+            await asyncio.to_thread(sys_.restart, old)
+            await wait_leader(sys_, c)
+            await asyncio.sleep(1.0)  # the restarted member catches up before the next kill
+    return to_leader, to_write
+
+
+def rss_mb(pid: int | None) -> float:
+    if pid is None:
+        return float("nan")
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def measure(sys_: System, args: argparse.Namespace) -> Figures:
+    f = Figures(sys_.name)
+    async with httpx.AsyncClient(trust_env=False, timeout=5.0) as c:
+        await wait_leader(sys_, c)
+    print(f"{sys_.name}: writes, 1 client", flush=True)
+    f.w1_per_s, lat = await closed_loop(sys_, 1, args.seconds, "w")
+    f.w1_p50_ms, f.w1_p99_ms = pct(lat, 50) * 1e3, pct(lat, 99) * 1e3
+    print(f"{sys_.name}: writes, 32 clients", flush=True)
+    f.w32_per_s, lat = await closed_loop(sys_, 32, args.seconds, "w")
+    f.w32_p50_ms, f.w32_p99_ms = pct(lat, 50) * 1e3, pct(lat, 99) * 1e3
+    print(f"{sys_.name}: paced {args.rate:g} writes/s", flush=True)
+    lat, f.paced_failed = await paced(sys_, args.rate, args.seconds)
+    f.paced_rate = args.rate
+    f.paced_p50_ms, f.paced_p99_ms = pct(lat, 50) * 1e3, pct(lat, 99) * 1e3
+    print(f"{sys_.name}: linearizable reads, 32 clients", flush=True)
+    f.r32_per_s, _ = await closed_loop(sys_, 32, args.seconds, "r")
+    print(f"{sys_.name}: 10 MiB store", flush=True)
+    async with httpx.AsyncClient(trust_env=False, timeout=10.0) as c:
+        big = b"m" * (64 * 1024)
+        for i in range(160):
+            assert await sys_.put(c, sys_.up_nodes()[i % 3], f"b/mem/{i:03d}", big), "10 MiB store write failed"
+    await asyncio.sleep(1.0)
+    f.rss_mb = {n: round(rss_mb(sys_.pid(n)), 1) for n in sys_.up_nodes()}
+    print(f"{sys_.name}: failover x{args.kills}", flush=True)
+    f.failover_leader_s, f.failover_write_s = await failover(sys_, args.kills)
+    return f
+
+
+def med(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def top(xs: list[float]) -> float:
+    return max(xs) if xs else float("nan")
+
+
+def report(a: Figures, e: Figures) -> str:
+    def row(what: str, x: float, y: float, unit: str, better: str) -> str:
+        ratio = x / y if y else float("nan")
+        return f"| {what} | {x:,.1f} {unit} | {y:,.1f} {unit} | {ratio:.2f} ({better}) |"
+
+    lines = [
+        "| figure | agents (pysyncobj) | etcd 3.4 | agents / etcd |",
+        "|---|---|---|---|",
+        row("acknowledged writes/s, 1 client", a.w1_per_s, e.w1_per_s, "/s", "higher is better"),
+        row("write p50, 1 client", a.w1_p50_ms, e.w1_p50_ms, "ms", "lower is better"),
+        row("write p99, 1 client", a.w1_p99_ms, e.w1_p99_ms, "ms", "lower is better"),
+        row("acknowledged writes/s, 32 clients", a.w32_per_s, e.w32_per_s, "/s", "higher is better"),
+        row("write p50, 32 clients", a.w32_p50_ms, e.w32_p50_ms, "ms", "lower is better"),
+        row("write p99, 32 clients", a.w32_p99_ms, e.w32_p99_ms, "ms", "lower is better"),
+        row(f"write p50 at {a.paced_rate:g}/s", a.paced_p50_ms, e.paced_p50_ms, "ms", "lower is better"),
+        row(f"write p99 at {a.paced_rate:g}/s", a.paced_p99_ms, e.paced_p99_ms, "ms", "lower is better"),
+        row("linearizable reads/s, 32 clients", a.r32_per_s, e.r32_per_s, "/s", "higher is better"),
+        row("failover to a new leader, median", med(a.failover_leader_s), med(e.failover_leader_s), "s", "lower"),
+        row("failover to a new leader, max", top(a.failover_leader_s), top(e.failover_leader_s), "s", "lower"),
+        row("failover to first write, median", med(a.failover_write_s), med(e.failover_write_s), "s", "lower"),
+        row("failover to first write, max", top(a.failover_write_s), top(e.failover_write_s), "s", "lower"),
+        row("RSS per voter, 10 MiB store", top([*a.rss_mb.values()]), top([*e.rss_mb.values()]), "MB", "lower"),
+    ]  # fmt: skip
+    targets = [
+        ("failover median <= 1.5 s", med(a.failover_leader_s) <= 1.5),
+        ("failover median <= etcd's", med(a.failover_leader_s) <= med(e.failover_leader_s)),
+        (">= 1000 writes/s with 32 clients", a.w32_per_s >= 1000),
+        (f"p99 write < 50 ms at {a.paced_rate:g}/s", a.paced_p99_ms < 50),
+        ("agent RSS < 80 MB with a 10 MiB store", max(a.rss_mb.values(), default=1e9) < 80),
+    ]
+    lines.append("")
+    lines += [f"- target {name}: {'met' if ok else 'MISSED'}" for name, ok in targets]
+    if a.paced_failed or e.paced_failed:
+        lines.append(f"- paced writes not acknowledged: agents {a.paced_failed}, etcd {e.paced_failed}")
+    return "\n".join(lines)
+
+
+async def bench(args: argparse.Namespace) -> tuple[Figures, Figures]:
+    binary = shutil.which("etcd") or "/usr/bin/etcd"
+    if not os.access(binary, os.X_OK):
+        raise SystemExit("kv_bench: etcd not found (apt-get install etcd-server)")
+    run_dir = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp(prefix="x0-kv-bench-"))
+    opts = MeshOptions(
+        nodes=3, mode="netns", run_dir=run_dir, api_token=TOKEN, agent_env={"X0_MAPEK_ENABLED": "false"}
+    )
+    with LocalMesh(opts) as mesh:
+        etcd = Etcd(mesh, binary)
+        try:
+            for n in mesh.node_ids:
+                etcd.start(n)
+            agents = Agents(mesh)
+            agents.after_restart = etcd.revive  # type: ignore[method-assign]
+            a = await measure(agents, args)
+            e = await measure(etcd, args)
+        finally:
+            etcd.stop_all()
+    return a, e
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--seconds", type=float, default=8.0, help="duration of each throughput/latency phase (default 8)"
+    )
+    p.add_argument(
+        "--rate", type=float, default=100.0, help="paced write rate for the latency target (default 100/s)"
+    )
+    p.add_argument("--kills", type=int, default=10, help="leader kills per system (default 10)")
+    p.add_argument("--run-dir", default=None, help="where the mesh keeps its files (default: a temp dir)")
+    p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON to this file")
+    args = p.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("kv_bench: needs root (network namespaces)")
+    a, e = asyncio.run(bench(args))
+    print()
+    print(report(a, e))
+    if args.json:
+        args.json.write_text(json.dumps({"agents": a.__dict__, "etcd": e.__dict__}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
