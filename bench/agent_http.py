@@ -10,6 +10,11 @@ Targets are measured in interleaved rounds and the best round of each is kept (t
 With 2+ CPUs the server under test is pinned to CPU 0 and wrk to CPU 1, so they do not fight for one core.
 
 Targets (issue 2): req/s ratio agent/baseline >= 0.8 with p99 < 50 ms; agent RSS < 80 MB after 10 minutes.
+
+Server implementation (the pyproject.toml claim for httptools + uvloop): node-a's agent app is also served by two
+more processes started the same way, `uvicorn --http httptools --loop uvloop` and `uvicorn --http h11 --loop
+asyncio` (same settings, same daemon, MAPE-K and Raft off so only the API runs), and GET /mesh/status is measured
+on both in the same interleaved rounds; the ratio is httptools+uvloop / h11+asyncio. `--no-servers` skips it.
 """
 
 from __future__ import annotations
@@ -47,6 +52,18 @@ def constant() -> dict[str, str]:
 
 app = Litestar([constant], logging_config=None)
 """
+
+# The agent's own app factory, as agent.cli builds it, for serving it with a chosen uvicorn implementation.
+AGENT_APP = """
+from prometheus_client import disable_created_metrics
+
+from agent.api.app import create_app
+from agent.settings import Settings
+
+disable_created_metrics()
+app = create_app(Settings.from_env())
+"""
+SERVERS = {"httptools+uvloop": ("httptools", "uvloop"), "h11+asyncio": ("h11", "asyncio")}
 
 
 @dataclass
@@ -146,6 +163,60 @@ def start_baseline(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     return proc, url
 
 
+def start_agent_app(
+    workdir: Path, mesh: LocalMesh, node_id: str, server: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    """node_id's agent app in its own uvicorn process with the given HTTP parser and event loop."""
+    (workdir / "x0_bench_agent.py").write_text(AGENT_APP)
+    http, loop = SERVERS[server]
+    node = mesh.node(node_id)
+    port = free_port()
+    assert mesh.members_path is not None
+    env = {
+        **os.environ,
+        "NODE_ID": node_id,
+        "LISTEN_HOST": "127.0.0.1",
+        "LISTEN_PORT": str(port),
+        "LOG_LEVEL": "warning",
+        "YGGDRASIL_ADMIN": node.admin_endpoint,
+        "MESH_MEMBERS": str(mesh.members_path),
+        "X0_API_TOKEN": mesh.api_token,
+        "X0_MAPEK_ENABLED": "false",
+        "X0_RAFT_ENABLED": "false",
+    }
+    env.pop("YGGDRASIL_CONFIG", None)  # never a second supervisor of node-a's daemon
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "x0_bench_agent:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--http",
+            http,
+            "--loop",
+            loop,
+            "--workers",
+            "1",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "--lifespan",
+            "on",
+        ],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/mesh/status"
+    wait_http(url)
+    return proc, url
+
+
 def pin(pid: int, cpu: int) -> None:
     try:
         os.sched_setaffinity(pid, {cpu})
@@ -180,6 +251,12 @@ def main(argv: list[str] | None = None) -> int:
         "RSS; 600 for the issue's 10-minute figure (default 60)",
     )
     p.add_argument("--nodes", type=int, default=3)
+    p.add_argument(
+        "--no-servers",
+        dest="servers",
+        action="store_false",
+        help="skip the httptools+uvloop vs h11+asyncio comparison of the agent app",
+    )
     args = p.parse_args(argv)
 
     wrk = shutil.which("wrk")
@@ -202,15 +279,21 @@ def main(argv: list[str] | None = None) -> int:
             agent_pid = mesh.agent_pid("node-a")
             assert agent_pid is not None
             baseline, baseline_url = start_baseline(workdir)
+            extra: list[subprocess.Popen[bytes]] = [baseline]
             try:
-                if multi_cpu:
-                    pin(agent_pid, 0)
-                    pin(baseline.pid, 0)
                 targets = {
                     "baseline GET /": baseline_url,
                     "agent GET /mesh/status": node.agent_url + "/mesh/status",
                     "agent GET /health": node.agent_url + "/health",
                 }
+                if args.servers:
+                    for server in SERVERS:
+                        proc, url = start_agent_app(workdir, mesh, "node-a", server)
+                        extra.append(proc)
+                        targets[server] = url
+                if multi_cpu:
+                    for pid in [agent_pid, *(proc.pid for proc in extra)]:
+                        pin(pid, 0)
                 for url in targets.values():  # warm-up: first requests build caches and connections
                     run_wrk(wrk, url, 2, args.connections, args.threads, multi_cpu)
                 best: dict[str, WrkResult] = {}
@@ -221,8 +304,9 @@ def main(argv: list[str] | None = None) -> int:
                             best[name] = r
                 baseline_rss = rss_mb(baseline.pid)
             finally:
-                baseline.terminate()
-                baseline.wait(10)
+                for proc in extra:
+                    proc.terminate()
+                    proc.wait(10)
 
             print()
             print(
@@ -233,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
             base = best["baseline GET /"]
             ok = True
             for name, r in best.items():
+                if name in SERVERS:
+                    continue
                 ratio = r.rps / base.rps if base.rps else 0.0
                 line = r.row(name)
                 if name != "baseline GET /":
@@ -241,6 +327,16 @@ def main(argv: list[str] | None = None) -> int:
                     line += f"  {ratio:.2f}  {'PASS' if passed else 'FAIL'} (>= {RATIO_TARGET}, p99 < "
                     line += f"{P99_TARGET_MS:g} ms)"
                 print(line)
+
+            if args.servers:
+                fast, slow = best["httptools+uvloop"], best["h11+asyncio"]
+                print("\nnode-a's agent app, GET /mesh/status, by uvicorn server (pyproject.toml's claim):")
+                print(fast.row("httptools+uvloop"))
+                print(slow.row("h11+asyncio"))
+                print(
+                    f"httptools+uvloop / h11+asyncio: req/s {fast.rps / slow.rps:.2f}x, "
+                    f"p99 {fast.p99_ms:.2f} vs {slow.p99_ms:.2f} ms"
+                )
 
             stop = threading.Event()
             poller = threading.Thread(
