@@ -187,16 +187,22 @@ class Mesh:
             except AdminError:
                 pass
 
-    def drill(self, kind: str, seconds: float) -> dict:
+    def drill(self, kind: str, seconds: float, within: float = 60.0) -> dict:
+        """POST /drills. A 503 (the mesh-wide drill lease needs a Raft leader, and the mesh may still be electing
+        one after the previous fault) is retried until `within`; any other refusal ends the bench."""
         node = self.local.node(VICTIM)
-        r = self.http.post(
-            f"{node.agent_url}/drills",
-            json={"kind": kind, "duration_s": seconds},
-            headers={"Authorization": f"Bearer {TOKEN}"},
-        )
-        if r.status_code != 202:
-            raise RuntimeError(f"drill {kind} refused: {r.status_code} {r.text}")
-        return r.json()
+        deadline = time.monotonic() + within
+        while True:
+            r = self.http.post(
+                f"{node.agent_url}/drills",
+                json={"kind": kind, "duration_s": seconds},
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            )
+            if r.status_code == 202:
+                return r.json()
+            if r.status_code != 503 or time.monotonic() > deadline:
+                raise RuntimeError(f"drill {kind} refused: {r.status_code} {r.text}")
+            time.sleep(0.5)
 
     def reverted_at(self, drill_id: str) -> float | None:
         past = self.http.get(f"{self.local.node(VICTIM).agent_url}/drills").json()["past"]
@@ -371,7 +377,7 @@ async def bench(args: argparse.Namespace, formation: list[float | None]) -> list
             ("full", [k for k in args.kinds if k != AROUND]),
             ("chain", [k for k in args.kinds if k == AROUND]),
         ]
-        for mapek in (True, False):
+        for mapek in args.meshes:
             label = "MAPE-K" if mapek else "daemons alone"
             for topology, kinds in groups:
                 if not kinds:
@@ -384,6 +390,8 @@ async def bench(args: argparse.Namespace, formation: list[float | None]) -> list
                         for i in range(args.runs):
                             run = await one_run(mesh, kind, args.fault_s, args.timeout_s, args.stable_s)
                             runs.append(run)
+                            if args.json is not None:  # kept as it goes: a bench that dies keeps its runs
+                                write_json(args, runs, formation, partial=True)
                             print(
                                 f"[{label}] {kind} #{i + 1}: detect daemon {run.detect_daemon_s} agent "
                                 f"{run.detect_agent_s} around {run.around_s} repair {run.repair_s} "
@@ -419,6 +427,11 @@ def main(argv: list[str] | None = None) -> int:
         help="before each fault, the mesh must have been whole this long (default 11 s: MAPE-K counts a link "
         "that drops within 10 s of coming up as flapping)",
     )
+    p.add_argument(
+        "--meshes",
+        default="mapek,alone",
+        help="which meshes to measure: mapek (agents with MAPE-K), alone (the daemons alone), or both (default)",
+    )
     p.add_argument("--run-dir", default=None, help="where the meshes keep their files (default: a temp dir)")
     p.add_argument(
         "--json",
@@ -429,6 +442,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     args.kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    meshes = [m.strip() for m in args.meshes.split(",") if m.strip()]
+    if not meshes or not set(meshes) <= {"mapek", "alone"}:
+        p.error("--meshes: mapek, alone or mapek,alone")
+    args.meshes = [m == "mapek" for m in ("mapek", "alone") if m in meshes]
     bad = [k for k in args.kinds if k not in ALL_KINDS]
     if bad:
         p.error(f"unknown fault(s) {', '.join(bad)}; choose from {', '.join(ALL_KINDS)}")
@@ -440,27 +457,39 @@ def main(argv: list[str] | None = None) -> int:
         if shutil.which(tool) is None and not os.access(f"/usr/sbin/{tool}", os.X_OK):
             p.error(f"{tool} not found")
     formation: list[float | None] = []
-    started = time.time()
+    args.started = time.time()
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     runs = asyncio.run(bench(args, formation))
     table = report(runs, args.fault_s, args.timeout_s, formation)
     print()
     print(table)
     if args.json is not None:
-        doc = {
-            "bench": "bench/heal_bench.py",
-            "argv": sys.argv[1:] if argv is None else list(argv),
-            "started_at": started,
-            "finished_at": time.time(),
-            "host": {"cpus": os.cpu_count(), "uname": " ".join(os.uname())},
-            "yggdrasil": _yggdrasil_version(),
-            "targets_s": TARGETS,
-            "formation_s": formation,
-            "runs": [asdict(r) for r in runs],
-            "report": table.splitlines(),
-        }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(doc, indent=1) + "\n")
+        write_json(args, runs, formation, table=table)
     return 0
+
+
+def write_json(
+    args: argparse.Namespace,
+    runs: list[Run],
+    formation: list[float | None],
+    *,
+    table: str | None = None,
+    partial: bool = False,
+) -> None:
+    doc = {
+        "bench": "bench/heal_bench.py",
+        "argv": args.argv,
+        "started_at": args.started,
+        "finished_at": None if partial else time.time(),
+        "host": {"cpus": os.cpu_count(), "uname": " ".join(os.uname())},
+        "yggdrasil": _yggdrasil_version(),
+        "targets_s": TARGETS,
+        "formation_s": formation,
+        "runs": [asdict(r) for r in runs],
+        "report": table.splitlines() if table is not None else None,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(doc, indent=1) + "\n")
 
 
 def _yggdrasil_version() -> str | None:
