@@ -51,3 +51,24 @@ nomad-dev:
 # local mesh + a real Prometheus (prometheus/prometheus.yml) scraping it; prints where to look and how to add Grafana
 observe nodes="3" *args:
     python prometheus/observe.py --nodes {{nodes}} {{args}}
+
+# Whole suite (agents and x0dash started as processes included), then the pure-logic tests alone (X0_TESTS_PURE=1).
+# line coverage; fails under 85 % (agent/mapek, agent/drills, dashboard/drills) or 70 % (agent/mapek, pure-logic)
+coverage *args:
+    #!/usr/bin/env bash
+    set -uo pipefail
+    rm -f .coverage-suite .coverage-suite.* .coverage-pure .coverage-pure.*
+    status=0
+    COVERAGE_FILE=$PWD/.coverage-suite python -m coverage run -m pytest -q -ra -p no:cacheprovider {{args}} || status=$?
+    COVERAGE_FILE=$PWD/.coverage-pure X0_TESTS_PURE=1 python -m coverage run -m pytest -q -p no:cacheprovider {{args}} || status=$?
+    python -m coverage combine -q --data-file=.coverage-suite
+    python -m coverage combine -q --data-file=.coverage-pure
+    echo; echo "== whole suite"
+    python -m coverage report --data-file=.coverage-suite | tail -1
+    for pkg in agent/mapek agent/drills dashboard/drills; do
+        echo "== whole suite, $pkg (>= 85 %)"
+        python -m coverage report --data-file=.coverage-suite --include="$pkg/*" --fail-under=85 || status=1
+    done
+    echo "== pure-logic tests alone, agent/mapek (>= 70 %)"
+    python -m coverage report --data-file=.coverage-pure --include="agent/mapek/*" --fail-under=70 || status=1
+    exit $status

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 from pytest import approx
 
 from dashboard.drills.report import from_json, to_json, to_markdown
@@ -144,6 +145,76 @@ def test_never_reverted_and_aborted() -> None:
     assert "the fault was never reverted" in r.failures
     r = run([inc("node-a", T0 + 1, T0 + 3), inc("node-c", T0 + 1, T0 + 3)], f=fault(ended=T0 + 2, aborted=True))
     assert "aborted by the operator" in r.failures
+
+
+def test_a_partition_of_the_mesh_counts_as_detection() -> None:
+    # A partition incident names the mesh, not the target: it is still the observer noticing the fault.
+    r = run(
+        [
+            inc("node-a", T0 + 0.3, T0 + 5.8, subject="mesh", kind="partition"),
+            inc("node-a", T0 + 1.1, T0 + 6.0),
+            inc("node-c", T0 + 0.4, T0 + 6.2, subject="mesh", kind="partition"),
+        ]
+    )
+    a, c = r.observers
+    assert (a.detected_by, a.detect_s, a.incidents) == ("partition", approx(0.3), 2)
+    assert (c.detected_by, c.detect_s, c.repair_s) == ("partition", approx(0.4), approx(1.2))
+    assert r.passed
+
+
+def test_clock_skew_between_hosts_is_allowed_up_to_half_a_second() -> None:
+    # node-c's clock runs 0.4 s behind the target's: its detection looks earlier than the fault, and counts.
+    r = run([inc("node-a", T0 + 1.0, T0 + 6.0), inc("node-c", T0 - 0.4, T0 + 5.6)])
+    assert r.observers[1].detect_s == approx(-0.4) and r.observers[1].detected_at == T0 - 0.4
+    assert r.passed
+    # 0.6 s before the fault is beyond the bound: an incident from before the drill, not a detection of it.
+    r = run([inc("node-a", T0 + 1.0, T0 + 6.0), inc("node-c", T0 - 0.6, T0 + 5.6)])
+    assert r.observers[1].detect_s is None and "node-c never detected the fault" in r.failures
+    # The same allowance applies to heal actions.
+    early = ActionSeen(observer="node-a", id="x", at=T0 - 0.4, action="redial", target="node-b", outcome="ok")
+    stale = ActionSeen(observer="node-a", id="y", at=T0 - 0.6, action="redial", target="node-b", outcome="ok")
+    r = run([inc("node-a", T0 + 1.0, T0 + 6.0), inc("node-c", T0 + 1, T0 + 6)], actions=[early, stale])
+    assert [a.id for a in r.actions] == ["x"] and r.observers[0].actions == 1
+
+
+def test_a_node_the_source_never_brought_back_fails_the_drill() -> None:
+    gone = FaultWindow(
+        kind="node-loss",
+        method="source: stop allocation",
+        target="node-b",
+        duration_s=5,
+        started_at=T0,
+        ended_at=T0 + 5,
+        clock="dashboard",
+        source_brings_back=True,
+        back_at=None,
+    )
+    r = run([inc("node-a", T0 + 0.2, T0 + 6), inc("node-c", T0 + 0.2, T0 + 6)], f=gone)
+    assert not r.passed and not r.recovered  # even though the mesh view looks whole again
+    assert "node-b never came back on a running allocation with a healthy agent" in r.failures
+    back = msgspec.structs.replace(gone, back_at=T0 + 5, ended_at=T0 + 5, back_what="allocation running")
+    r = run([inc("node-a", T0 + 0.2, T0 + 6), inc("node-c", T0 + 0.2, T0 + 6)], f=back)
+    assert r.passed and r.recovered
+    whats = [e.what for e in r.timeline]
+    assert "fault over, back: allocation running" in whats and "fault reverted" not in whats
+
+
+def test_no_observer_left_fails_instead_of_passing_vacuously() -> None:
+    r = score(
+        source="test",
+        fault=fault(),
+        aliases={"node-b"},
+        observers=[],
+        incidents=[inc("node-a", T0 + 1, T0 + 6)],
+        actions=[],
+        before=steady(nodes_up=1),
+        after=steady(nodes_up=1),
+        steady_confirmed_at=T0 + 7,
+        slo=DEFAULT_SLO,
+        created_at=T0 + 8,
+    )
+    assert r.observers == [] and r.recovered_at is None and not r.passed
+    assert r.failures == ["no observer: every other node was down before the drill"]
 
 
 def test_report_round_trip_and_markdown() -> None:
