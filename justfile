@@ -64,7 +64,7 @@ coverage *args:
     python -m coverage combine -q --data-file=.coverage-suite
     python -m coverage combine -q --data-file=.coverage-pure
     echo; echo "== whole suite"
-    python -m coverage report --data-file=.coverage-suite | tail -1
+    python -m coverage report --data-file=.coverage-suite | grep "^TOTAL"
     for pkg in agent/mapek agent/drills dashboard/drills; do
         echo "== whole suite, $pkg (>= 85 %)"
         python -m coverage report --data-file=.coverage-suite --include="$pkg/*" --fail-under=85 || status=1
