@@ -80,8 +80,8 @@ class Monitor:
         self._fast_until = time.monotonic() + FAST_WINDOW_S
         self._poke.set()
 
-    def check_members(self) -> None:
-        if self.state.members.check():
+    async def check_members(self) -> None:
+        if await self.state.members.check_async():
             log.info("members file changed: %d members", len(self.state.members.members.members))
             self.state.record_members_change()
         elif self.state.members.error is not None and self.state.members.path is not None:
@@ -116,7 +116,7 @@ class Monitor:
             while True:
                 tick_start = time.monotonic()
                 self._poke.clear()  # a poke arriving during this pass still wakes the next one early
-                self.check_members()
+                await self.check_members()
                 ok = await self.refresh()
                 now = time.monotonic()
                 # Measured from the tick's start, so a slow pass does not push later ones back.

@@ -1,10 +1,16 @@
-"""Bring up the planned links this node dials, plus YGGDRASIL_PEERS.
+"""Bring up the planned links this node dials, plus YGGDRASIL_PEERS, and remove the ones that left the plan.
 
-At agent start, whenever the daemon (re)starts (`AgentState.daemon_epoch`) and whenever the members change, every
-target is `addPeer`ed. Until a target's link has been seen up once, it is redialled with a short backoff: a
+At agent start, whenever the daemon (re)starts or comes back after not answering (`AgentState.daemon_epoch`) and
+whenever the members change, every target is `addPeer`ed (an already configured one is harmless).
+Until a target's link has been seen up once, it is redialled with a short backoff: a
 target whose daemon was not listening yet would otherwise wait for the daemon's own retry (0.4.7: 3 tries 1 s
 apart, then a fixed 60 s loop; 0.5: exponential backoff). Once a link has been up, keeping it up is the
 daemon's and MAPE-K's job, not this module's: with MAPE-K disabled the daemons alone are measured.
+
+Removal converges whatever happened in between (issue 11 item 2): `added` is never forgotten, not even on a new
+daemon epoch, and every URI in it that is no longer a target is removePeer'ed until the daemon confirms (success
+or "not configured"), with retries after a failed call. Each snapshot is also compared with the daemon's own
+peer list: an outbound link to a URI this agent added and no longer wants is removed again.
 """
 
 from __future__ import annotations
@@ -33,10 +39,14 @@ class DialTarget:
 
 
 def dial_targets(ctx: MeshContext) -> list[DialTarget]:
-    """What this node addPeers: its planned dials (listen_uri pinned with ?key= when known), then static peers."""
+    """What this node addPeers: its planned dials (listen_uri pinned with ?key= when known), then static peers.
+    Members whose entry cannot be dialled (`MeshContext.not_dialled`: bad or shared listen_uri, this node's own
+    key) are left out."""
     out: list[DialTarget] = []
     for node_id in ctx.members.dials(ctx.node_id):
         member = ctx.members.by_id[node_id]
+        if ctx.not_dialled(node_id) is not None:
+            continue
         uri = peer_uri(member)
         if uri is not None:
             out.append(DialTarget(uri=uri, node_id=node_id))
@@ -45,18 +55,29 @@ def dial_targets(ctx: MeshContext) -> list[DialTarget]:
     return out
 
 
+class UpLinks:
+    """The snapshot's up links indexed by key and by dialled URI, built once per reconcile (O(links))."""
+
+    def __init__(self, snapshot: DaemonSnapshot) -> None:
+        self.keys = {link.key for link in snapshot.peers if link.up and link.key}
+        outbound = [link for link in snapshot.peers if link.remote and link.inbound is not True]
+        self.remotes = {strip_query(link.remote) for link in outbound if link.up and link.remote}
+        # Every outbound URI the daemon lists (0.5 lists configured links that are down too; 0.4 only up ones).
+        self.outbound = {strip_query(link.remote) for link in outbound if link.remote}
+
+    def has(self, target: DialTarget, ctx: MeshContext) -> bool:
+        key = ctx.key_of(target.node_id) if target.node_id else None
+        return bool(key and key in self.keys) or strip_query(target.uri) in self.remotes
+
+
 def target_up(target: DialTarget, snapshot: DaemonSnapshot, ctx: MeshContext) -> bool:
     """A link to the target is up: same key (planned member with a known key) or same dialled URI."""
-    key = ctx.key_of(target.node_id) if target.node_id else None
-    remote = strip_query(target.uri)
-    for link in snapshot.peers:
-        if not link.up:
-            continue
-        if key and link.key == key:
-            return True
-        if link.remote and link.inbound is not True and strip_query(link.remote) == remote:
-            return True
-    return False
+    return UpLinks(snapshot).has(target, ctx)
+
+
+def is_not_configured(exc: AdminCommandError) -> bool:
+    # 0.4: "peer not configured"; 0.5: "peer is not configured".
+    return "not configured" in exc.error
 
 
 def is_already_configured(exc: AdminCommandError) -> bool:
@@ -73,10 +94,18 @@ class _Pending:
 
 
 @dataclass
+class _Removal:
+    attempts: int = 0
+    next_try: float = 0.0
+
+
+@dataclass
 class Peering:
     state: AgentState
-    added: dict[str, str | None] = field(default_factory=dict)  # uri -> node id, what this agent addPeer'ed
+    # uri -> node id: what this agent addPeer'ed and has not seen removed since (kept across daemon epochs).
+    added: dict[str, str | None] = field(default_factory=dict)
     _pending: dict[str, _Pending] = field(default_factory=dict)
+    _removing: dict[str, _Removal] = field(default_factory=dict)
     _applied: tuple[int, int] | None = None
 
     def uri_for(self, node_id: str) -> str | None:
@@ -95,17 +124,27 @@ class Peering:
         ctx = state.context()
         key = (state.daemon_epoch, state.members.generation)
         targets = {t.uri: t for t in dial_targets(ctx)}
-        if key != self._applied:
-            new_daemon = self._applied is None or key[0] != self._applied[0]
-            self._applied = key
-            if new_daemon:
-                self.added.clear()  # a fresh daemon has no runtime peers
-            await self._remove_unplanned(set(targets))
-            self._pending = {uri: _Pending(t) for uri, t in targets.items()}
-        now = time.monotonic()
         snapshot = state.snapshot
+        links = UpLinks(snapshot)
+        if key != self._applied:
+            self._applied = key
+            # Not `added.clear()` on a new daemon: a snapshot that failed does not mean the daemon forgot its
+            # peers, and forgetting them here left removed members dialled for ever. Re-adding is harmless.
+            for uri in self.added:
+                if uri not in targets:
+                    self._removing.setdefault(uri, _Removal())
+            self._pending = {uri: _Pending(t) for uri, t in targets.items()}
+        # The daemon's own list: an outbound link we added and no longer want (a redial raced a removal, or the
+        # daemon came back with it) is removed again.
+        for uri in self.added:
+            if uri not in targets and uri not in self._removing and strip_query(uri) in links.outbound:
+                self._removing[uri] = _Removal()
+        for uri in [u for u in self._removing if u in targets]:
+            del self._removing[uri]  # wanted again (members changed back)
+        now = time.monotonic()
+        await self._remove_unplanned(now, ctx)
         for uri, pending in list(self._pending.items()):
-            if uri in self.added and target_up(pending.target, snapshot, ctx):
+            if uri in self.added and links.has(pending.target, ctx):
                 log.info("link to %s is up", pending.target.node_id or uri)
                 del self._pending[uri]
                 continue
@@ -140,17 +179,46 @@ class Peering:
         pending.attempts += 1
         pending.next_try = time.monotonic() + delay
 
-    async def _remove_unplanned(self, wanted: set[str]) -> None:
-        for uri in [u for u in self.added if u not in wanted]:
-            try:
-                await self.state.admin.remove_peer(uri)
-                log.info("removePeer %s (no longer planned)", uri)
-            except AdminCommandError:
-                pass
-            except AdminError as exc:
-                log.warning("removePeer %s failed: %s", uri, exc)
-                continue
-            del self.added[uri]
+    async def _remove_unplanned(self, now: float, ctx: MeshContext) -> None:
+        due = [u for u, r in self._removing.items() if r.next_try <= now]
+        if not due:
+            return
+        removed = failed = 0
+        try:
+            async with self.state.admin.session() as s:
+                for uri in due:
+                    owner = self.added.get(uri)
+                    if owner is not None and owner in ctx.temporary:
+                        # MAPE-K now uses this member as a stand-in over the same URI: its link, not ours.
+                        self._forget(uri)
+                        continue
+                    try:
+                        await s.remove_peer(uri)
+                        removed += 1
+                        log.info("removePeer %s (%s no longer planned)", uri, owner or "static peer")
+                    except AdminCommandError as exc:
+                        if not is_not_configured(exc):
+                            failed += 1
+                            self._retry_removal(uri, exc)
+                            continue
+                    self._forget(uri)
+        except AdminError as exc:
+            failed += 1
+            for uri in due:
+                if uri in self._removing:
+                    self._retry_removal(uri, exc)
+        if failed:
+            log.warning("removePeer: %d removed, %d to retry", removed, failed)
+
+    def _retry_removal(self, uri: str, exc: AdminError) -> None:
+        r = self._removing[uri]
+        r.next_try = time.monotonic() + min(BACKOFF_MAX_S, BACKOFF_FIRST_S * BACKOFF_FACTOR**r.attempts)
+        r.attempts += 1
+        log.debug("removePeer %s failed (%s), retrying", uri, exc)
+
+    def _forget(self, uri: str) -> None:
+        self.added.pop(uri, None)
+        self._removing.pop(uri, None)
 
     async def run(self) -> None:
         gen = -1
@@ -162,14 +230,19 @@ class Peering:
                 log.warning("peering: %s", exc)
 
     def _next_wait(self) -> float | None:
-        if not self._pending:
+        tries = [p.next_try for p in self._pending.values()] + [r.next_try for r in self._removing.values()]
+        if not tries:
             return None
-        soonest = min(p.next_try for p in self._pending.values())
-        return max(0.05, soonest - time.monotonic())
+        return max(0.05, min(tries) - time.monotonic())
 
     @property
     def pending(self) -> list[str]:
         return list(self._pending)
+
+    @property
+    def removing(self) -> list[str]:
+        """URIs this agent added, no longer wants, and has not yet seen the daemon drop."""
+        return list(self._removing)
 
 
 async def run_peering(state: AgentState) -> None:

@@ -32,6 +32,9 @@ from agent.yggdrasil.client import AdminClient
 from agent.yggdrasil.errors import AdminError
 from agent.yggdrasil.models import DaemonSnapshot
 
+# Invalid members named in the /health detail; the count says how many more there are.
+MEMBER_PROBLEMS_SHOWN = 5
+
 if TYPE_CHECKING:
     from agent.peering import Peering
     from agent.supervisor import DaemonSupervisor
@@ -65,7 +68,7 @@ class AgentState:
         self.last_error_at: float | None = None  # wall clock
         self.last_attempt_mono: float | None = None
         self.monitor_alive: bool = False
-        # Bumps whenever the daemon becomes reachable after it was not (start, restart, recovery): peering
+        # Bumps on a new daemon (supervised: a new process; otherwise: reachable again after it was not): peering
         # re-adds its links then, since a restarted daemon forgot every runtime peer.
         self.daemon_epoch = 0
         self._seen_process_epoch = -1
@@ -95,11 +98,16 @@ class AgentState:
     def record_snapshot(self, snapshot: DaemonSnapshot, *, process_epoch: int | None = None) -> None:
         """A successful monitor pass. `process_epoch` is the supervisor's start count, so a daemon restarted
         between two passes still counts as a new daemon."""
-        recovered = not self.last_ok or self.snapshot is None
-        if process_epoch is not None and process_epoch != self._seen_process_epoch:
-            recovered = True
+        if process_epoch is not None:
+            # Supervised: only a new daemon process is a new daemon. A snapshot that failed (a busy agent, a slow
+            # admin socket) while the same process ran is not: that daemon still holds every peer it had.
+            new_daemon = process_epoch != self._seen_process_epoch
             self._seen_process_epoch = process_epoch
-        if recovered:
+        else:
+            # Not ours: a daemon that stopped answering may have been restarted behind our back. Peering re-adds
+            # its targets then (harmless if the daemon still has them) and never forgets what it added.
+            new_daemon = not self.last_ok or self.snapshot is None
+        if new_daemon:
             self.daemon_epoch += 1
         self.snapshot = snapshot
         self.snapshot_mono = time.monotonic()
@@ -169,14 +177,15 @@ class AgentState:
     def _refresh(self) -> None:
         if self._cache_gen == self.generation:
             return
+        snap = self.snapshot
         ctx = views.MeshContext(
             node_id=self.settings.node_id,
             members=self.members.members,
             learned_keys=dict(self.learned_keys),
             temporary=frozenset(self.temporary),
             static_peers=self.settings.yggdrasil_peers,
+            self_key=snap.self_info.key if snap is not None else None,
         )
-        snap = self.snapshot
         self._ctx = ctx
         if snap is not None:
             matched = views.match_peers(snap, ctx)
@@ -295,5 +304,15 @@ class AgentState:
         if self.settings.node_id not in w.members.by_id:
             return HealthCheck(
                 name="members", ok=False, detail=f"this node ({self.settings.node_id}) is not in {w.path}"
+            )
+        ctx = self.context()
+        bad = [(n, why) for n in w.members.by_id if n != ctx.node_id and (why := ctx.not_dialled(n)) is not None]
+        if bad:
+            shown = "; ".join(f"{n}: {why}" for n, why in bad[:MEMBER_PROBLEMS_SHOWN])
+            more = f"; and {len(bad) - MEMBER_PROBLEMS_SHOWN} more" if len(bad) > MEMBER_PROBLEMS_SHOWN else ""
+            return HealthCheck(
+                name="members",
+                ok=False,
+                detail=f"{len(bad)} of {count} members from {w.path} are never dialled: {shown}{more}",
             )
         return HealthCheck(name="members", ok=True, detail=f"{count} members from {w.path}")

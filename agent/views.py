@@ -8,9 +8,9 @@ answers the API gives.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from agent.members import Member, Members, strip_query
+from agent.members import Member, Members
 from agent.mesh.schemas import (
     Health,
     HealthCheck,
@@ -36,12 +36,28 @@ class MeshContext:
     learned_keys: Mapping[str, str]
     temporary: frozenset[str]  # member ids MAPE-K linked as stand-ins
     static_peers: tuple[str, ...] = ()  # YGGDRASIL_PEERS
+    self_key: str | None = None  # this node's daemon key (from the snapshot), when known
+    # learned_keys inverted (key -> node id), built once per context so link matching stays O(links).
+    learned_ids: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.learned_keys and not self.learned_ids:
+            object.__setattr__(self, "learned_ids", {k: n for n, k in self.learned_keys.items()})
 
     def key_of(self, node_id: str) -> str | None:
         m = self.members.by_id.get(node_id)
         if m is not None and m.public_key:
             return m.public_key
         return self.learned_keys.get(node_id)
+
+    def not_dialled(self, node_id: str) -> str | None:
+        """Why this node must not dial `node_id` although the plan says so, or None."""
+        why = self.members.invalid.get(node_id)
+        if why is not None:
+            return why
+        if self.self_key is not None and node_id != self.node_id and self.key_of(node_id) == self.self_key:
+            return "its public_key is this node's own daemon key (the daemon would dial itself)"
+        return None
 
 
 def member_of_link(link: PeerLink, ctx: MeshContext) -> Member | None:
@@ -51,14 +67,11 @@ def member_of_link(link: PeerLink, ctx: MeshContext) -> Member | None:
     if found is not None:
         return found
     if link.key:
-        for node_id, key in ctx.learned_keys.items():
-            if key == link.key and node_id in members.by_id:
-                return members.by_id[node_id]
+        node_id = ctx.learned_ids.get(link.key)
+        if node_id is not None and node_id in members.by_id:
+            return members.by_id[node_id]
     if link.remote and link.inbound is not True:
-        remote = strip_query(link.remote)
-        for m in members.members:
-            if m.listen_uri and strip_query(m.listen_uri) == remote:
-                return m
+        return members.member_at(link.remote)
     return None
 
 
@@ -72,10 +85,9 @@ def learn_keys(snapshot: DaemonSnapshot, members: Members) -> dict[str, str]:
     for link in snapshot.peers:
         if not link.up or not link.key or not link.remote or link.inbound is True:
             continue
-        remote = strip_query(link.remote)
-        for m in members.members:
-            if m.public_key is None and m.listen_uri and strip_query(m.listen_uri) == remote:
-                out[m.node_id] = link.key
+        m = members.member_at(link.remote)
+        if m is not None and m.public_key is None:
+            out[m.node_id] = link.key
     return out
 
 
@@ -98,12 +110,15 @@ def planned_status(matched: Iterable[tuple[PeerLink, Member | None]], ctx: MeshC
         elif link.last_error:
             down_error[member.node_id] = link.last_error
     out: list[PlannedPeerStatus] = []
+    dials = set(ctx.members.dials(ctx.node_id))
     for node_id in ctx.members.neighbours(ctx.node_id):
         if node_id in up:
             out.append(PlannedPeerStatus(node_id, True, ""))
         elif node_id in down_error:
             out.append(PlannedPeerStatus(node_id, False, f"link down: {down_error[node_id]}"))
-        elif ctx.key_of(node_id) is None and node_id not in ctx.members.dials(ctx.node_id):
+        elif node_id in dials and (why := ctx.not_dialled(node_id)) is not None:
+            out.append(PlannedPeerStatus(node_id, False, f"not dialled: {why}"))
+        elif ctx.key_of(node_id) is None and node_id not in dials:
             out.append(
                 PlannedPeerStatus(
                     node_id, False, "no link (its key is unknown, so its inbound link cannot be recognised)"
@@ -184,10 +199,7 @@ def routes_view(snapshot: DaemonSnapshot, ctx: MeshContext) -> MeshRoutes:
 
 
 def _learned_id(key: str, ctx: MeshContext) -> str | None:
-    for node_id, learned in ctx.learned_keys.items():
-        if learned == key:
-            return node_id
-    return None
+    return ctx.learned_ids.get(key)
 
 
 def status_view(

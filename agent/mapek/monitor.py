@@ -70,7 +70,9 @@ def merge_links(links: Iterable[PeerLink], member_of: Callable[[PeerLink], str |
 
 def probe_set(kn: Knowledge, rotation: int, fanout: int) -> tuple[list[str], int]:
     """Members to probe this tick and the next rotation offset."""
-    always = [m for m in kn.others() if m in set(kn.neighbours()) | set(kn.temporaries) | set(kn.accepting)]
+    # The set once, not once per member: with a large members file that was O(members x neighbours) a tick.
+    watched = set(kn.neighbours()) | set(kn.temporaries) | set(kn.accepting)
+    always = [m for m in kn.others() if m in watched]
     rest = [m for m in kn.others() if m not in always]
     if not rest or fanout <= 0:
         return always, rotation
@@ -86,6 +88,10 @@ def dial_targets(kn: Knowledge) -> list[str]:
     return [m for m in dict.fromkeys(mine) if not kn.state(m).link_up]
 
 
+# HTTP probes in flight at once (also the probe client's connection limit).
+PROBE_CONCURRENCY = 64
+
+
 class MapekMonitor:
     def __init__(
         self,
@@ -99,12 +105,13 @@ class MapekMonitor:
         self.timeout = timeout
         self.fanout = fanout
         self._rotation = 0
+        self._slots = asyncio.Semaphore(PROBE_CONCURRENCY)
         # httpx logs every request at INFO: several probes a second would drown the agent's own log.
         logging.getLogger("httpx").setLevel(logging.WARNING)
         # No keep-alive: each probe opens its own connection, exactly what a dead path must fail.
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_keepalive_connections=0, max_connections=64),
+            limits=httpx.Limits(max_keepalive_connections=0, max_connections=PROBE_CONCURRENCY),
             follow_redirects=False,
             trust_env=False,
         )
@@ -152,6 +159,12 @@ class MapekMonitor:
         )
 
     async def _http_probe(self, member: str, path: ProbePath, base_url: str) -> Probe:
+        # Wait here, not in httpx's pool: its queue costs O(waiting x connections) per request (issue 11 item 1:
+        # a 1,000-member full plan queued ~2,000 probes a tick and took the event loop).
+        async with self._slots:
+            return await self._http_probe_now(member, path, base_url)
+
+    async def _http_probe_now(self, member: str, path: ProbePath, base_url: str) -> Probe:
         url = base_url.rstrip("/") + "/health"
         started = time.perf_counter()
         at = time.time()

@@ -76,7 +76,6 @@ def test_peer_uri_pins_the_key() -> None:
         (lambda d: d["members"][0].update(public_key="zz"), "public_key"),
         (lambda d: d["members"][1].update(public_key=KEY_A), "share a public_key"),
         (lambda d: d["members"][0].update(address="10.0.0.1"), "not an IPv6"),
-        (lambda d: d["members"][0].update(listen_uri="10.0.0.1:1"), "listen_uri"),
         (lambda d: d.update(links=[["node-a", "node-z"]]), "unknown member"),
         (lambda d: d["members"][0].pop("agent_url"), "agent_url"),
     ],
@@ -86,6 +85,15 @@ def test_invalid_files_are_refused_with_a_reason(mutate, message: str) -> None:
     mutate(d)
     with pytest.raises(MembersError, match=message):
         parse_members(json.dumps(d).encode())
+
+
+def test_a_listen_uri_that_cannot_be_dialled_costs_only_that_member() -> None:
+    d = doc()
+    d["members"][0]["listen_uri"] = "10.0.0.1:1"  # no scheme (issue 11 item 5: reported, never dialled)
+    m = parse_members(json.dumps(d).encode())
+    assert m.ids == ["node-a", "node-b", "node-c"] and m.by_id["node-a"].listen_uri is None
+    assert m.invalid == {"node-a": "listen_uri '10.0.0.1:1' is not a peer URI like tls://host:port"}
+    assert peer_uri(m.by_id["node-a"]) is None
 
 
 def test_not_json() -> None:
