@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 import shlex
+import signal
 import subprocess
 import time
 from collections import deque
@@ -82,6 +84,17 @@ class _Running:
     watchdog: subprocess.Popen[bytes] | None = None
     lease_id: str | None = None  # the mesh-wide lease this node took for the drill (released at the end)
     holder: str | None = None
+
+
+def stop_watchdog(proc: subprocess.Popen[bytes]) -> None:
+    """Kill a watchdog and everything it started: it leads its own session (`start_new_session`), so its process
+    group is exactly its `sh` and the `sleep` under it. Killing only the `sh` left the `sleep` behind, up to
+    600 s per drill (issue 11 item 4)."""
+    if proc.poll() is None:  # still running: its group is still ours (the id cannot have been reused)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=1)
 
 
 class DrillManager:
@@ -290,10 +303,8 @@ class DrillManager:
     async def _revert(self, running: _Running) -> str | None:
         """Undo the fault; returns an error text when it could not."""
         drill = running.drill
-        if running.watchdog is not None and running.watchdog.poll() is None:
-            running.watchdog.kill()
-            with contextlib.suppress(Exception):
-                running.watchdog.wait(timeout=1)
+        if running.watchdog is not None:
+            stop_watchdog(running.watchdog)
         if drill.kind == "kill-daemon":
             sup = self._supervisor()
             if sup is not None:
