@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from agent import __version__
+from agent.logfilter import RepeatFilter
 from agent.settings import Settings, SettingsError
 
 EXIT_CONFIG = 2
@@ -37,6 +38,8 @@ configuration (environment; full table in docs/contracts.md §1):
   X0_MONITOR_INTERVAL      seconds between daemon snapshots (default 1.0)
   X0_ADMIN_TIMEOUT         seconds per admin-socket call (default 2.0)
   X0_API_TOKEN             bearer token for mutating endpoints (unset: they are refused)
+  X0_HTTP_MAX_CONNECTIONS  open HTTP connections at most (default 512; idle ones are evicted first)
+  X0_HTTP_REQUEST_TIMEOUT  seconds a connection has to complete a request (default 10)
   X0_MAPEK_ENABLED, X0_MAPEK_INTERVAL, X0_MAPEK_DEGREE   self-healing loop
 
 example:
@@ -85,6 +88,9 @@ def _configure_logging(level: str) -> None:
         stream=sys.stderr,
         force=True,
     )
+    # On the handler, so records of every logger (asyncio's accept errors, uvicorn's bad requests) pass it.
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RepeatFilter())
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -158,21 +164,29 @@ def serve() -> int:
     # series; nothing here reads them. Process-wide, which is fine in the agent's own process.
     disable_created_metrics()
 
+    from agent.api.server import ServerLimits, fd_budget, protocol_class
+
     app = create_app(settings)
+    cap, fd_limit = fd_budget(settings.http_max_connections)
+    limits = ServerLimits(max_connections=cap, request_timeout=settings.http_request_timeout)
     config = uvicorn.Config(
         app,
         lifespan="on",
         log_config=None,
         log_level=settings.log_level,
         access_log=False,
-        # The agent keeps a few idle keep-alive connections from scrapers and x0dash; default timeouts are fine.
+        # Connection cap, request deadline, URL/header limits and JSON errors (agent.api.server).
+        http=protocol_class(limits),
+        timeout_keep_alive=int(limits.keep_alive),
     )
     server = uvicorn.Server(config)
     logging.getLogger("x0.agent").info(
-        "x0-agent %s node %s listening on %s (admin %s%s)",
+        "x0-agent %s node %s listening on %s (at most %d connections of %d descriptors; admin %s%s)",
         __version__,
         settings.node_id,
         where,
+        cap,
+        fd_limit,
         settings.yggdrasil_admin,
         ", supervising the daemon" if settings.supervises_daemon else "",
     )

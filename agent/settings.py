@@ -49,6 +49,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     monitor_interval: float = 1.0
     admin_timeout: float = 2.0
     api_token: str | None = None
+    # HTTP server limits (agent.api.server): open connections, seconds to complete a request.
+    http_max_connections: int = 512
+    http_request_timeout: float = 10.0
     mapek_enabled: bool = True
     mapek_interval: float = 1.0
     mapek_degree: int = 2
@@ -127,6 +130,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             monitor_interval=_float(get("X0_MONITOR_INTERVAL"), "X0_MONITOR_INTERVAL", 1.0, 0.05, 60.0),
             admin_timeout=_float(get("X0_ADMIN_TIMEOUT"), "X0_ADMIN_TIMEOUT", 2.0, 0.05, 60.0),
             api_token=get("X0_API_TOKEN"),
+            http_max_connections=_int(get("X0_HTTP_MAX_CONNECTIONS"), "X0_HTTP_MAX_CONNECTIONS", 512, 16, 100000),
+            http_request_timeout=_float(
+                get("X0_HTTP_REQUEST_TIMEOUT"), "X0_HTTP_REQUEST_TIMEOUT", 10.0, 0.5, 600.0
+            ),
             mapek_enabled=_bool(get("X0_MAPEK_ENABLED"), "X0_MAPEK_ENABLED", True),
             mapek_interval=_float(get("X0_MAPEK_INTERVAL"), "X0_MAPEK_INTERVAL", 1.0, 0.05, 60.0),
             mapek_degree=_int(get("X0_MAPEK_DEGREE"), "X0_MAPEK_DEGREE", 2, 1, 64),

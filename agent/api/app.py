@@ -28,6 +28,7 @@ from litestar.types import ControllerRouterHandler
 from agent import __version__
 from agent.api.errors import EXCEPTION_HANDLERS
 from agent.api.middleware import RequestTimer
+from agent.api.strict import AllowHeader, mark_closed_objects, strict_body
 from agent.consensus.extension import ConsensusExtension
 from agent.drills.extension import DrillsExtension
 from agent.mapek.loop import MapekLoop
@@ -166,7 +167,9 @@ def create_app(
         request_max_body_size=MAX_BODY_BYTES,
         logging_config=None,
         debug=False,
+        before_request=strict_body,
     )
+    mark_closed_objects(app)
     # Outermost wrapper, so 404/405 answers are timed too (see agent.api.middleware).
-    app.asgi_handler = RequestTimer(app.asgi_handler, agent.metrics)
+    app.asgi_handler = RequestTimer(AllowHeader(app.asgi_handler, app), agent.metrics)
     return app

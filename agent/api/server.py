@@ -1,0 +1,207 @@
+"""The agent's HTTP server limits: what uvicorn alone does not bound (issue 11 item 3).
+
+uvicorn closes a keep-alive connection idle after a response, but a connection that never completes a request
+(silent, or sending its headers a byte at a time) stays open for ever, every one holding a file descriptor: 20,000
+of them exhausted the agent's descriptors, the admin socket and MAPE-K failed with them, and asyncio logged every
+failed accept. `HardenedHttpToolsProtocol` (uvicorn's httptools protocol plus these limits) adds:
+
+- a connection cap: past `max_connections`, a new connection evicts the oldest one that has not completed its
+  request headers (idle or slow), so a fresh client is still served while a flood holds every slot; when every
+  slot is busy inside a request the new one gets 503;
+- a request deadline: a connection must complete each request (headers and body) within `request_timeout` s of
+  opening or of its previous response, else it is closed (408 when a request had started);
+- limits on the URL and header sizes, answered 414 / 431 with the API's JSON error body, and every malformed
+  request answered 400 with that body too (uvicorn sends text/plain);
+- the descriptors it may use: `fd_budget` raises the soft RLIMIT_NOFILE to the hard limit and keeps
+  `FD_RESERVE` descriptors out of the cap, for the admin socket, MAPE-K's probes, the daemon, logs and nft.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import msgspec
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from agent.mesh.schemas import ErrorBody
+
+log = logging.getLogger("x0.http")
+
+FD_RESERVE = 256  # descriptors HTTP connections may never take: admin socket, probes, daemon, logs, nft
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    max_connections: int = 512
+    request_timeout: float = 10.0
+    keep_alive: float = 5.0
+    max_url_bytes: int = 8 * 1024
+    max_header_bytes: int = 16 * 1024
+
+
+@dataclass
+class ServerCounters:
+    """What the limits did, for the log and tests."""
+
+    evicted: int = 0
+    rejected: int = 0
+    timed_out: int = 0
+    refused_requests: int = 0
+
+
+def fd_budget(requested: int) -> tuple[int, int]:
+    """Raise the soft descriptor limit as far as allowed; returns (connection cap, soft limit). The cap leaves
+    FD_RESERVE descriptors to everything else, so an HTTP flood cannot starve the admin socket or MAPE-K."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return max(1, min(requested, soft - FD_RESERVE)), soft
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing; `send_400_response` answers with its status."""
+
+
+def _error_response(status: int, reason: str, detail: str) -> bytes:
+    body = msgspec.json.encode(ErrorBody(status_code=status, detail=detail))
+    return (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        "connection: close\r\n\r\n"
+    ).encode("ascii") + body
+
+
+class HardenedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the limits above. Use `protocol_class(limits)` for a configured one."""
+
+    limits: ClassVar[ServerLimits] = ServerLimits()
+    counters: ClassVar[ServerCounters]
+    # Connections that have not completed their current request's headers, oldest first: eviction candidates.
+    waiting: ClassVar[OrderedDict[HardenedHttpToolsProtocol, None]]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._header_bytes = 0
+        self._refusal: tuple[int, str, str] | None = None
+        self._in_request = False
+
+    # --- connection ----------------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if len(self.connections) >= self.limits.max_connections:
+            if self.waiting:
+                oldest = next(iter(self.waiting))
+                oldest._close("evicted")
+                self.counters.evicted += 1
+            else:
+                self.counters.rejected += 1
+                transport.write(_error_response(503, "Service Unavailable", "too many connections; retry"))
+                transport.close()
+                return
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self.transport is None:  # rejected in connection_made: never registered
+            return
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.parser is None:
+            return
+        super().data_received(data)
+
+    def _arm(self) -> None:
+        self.waiting[self] = None
+        self._header_bytes = 0
+        self._in_request = False
+        self._deadline = self.loop.call_later(self.limits.request_timeout, self._timed_out)
+
+    def _disarm(self) -> None:
+        self.waiting.pop(self, None)
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _timed_out(self) -> None:
+        self._deadline = None
+        self.counters.timed_out += 1
+        if self._in_request and not self.transport.is_closing():
+            detail = f"request not completed within {self.limits.request_timeout:g} s"
+            self.transport.write(_error_response(408, "Request Timeout", detail))
+        self._close("timed out")
+
+    def _close(self, why: str) -> None:
+        self._disarm()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    # --- parser callbacks ----------------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_request = True
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        if len(self.url) > self.limits.max_url_bytes:
+            self._refuse(414, "URI Too Long", f"URL longer than {self.limits.max_url_bytes} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > self.limits.max_header_bytes:
+            self._refuse(
+                431, "Request Header Fields Too Large", f"headers over {self.limits.max_header_bytes} bytes"
+            )
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        # Busy from here: a connection inside a request is never evicted (its deadline still runs until the body
+        # is complete).
+        self.waiting.pop(self, None)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self._in_request = False
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and not self.pipeline:
+            self._arm()  # the next request has the same deadline (uvicorn's keep-alive timer runs too)
+
+    def _refuse(self, status: int, reason: str, detail: str) -> None:
+        self._refusal = (status, reason, detail)
+        raise _Refused(detail)
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn calls this for any parser error, including the _Refused raised by our callbacks.
+        status, reason, detail = self._refusal or (400, "Bad Request", f"malformed HTTP request ({msg})")
+        self.counters.refused_requests += 1
+        self._disarm()
+        if not self.transport.is_closing():
+            self.transport.write(_error_response(status, reason, detail))
+            self.transport.close()
+
+
+def protocol_class(limits: ServerLimits) -> type[HardenedHttpToolsProtocol]:
+    """A protocol class for one server: its own limits, counters and eviction queue."""
+    return type(
+        "AgentHttpProtocol",
+        (HardenedHttpToolsProtocol,),
+        {"limits": limits, "counters": ServerCounters(), "waiting": OrderedDict()},
+    )
