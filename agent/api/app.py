@@ -87,6 +87,10 @@ class _Background:
 
     async def start(self) -> None:
         agent, settings = self.agent, self.agent.settings
+        # The members file once, here, before anything that reads it starts (Raft binds its own member's address);
+        # later re-reads happen in the monitor, off the event loop.
+        if agent.members.check():
+            agent.record_members_change()
         agent.peering = Peering(agent)
         if settings.yggdrasil_config is not None:
 
