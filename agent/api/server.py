@@ -5,9 +5,9 @@ uvicorn closes a keep-alive connection idle after a response, but a connection t
 of them exhausted the agent's descriptors, the admin socket and MAPE-K failed with them, and asyncio logged every
 failed accept. `HardenedHttpToolsProtocol` (uvicorn's httptools protocol plus these limits) adds:
 
-- a connection cap: past `max_connections`, a new connection evicts the oldest one that has not completed its
-  request headers (idle or slow), so a fresh client is still served while a flood holds every slot; when every
-  slot is busy inside a request the new one gets 503;
+- a connection cap: past `max_connections`, the oldest connections that have not completed their request
+  headers (idle or slow) are evicted, so a fresh client is still served while a flood holds every slot; past
+  twice the cap (every slot busy inside a request, or a burst faster than eviction) new ones get 503;
 - a request deadline: a connection must complete each request (headers and body) within `request_timeout` s of
   opening or of its previous response, else it is closed (408 when a request had started);
 - limits on the URL and header sizes, answered 414 / 431 with the API's JSON error body, and every malformed
@@ -33,6 +33,7 @@ from agent.mesh.schemas import ErrorBody
 log = logging.getLogger("x0.http")
 
 FD_RESERVE = 256  # descriptors HTTP connections may never take: admin socket, probes, daemon, logs, nft
+EVICT_MIN_AGE_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,8 @@ def fd_budget(requested: int) -> tuple[int, int]:
             soft = target
         except (ValueError, OSError):
             pass
-    return max(1, min(requested, soft - FD_RESERVE)), soft
+    # Up to twice the cap may be open for a moment (see HardenedHttpToolsProtocol.connection_made).
+    return max(1, min(requested, (soft - FD_RESERVE) // 2)), soft
 
 
 class _Refused(Exception):
@@ -87,6 +89,7 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
     counters: ClassVar[ServerCounters]
     # Connections that have not completed their current request's headers, oldest first: eviction candidates.
     waiting: ClassVar[OrderedDict[HardenedHttpToolsProtocol, None]]
+    trim_pending: ClassVar[list[bool]]  # one flag per server (a list: shared, mutable, per class)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -94,22 +97,41 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._refusal: tuple[int, str, str] | None = None
         self._in_request = False
+        self._made = 0.0
 
     # --- connection ----------------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        if len(self.connections) >= self.limits.max_connections:
-            if self.waiting:
-                oldest = next(iter(self.waiting))
-                oldest._close("evicted")
-                self.counters.evicted += 1
-            else:
-                self.counters.rejected += 1
-                transport.write(_error_response(503, "Service Unavailable", "too many connections; retry"))
-                transport.close()
-                return
+        if len(self.connections) >= 2 * self.limits.max_connections:
+            # Past twice the cap (the trim below cannot keep up): refuse outright.
+            self.counters.rejected += 1
+            transport.write(_error_response(503, "Service Unavailable", "too many connections; retry"))
+            transport.close()
+            return
         super().connection_made(transport)
+        self._made = self.loop.time()
         self._arm()
+        if len(self.connections) > self.limits.max_connections:
+            self._schedule_trim(0.0)
+
+    # Eviction happens in a trim shortly after, not in connection_made: uvloop accepts every queued connection
+    # in one go, and evicting there would drop a fresh client of the same batch before its request is read.
+    # A connection younger than EVICT_MIN_AGE_S is never evicted: its first bytes have not been read yet.
+    def _schedule_trim(self, delay: float) -> None:
+        if not self.trim_pending[0]:
+            self.trim_pending[0] = True
+            self.loop.call_later(delay, self._trim)
+
+    def _trim(self) -> None:
+        self.trim_pending[0] = False
+        now = self.loop.time()
+        while len(self.connections) > self.limits.max_connections and self.waiting:
+            oldest = next(iter(self.waiting))
+            if now - oldest._made < EVICT_MIN_AGE_S:
+                self._schedule_trim(EVICT_MIN_AGE_S - (now - oldest._made))
+                return
+            oldest._close("evicted")
+            self.counters.evicted += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -203,5 +225,5 @@ def protocol_class(limits: ServerLimits) -> type[HardenedHttpToolsProtocol]:
     return type(
         "AgentHttpProtocol",
         (HardenedHttpToolsProtocol,),
-        {"limits": limits, "counters": ServerCounters(), "waiting": OrderedDict()},
+        {"limits": limits, "counters": ServerCounters(), "waiting": OrderedDict(), "trim_pending": [False]},
     )
