@@ -8,8 +8,9 @@ failed accept. `HardenedHttpToolsProtocol` (uvicorn's httptools protocol plus th
 - a connection cap: past `max_connections`, the oldest connections that have not completed their request
   headers (idle or slow) are evicted, so a fresh client is still served while a flood holds every slot; past
   twice the cap (every slot busy inside a request, or a burst faster than eviction) new ones get 503;
-- a request deadline: a connection must complete each request (headers and body) within `request_timeout` s of
-  opening or of its previous response, else it is closed (408 when a request had started);
+- a request deadline: a connection must complete its first request (headers and body) within `request_timeout`
+  s of opening, and each later one within that time of its first byte, else it is closed (408 when a request had
+  started); between requests uvicorn's keep-alive timeout closes an idle connection as before;
 - limits on the URL and header sizes, answered 414 / 431 with the API's JSON error body, and every malformed
   request answered 400 with that body too (uvicorn sends text/plain);
 - the descriptors it may use: `fd_budget` raises the soft RLIMIT_NOFILE to the hard limit and keeps
@@ -174,6 +175,10 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_request = True
+        if self._deadline is None:  # a request on a kept-alive connection: its own deadline from its first byte
+            self._header_bytes = 0
+            self.waiting[self] = None
+            self._deadline = self.loop.call_later(self.limits.request_timeout, self._timed_out)
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
@@ -200,11 +205,6 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
             self._deadline = None
         self._in_request = False
         super().on_message_complete()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self.transport.is_closing() and not self.pipeline:
-            self._arm()  # the next request has the same deadline (uvicorn's keep-alive timer runs too)
 
     def _refuse(self, status: int, reason: str, detail: str) -> None:
         self._refusal = (status, reason, detail)
