@@ -72,3 +72,15 @@ coverage *args:
     echo "== pure-logic tests alone, agent/mapek (>= 70 %)"
     python -m coverage report --data-file=.coverage-pure --include="agent/mapek/*" --fail-under=70 || status=1
     exit $status
+
+# 30 minutes of mixed load on a 3-node mesh (readers, a drill every 2 min, members churn): RSS/fds/errors/leftovers; run it under x0-test, e.g. `just soak --minutes 5`
+soak *args:
+    python bench/soak.py {{args}}
+
+# agent /health with a members file of 1,000 members, and fake peers left dialled after it is restored (issue 11)
+members-bench *args:
+    python bench/large_members.py {{args}}
+
+# hostile HTTP clients (slow headers, thousands of idle connections) against a real agent (issue 11)
+floods-bench *args:
+    python bench/http_floods.py {{args}}
