@@ -183,21 +183,37 @@ class AgentClient:
     async def drills(self, base_url: str) -> wire.DrillList:
         return await self.request("GET", base_url, "/drills", wire.DrillList)
 
-    async def drill_history(self, base_url: str, limit: int = 200) -> list[wire.DrillRecord]:
+    async def drill_history(self, base_url: str, limit: int = 200, since: float = 0.0) -> list[wire.DrillRecord]:
         """The mesh's finished drills from the replicated store (contracts §3: any node serves them)."""
-        reply = await self.request(
-            "GET", base_url, "/drills/history", wire.DrillHistory, params={"limit": str(limit)}
-        )
+        params = {"limit": str(limit)} | ({"since": f"{max(0.0, since):.3f}"} if since else {})
+        reply = await self.request("GET", base_url, "/drills/history", wire.DrillHistory, params=params)
         return reply.drills
 
-    async def start_drill(self, base_url: str, kind: str, duration_s: int) -> wire.Drill:
+    async def file_drill(self, base_url: str, record: wire.DrillRecord) -> wire.DrillRecord:
+        """File a finished drill (with its report) in the mesh-wide history (contracts §3 POST /drills/history)."""
+        return await self.request(
+            "POST",
+            base_url,
+            "/drills/history",
+            wire.DrillRecord,
+            auth=True,
+            json=msgspec.to_builtins(record),
+            ok_statuses=(200, 201),
+        )
+
+    async def start_drill(
+        self, base_url: str, kind: str, duration_s: int, *, holder: str | None = None
+    ) -> wire.Drill:
+        body: dict[str, Any] = {"kind": kind, "duration_s": duration_s}
+        if holder is not None:
+            body["holder"] = holder  # named to whoever the mesh-wide lease refuses meanwhile (contracts §3)
         return await self.request(
             "POST",
             base_url,
             "/drills",
             wire.Drill,
             auth=True,
-            json={"kind": kind, "duration_s": duration_s},
+            json=body,
             ok_statuses=(200, 201, 202),
         )
 

@@ -27,11 +27,13 @@ from textual.screen import Screen
 
 from dashboard.background import BackgroundLoop
 from dashboard.drills.engine import DrillEngine, DrillPlan, DrillRefused, DrillStep
+from dashboard.drills.filing import RETRY_FOR_S as FILING_RETRY_S
+from dashboard.drills.filing import Filed, file_report, filing_nodes
 from dashboard.drills.report import DEFAULT_REPORTS_DIR, save
 from dashboard.drills.scoring import SLO, DrillReport
-from dashboard.events import Event
+from dashboard.events import Event, step_event
 from dashboard.history import SessionHistory
-from dashboard.messages import DrillFinished, DrillStepped, MeshUpdated, SourceFailed
+from dashboard.messages import DrillFinished, DrillStepped, MeshUpdated, ReportFiled, SourceFailed
 from dashboard.models import AgentData, MeshView
 from dashboard.providers.base import Provider, ProviderError
 from dashboard.screens.base import MeshScreen
@@ -40,7 +42,7 @@ from dashboard.screens.help import HelpScreen
 from dashboard.screens.node_detail import NodeDetailScreen
 from dashboard.screens.overview import OverviewScreen
 from dashboard.screens.source_error import SourceErrorScreen
-from dashboard.session import MeshSession
+from dashboard.session import MeshSession, MeshUpdate
 from dashboard.wire import Drill
 
 STYLES = Path(__file__).parent / "styles"
@@ -48,6 +50,7 @@ CHANGE_COALESCE_S = 0.2  # least time between two poll cycles (or the interval i
 # Closing the terminal (SIGHUP: tmux kill-session, an SSH drop), `kill` and `kill -INT` end the session like `q`:
 # the drill's fault reverted and a --local mesh stopped, never orphaned.
 EXIT_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+FILING_ON_QUIT_S = 10.0  # quitting waits this long for the last report's filing in the mesh history
 
 
 class X0Dash(App[int]):
@@ -105,6 +108,9 @@ class X0Dash(App[int]):
         self.last_report: DrillReport | None = None
         self.last_report_paths: list[Path] = []
         self.last_drill_error: str | None = None
+        # The last report's filing in the mesh-wide history: None while it runs (or before any report).
+        self.last_filing: Filed | None = None
+        self.filing_retry_s = FILING_RETRY_S  # how long a mesh without a Raft leader may take to accept it
         self._quitting = False  # (not `_closing`: Textual's MessagePump uses that name and drops messages)
 
     # ------------------------------------------------------------------------------------------------ setup
@@ -188,6 +194,34 @@ class X0Dash(App[int]):
                 severity="information" if message.report.passed else "error",
                 timeout=8,
             )
+        self._drill_changed()
+
+    @on(ReportFiled)
+    def _report_filed(self, message: ReportFiled) -> None:
+        if message.report is not self.last_report:
+            return  # a newer drill started meanwhile
+        filed = self.last_filing = message.filed
+        if filed.ok:
+            self.notify(filed.detail, title="drill report", timeout=6)
+        else:
+            self.notify(
+                f"{filed.detail}. The report is saved here only ({self.reports_dir}).",
+                title="drill report NOT filed in the mesh history",
+                severity="error",
+                timeout=12,
+            )
+        event = step_event(
+            self.clock(),
+            ("report " if filed.ok else "report NOT filed in the mesh history: ") + filed.detail,
+            "ok" if filed.ok else "error",
+            None,
+        )
+        self.recent_events.append(event)
+        if self.view is not None:  # to the event log now, not with the next poll (a recorded app never polls)
+            update = MeshUpdate(view=self.view, events=[event], poll=None)
+            for screen in self.screen_stack:
+                if isinstance(screen, MeshScreen):
+                    screen.receive(update)
         self._drill_changed()
 
     def _drill_changed(self) -> None:
@@ -312,6 +346,14 @@ class X0Dash(App[int]):
                     await self.background.run(asyncio.wait_for(self.engine.fault_reverted.wait(), timeout=15))
                 except TimeoutError:
                     self.log.error("the drill's fault could not be confirmed reverted")
+            filing = [w for w in self.workers if w.group == "filing" and not w.is_finished]
+            if filing:
+                # The last report is saved; give its filing in the mesh history a moment to finish.
+                self.status_note = "stopping: filing the last drill report in the mesh history…"
+                try:
+                    await asyncio.wait_for(asyncio.gather(*(w.wait() for w in filing)), timeout=FILING_ON_QUIT_S)
+                except Exception:  # timed out, or the worker failed: the report stays saved here
+                    self.log.error("quit before the last drill report was filed in the mesh history")
             self.workers.cancel_group(self, "poll")
             self.workers.cancel_group(self, "drill")
             try:
@@ -356,6 +398,7 @@ class X0Dash(App[int]):
             return
         self.drill_steps = []
         self.last_report, self.last_report_paths, self.last_drill_error = None, [], None
+        self.last_filing = None
         self._drill_changed()
         self._run_drill(plan)
 
@@ -377,12 +420,29 @@ class X0Dash(App[int]):
         except DrillRefused as exc:
             self.post_message(DrillFinished(None, error=str(exc)))
             return
+        await self.finish_report(report)
+
+    async def finish_report(self, report: DrillReport) -> None:
+        """Save the report here, then file it in the mesh-wide drill history; each outcome is shown."""
         try:
             paths = await asyncio.to_thread(save, report, self.reports_dir)
         except OSError as exc:
             self.post_message(DrillFinished(report, error=f"drill done but the report could not be saved: {exc}"))
-            return
-        self.post_message(DrillFinished(report, paths=paths))
+        else:
+            self.post_message(DrillFinished(report, paths=paths))
+        self._file(report)
+
+    @work(group="filing", exit_on_error=False)
+    async def _file(self, report: DrillReport) -> None:
+        # Its own worker: a drill started meanwhile must not cancel it, and quitting waits for it (bounded).
+        nodes = filing_nodes(self.view.nodes if self.view is not None else (), report.target)
+        try:
+            filed = await self.background.run(
+                file_report(self.session.client, nodes, report, retry_for_s=self.filing_retry_s)
+            )
+        except Exception as exc:  # never silent: whatever went wrong is the operator's to read
+            filed = Filed(ok=False, detail=f"{type(exc).__name__}: {exc}")
+        self.post_message(ReportFiled(report, filed))
 
 
 def _terminal_alive() -> bool:

@@ -23,6 +23,7 @@ from dashboard.drills.engine import (
     DrillRefused,
     DrillStep,
 )
+from dashboard.drills.filing import file_report, filing_nodes
 from dashboard.drills.report import DEFAULT_REPORTS_DIR, save, to_json, to_markdown
 from dashboard.drills.scoring import SLO
 from dashboard.providers.base import Provider, ProviderError
@@ -63,7 +64,9 @@ headless drills:
   recover, 2 drill refused (unknown node, another drill running, no API token, mesh not steady) or bad
   arguments, 3 the source could not start (Nomad unreachable, missing inventory). Reports are saved as JSON
   and Markdown under --reports-dir (default ./reports, or $X0DASH_REPORTS); with --report FILE only FILE is
-  written unless --reports-dir is given too.
+  written unless --reports-dir is given too. Each report is also filed in the mesh-wide drill history (any
+  agent, POST /drills/history), where every x0dash's history view (D) finds it; stderr says whether it was
+  filed or why not (the exit status is the drill's verdict either way).
 
 environment: X0_API_TOKEN (bearer token for drills when the source does not know it), X0DASH_REPORTS.
 """
@@ -365,6 +368,13 @@ async def run_headless(
         out.write(to_json(report).decode() if as_json else to_markdown(report))
         out.flush()
         print(f"x0dash: report saved: {', '.join(map(str, paths))}", file=err)
+        view = session.view
+        filed = await file_report(session.client, filing_nodes(view.nodes if view else (), report.target), report)
+        if filed.ok:
+            print(f"x0dash: report {filed.detail}", file=err)
+        else:
+            # The drill's verdict stands (the exit status says it); the operator learns the history lacks it.
+            print(f"x0dash: report NOT filed in the mesh history: {filed.detail}", file=err)
         return EXIT_OK if report.passed else EXIT_FAILED
     finally:
         await session.close()

@@ -8,6 +8,7 @@ from pathlib import Path
 from textual.message import Message
 
 from dashboard.drills.engine import DrillStep
+from dashboard.drills.filing import Filed
 from dashboard.drills.scoring import DrillReport
 from dashboard.session import MeshUpdate
 
@@ -42,3 +43,12 @@ class DrillFinished(Message):
         self.report = report
         self.error = error
         self.paths = paths or []
+
+
+class ReportFiled(Message):
+    """The last report's filing in the mesh-wide drill history is done: filed, or why not."""
+
+    def __init__(self, report: DrillReport, filed: Filed) -> None:
+        super().__init__()
+        self.report = report
+        self.filed = filed

@@ -24,6 +24,7 @@ import msgspec
 
 from agent import __version__
 from dashboard.agent_client import AgentError
+from dashboard.drills.filing import holder
 from dashboard.drills.scoring import (
     SLO,
     ActionSeen,
@@ -576,7 +577,7 @@ class DrillEngine:
             )
         agent_kind = "kill-daemon" if plan.kind == "node-loss" else plan.kind
         try:
-            drill = await client.start_drill(url, agent_kind, plan.duration_s)
+            drill = await client.start_drill(url, agent_kind, plan.duration_s, holder=holder())
             self.session.poller.own_drills.add(drill.id)  # its steps are ours; the poll need not announce it
         except AgentError as exc:
             raise DrillRefused(f"{plan.target} refused the {agent_kind} drill: {exc.detail}") from exc

@@ -10,6 +10,7 @@ from pathlib import Path
 import msgspec
 
 from dashboard import wire
+from dashboard.drills.filing import record_id
 from dashboard.drills.report import from_json
 from dashboard.drills.scoring import DrillReport
 
@@ -67,7 +68,7 @@ def merge(
 
     for path, r in reports:
         f = r.fault
-        key = f.drill_id or path.stem
+        key = record_id(r)  # the id it has in the mesh history once filed (dashboard.drills.filing)
         got = row(
             key,
             started_at=f.started_at,

@@ -214,7 +214,16 @@ class DrillScreen(MeshScreen):
             r = dash.last_report
             verdict = Text("PASS", "bold green") if r.passed else Text("FAIL", "bold red")
             saved = ", ".join(map(str, dash.last_report_paths))
-            status.update(Text.assemble("last drill: ", verdict, f"  saved: {saved}"))
+            filed = dash.last_filing
+            if filed is None:
+                history = Text("mesh history: filing the report…", "grey50")
+            elif filed.ok:
+                history = Text(
+                    f"mesh history: filed via {filed.via}" + (" (trimmed)" if filed.trimmed else ""), "green"
+                )
+            else:
+                history = Text(f"mesh history: NOT filed: {filed.detail}", "bold red")
+            status.update(Text.assemble("last drill: ", verdict, f"  saved: {saved}\n", history))
         else:
             status.update(Text("no drill yet: pick kind, target and duration, then s", "grey50"))
         self._show_nomad_state()

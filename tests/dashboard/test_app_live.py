@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
 from textual.command import CommandPalette
 from textual.widgets import DataTable, Input, Select, Static
@@ -58,6 +59,11 @@ def whole(app: X0Dash) -> bool:
 def agent_incidents(url: str, since: float) -> list[dict]:
     with httpx.Client(trust_env=False, timeout=3) as c:
         return c.get(f"{url}/mapek/incidents", params={"since": since}).json()["incidents"]
+
+
+def mesh_history(url: str) -> list[dict]:
+    with httpx.Client(trust_env=False, timeout=5) as c:
+        return c.get(f"{url}/drills/history").json()["drills"]
 
 
 def agent_drills(url: str) -> dict:
@@ -174,6 +180,12 @@ async def test_drill_through_the_ui_confirm_then_report(mesh: object, tmp_path: 
         )
         row = next(r for r in history.rows if r.id == report.fault.drill_id)
         assert "report" in row.seen_in and row.state == ("PASS" if report.passed else "FAIL")
+        # Filed in the mesh-wide history with its report: any node (here node-c) serves it to anyone.
+        await until(pilot, "the report filed", lambda: app.last_filing is not None, within=40)
+        assert app.last_filing.ok, app.last_filing
+        filed = next(d for d in mesh_history(mesh.node("node-c").agent_url) if d["id"] == report.fault.drill_id)
+        assert filed["source"] == "x0dash" and filed["holder"].startswith("x0dash@")
+        assert msgspec.convert(filed["report"], DrillReport) == report
         await pilot.press("escape", "d")
         assert "drill: fault injected: agent drill blackhole" in logged
         assert sum(t.startswith("drill: first detection by") for t in logged) == 2
@@ -251,6 +263,9 @@ def test_headless_blackhole_and_refusals(mesh: object, tmp_path: Path) -> None:
     assert (tmp_path / "r.md").read_text().startswith("# Drill blackhole on node-b:")
     assert len(list(tmp_path.glob("drill-*-blackhole-node-b.json"))) == 1
     assert "first detection by node-a" in out.stderr and "full recovery" in out.stderr
+    assert "x0dash: report filed in the mesh history via node-" in out.stderr, out.stderr
+    filed = next(d for d in mesh_history(mesh.node("node-b").agent_url) if d["id"] == report.fault.drill_id)
+    assert msgspec.convert(filed["report"], DrillReport) == report
 
     # An SLO nobody can meet: same drill, measured the same way, exit 1.
     strict = subprocess.run(
@@ -262,6 +277,46 @@ def test_headless_blackhole_and_refusals(mesh: object, tmp_path: Path) -> None:
     assert strict.returncode == 1, strict.stderr
     failed = json.loads(strict.stdout)
     assert not failed["passed"] and any("detected after" in f for f in failed["failures"])
+
+
+async def test_another_x0dash_finds_the_filed_reports_in_its_history(mesh: object, tmp_path: Path) -> None:
+    """Drills run by another x0dash (the UI and headless drills above) show with their reports in the history of
+    an x0dash that saved none of them: from the mesh-wide history, served by any node."""
+    filed = [d for d in mesh_history(mesh.node("node-a").agent_url) if d["source"] == "x0dash" and d["report"]]
+    assert len(filed) >= 2, "the UI and headless drills above filed their reports"
+    app = make_app(mesh, tmp_path)  # its own reports dir: empty
+    async with app.run_test(size=(140, 42)) as pilot:
+        await until(pilot, "mesh whole", lambda: whole(app), within=60)
+        await pilot.press("D")
+        history = app.screen
+        ids = {d["id"] for d in filed}
+        await until(pilot, "the filed drills listed", lambda: ids <= {r.id for r in history.rows})
+        rows = [r for r in history.rows if r.id in ids]
+        for row in rows:
+            assert "mesh history" in row.seen_in and "report" not in row.seen_in, row.seen_in
+            assert row.report is not None and row.state in ("PASS", "FAIL") and row.detect_s is not None
+        assert "x0dash@" in (rows[0].holder or "")
+
+
+async def test_a_filing_the_agents_refuse_is_not_retried_and_says_why(mesh: object) -> None:
+    from dashboard.agent_client import AgentClient
+    from dashboard.drills.filing import file_report
+
+    from .record_fixtures import REPORT_FILE
+
+    naps: list[float] = []
+
+    async def sleep(s: float) -> None:
+        naps.append(s)
+
+    nodes = [(n, mesh.node(n).agent_url) for n in ("node-a", "node-c")]
+    recorded = from_json(REPORT_FILE.read_bytes())
+    # A fault the source made (no agent drill id): nothing to wait for before filing.
+    report = msgspec.structs.replace(recorded, fault=msgspec.structs.replace(recorded.fault, drill_id=None))
+    async with AgentClient(timeout=3, token="not-the-mesh-token-" * 2) as client:
+        filed = await file_report(client, nodes, report, sleep=sleep)
+    assert not filed.ok and filed.detail.startswith("refused by node-a: HTTP 401"), filed
+    assert naps == []  # a refusal is not retried (an operator fixes the token; waiting would not)
 
 
 async def test_one_agent_silent_then_down_then_back(mesh: object, tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from textual.widgets import DataTable, Markdown
 
 from dashboard.app import X0Dash
 from dashboard.drills.engine import DrillStep
+from dashboard.drills.filing import Filed
 from dashboard.drills.report import from_json
 from dashboard.messages import MeshUpdated
 from dashboard.screens.drills import DrillScreen
@@ -118,6 +119,7 @@ def test_finished_drill_report_snapshot(snap_compare, size: tuple[int, int]) -> 
         Path("reports/drill-blackhole-node-b.md"),
     ]
     app.drill_steps = [DrillStep(at=e.at, t_s=e.t_s, what=e.what, node=e.node) for e in report.timeline]
+    app.last_filing = Filed(ok=True, via="node-a", detail="filed in the mesh history via node-a")
     shown: list[type] = []
 
     async def run_before(pilot: Pilot) -> None:
