@@ -1,9 +1,11 @@
 """Every drill of the mesh in one list (pure): the reports this x0dash saved, the mesh-wide drill history in the
 replicated store (GET /drills/history, contracts §3/§7), and each agent's own drills (GET /drills, running and
-past), merged by drill id; plus the series the trends plot draws (worst detect and repair per kind over time)."""
+past), merged by drill id; plus the series the trends plot draws (worst detect and repair per kind over wall
+time)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -131,3 +133,19 @@ def trend_series(rows: Sequence[DrillRow]) -> dict[str, tuple[list[float], list[
         detect.append(r.detect_s)
         repair.append(r.repair_s)
     return series
+
+
+# Tick labels as fine as the plotted span needs: (span below, strftime format).
+_TICK_FORMATS = ((600.0, "%H:%M:%S"), (86400.0, "%H:%M"), (60 * 86400.0, "%m-%d %H:%M"))
+
+
+def time_ticks(lo: float, hi: float, count: int) -> tuple[list[float], list[str]]:
+    """Up to `count` evenly spaced ticks over [lo, hi] (unix seconds, labelled in local time) for the trends'
+    wall-time axis."""
+    span = hi - lo
+    if span <= 0:
+        return [lo], [dt.datetime.fromtimestamp(lo).strftime("%m-%d %H:%M")]
+    fmt = next((f for below, f in _TICK_FORMATS if span < below), "%Y-%m-%d")
+    n = max(2, count)
+    ticks = [lo + span * i / (n - 1) for i in range(n)]
+    return ticks, [dt.datetime.fromtimestamp(t).strftime(fmt) for t in ticks]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 
 from rich.text import Text
 from textual import on, work
@@ -17,10 +18,11 @@ from textual.widgets import DataTable, Footer, Markdown, Static
 from textual_plotext import PlotextPlot
 
 from dashboard.agent_client import AgentError
-from dashboard.drills.history import DrillRow, load_reports, merge, trend_series
+from dashboard.drills.history import DrillRow, load_reports, merge, time_ticks, trend_series
 from dashboard.drills.report import to_markdown
 from dashboard.screens.base import MeshScreen
 
+RELOAD_EVERY_S = 5.0
 STATE_STYLE = {"PASS": "bold green", "FAIL": "bold red", "active": "bold yellow", "aborted": "yellow"}
 
 
@@ -28,11 +30,16 @@ def _when(t: float) -> str:
     return dt.datetime.fromtimestamp(t).strftime("%m-%d %H:%M:%S")
 
 
+def _zone() -> str:
+    return time.strftime("%Z") or "local time"
+
+
 def _s(v: float | None, signed: bool = False) -> str:
     return "-" if v is None else (f"{v:+.2f} s" if signed else f"{v:.2f} s")
 
 
 class DrillHistoryScreen(MeshScreen):
+    reload_every_s = RELOAD_EVERY_S
     BINDINGS = [
         Binding("escape", "back", "Back"),
         Binding("r", "reload", "Reload"),
@@ -44,6 +51,9 @@ class DrillHistoryScreen(MeshScreen):
         super().__init__()
         self.rows: list[DrillRow] = []
         self.note = ""
+        self.plotted: list[tuple[str, list[float], list[float], list[float]]] = []  # kind, started_at, d, r
+        self._shown: list[tuple[str, str, bool, tuple[str, ...]]] | None = None
+        self._highlighted_id: str | None = None
 
     def compose(self) -> ComposeResult:
         yield self.header()
@@ -62,6 +72,9 @@ class DrillHistoryScreen(MeshScreen):
         self.query_one("#trends").border_title = "trends: worst detect (d) and repair (r) per kind, seconds"
         table.focus()
         self.action_reload()
+        # New drills (from anyone) show up by themselves; a history that was unavailable (no Raft leader right
+        # after a fault) is asked again.
+        self.set_interval(self.reload_every_s, self.action_reload)
 
     def action_reload(self) -> None:
         self._load()
@@ -88,7 +101,12 @@ class DrillHistoryScreen(MeshScreen):
 
     def _show(self) -> None:
         self.query_one("#history-note", Static).update(Text(self.note, "grey50"))
+        shown = [(r.id, r.state, r.report is not None, tuple(r.seen_in)) for r in self.rows]
+        if shown == self._shown:
+            return  # a reload that found nothing new keeps the cursor and the report where the operator left them
+        self._shown = shown
         table = self.query_one("#history", DataTable)
+        keep = self._highlighted_id
         table.clear()
         for r in self.rows:
             table.add_row(
@@ -102,7 +120,10 @@ class DrillHistoryScreen(MeshScreen):
                 key=r.id,
             )
         self._plot()
-        if self.rows:
+        ids = [r.id for r in self.rows]
+        if keep in ids:
+            table.move_cursor(row=ids.index(keep))
+        elif self.rows:
             self._show_report(self.rows[0])
 
     def _plot(self) -> None:
@@ -110,21 +131,28 @@ class DrillHistoryScreen(MeshScreen):
         plt = widget.plt
         plt.clear_data()
         series = trend_series(self.rows)
+        self.plotted = []
         if not series:
             plt.title("no drill reports yet: run drills (d) to see trends")
+            plt.xticks([], [])
         else:
             plt.title("")
-            for kind, (_, detect, repair) in sorted(series.items()):
-                xs = list(range(1, len(detect) + 1))
-                plt.plot(xs, detect, label=f"{kind} d", marker="braille")
-                plt.plot(xs, repair, label=f"{kind} r", marker="braille")
-            plt.xlabel("drill (oldest first)")
+            # Over wall time, not drill order: a week without drills is a gap, a burst of drills a cluster.
+            for kind, (at, detect, repair) in sorted(series.items()):
+                plt.plot(at, detect, label=f"{kind} d", marker="braille")
+                plt.plot(at, repair, label=f"{kind} r", marker="braille")
+                self.plotted.append((kind, at, detect, repair))
+            times = [t for _, at, _, _ in self.plotted for t in at]
+            ticks, labels = time_ticks(min(times), max(times), max(2, (widget.size.width or 60) // 16))
+            plt.xticks(ticks, labels)
+            plt.xlabel(f"drill started ({_zone()})")
         widget.refresh()
 
     @on(DataTable.RowHighlighted, "#history")
     def _highlighted(self, event: DataTable.RowHighlighted) -> None:
         row = next((r for r in self.rows if r.id == event.row_key.value), None)
         if row is not None:
+            self._highlighted_id = row.id
             self._show_report(row)
 
     def _show_report(self, row: DrillRow) -> None:

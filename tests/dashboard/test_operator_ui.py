@@ -294,12 +294,12 @@ async def test_node_logs_from_the_run_dir_scroll_and_search(size: tuple[int, int
 
 @pytest.mark.parametrize("size", SIZES)
 async def test_drill_history_lists_every_drill_with_reports_and_trends(
-    size: tuple[int, int], tmp_path: Path
+    size: tuple[int, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from textual.widgets import DataTable, Markdown
     from textual_plotext import PlotextPlot
 
-    from dashboard.drills.history import trend_series
+    from dashboard.drills.history import time_ticks, trend_series
     from dashboard.drills.report import save
     from dashboard.messages import MeshUpdated
     from dashboard.screens.drill_history import DrillHistoryScreen
@@ -338,6 +338,7 @@ async def test_drill_history_lists_every_drill_with_reports_and_trends(
         await feed(app, msgspec.structs.replace(update, agents=agents))(pilot)
         app.post_message(MeshUpdated(msgspec.structs.replace(update, view=view, agents=agents, events=[])))
         await pilot.pause()
+        monkeypatch.setattr(DrillHistoryScreen, "reload_every_s", 0.5)  # (5 s in use) this test waits on one
         await pilot.press("D")
         screen = app.screen
         assert isinstance(screen, DrillHistoryScreen)
@@ -355,3 +356,22 @@ async def test_drill_history_lists_every_drill_with_reports_and_trends(
         at, detect, _repair = trend_series(screen.rows)["blackhole"]  # the two reports, oldest first
         assert at == sorted(at) and len(detect) == 2 and detect[0] == max(o.detect_s for o in report.observers)
         assert "blackhole" in screen_text(app)
+        # Plotted over wall time (the drills a day apart are a day apart on the axis), not by drill order.
+        [(kind, xs, _, _)] = screen.plotted
+        assert kind == "blackhole" and xs == [older.fault.started_at, report.fault.started_at]
+        _, labels = time_ticks(xs[0], xs[-1], 2)
+        assert labels[0] != labels[-1] and "-" in labels[0]  # a day apart: dated labels
+        shown = region_text(app, plot.region)
+        assert labels[0] in shown and labels[-1] in shown, shown
+        assert "drill (oldest first)" not in shown and "drill started" in shown
+        # A drill that shows up later (here: another agent's, as the next poll brings it) is listed by itself;
+        # the cursor stays on the drill the operator is reading.
+        assert table.cursor_row == 1
+        later = msgspec.structs.replace(
+            elsewhere, id="drl-later", node_id="node-a", started_at=elsewhere.started_at + 5
+        )
+        agents["node-a"] = msgspec.structs.replace(agents["node-a"], drills=DrillList(active=[], past=[later]))
+        app.agents = agents
+        await until(pilot, "the later drill listed", lambda: table.row_count == 4, within=10)
+        await pilot.pause()
+        assert screen.rows[table.cursor_row].id == report.fault.drill_id
