@@ -74,6 +74,20 @@ def mark_closed_objects(app: Litestar) -> None:
     for name in closed:
         if name in schemas:
             schemas[name].additional_properties = False
+    # A handler typed `Struct | Response` is documented as oneOf [Struct, {}]: `{}` matches everything, so a
+    # valid Struct matches twice and violates oneOf (schemathesis found it on GET /kv). anyOf says what is meant.
+    for item in (app.openapi_schema.paths or {}).values():
+        for op in (item.get, item.put, item.post, item.delete, item.patch):
+            for resp in (op.responses or {}).values() if op is not None else ():
+                for media in (getattr(resp, "content", None) or {}).values():
+                    sch = media.schema
+                    if getattr(sch, "one_of", None) and any(_is_empty(x) for x in sch.one_of):
+                        sch.any_of, sch.one_of = sch.one_of, None
+
+
+def _is_empty(schema: object) -> bool:
+    fields = ("type", "ref", "one_of", "any_of", "all_of", "properties", "items", "enum")
+    return not any(getattr(schema, f, None) for f in fields)
 
 
 class AllowHeader:
