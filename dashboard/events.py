@@ -3,6 +3,7 @@ MAPE-K incidents and heal actions the agents report, drill steps."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Literal
 
 import msgspec
@@ -20,6 +21,16 @@ class Event(msgspec.Struct, kw_only=True, frozen=True):
     text: str
     level: Level = "info"
     node: str | None = None
+    # What the event detail (enter on an event) shows beside the text: the record behind it, as (name, value).
+    fields: tuple[tuple[str, str], ...] = ()
+
+
+def stamp(at: float | None) -> str:
+    """A full local time with its date and zone (the log shows only the time of day)."""
+    if at is None:
+        return "-"
+    d = dt.datetime.fromtimestamp(at).astimezone()
+    return f"{d:%Y-%m-%d %H:%M:%S}.{d.microsecond // 1000:03d} {d:%Z}"
 
 
 _NODE_LEVEL: dict[str, Level] = {
@@ -65,6 +76,13 @@ def view_events(prev: MeshView | None, cur: MeshView) -> list[Event]:
                 node=n.id,
                 level=_NODE_LEVEL[n.state],
                 text=f"{n.id} {change}: {n.detail}",
+                fields=(
+                    ("node", n.id),
+                    ("state", change),
+                    ("why", n.detail),
+                    ("agent", n.agent_url or "-"),
+                    ("address", n.address or "-"),
+                ),
             )
         )
     links_before = {link.key: link.state for link in prev.links} if prev else {}
@@ -82,12 +100,30 @@ def view_events(prev: MeshView | None, cur: MeshView) -> list[Event]:
                 kind="link",
                 level=_LINK_LEVEL[link.state],
                 text=f"link {link.a}<->{link.b} {change}{detail}",
+                fields=(("link", f"{link.a} <-> {link.b}"), ("state", change), ("why", link.detail or "-")),
             )
         )
     return events
 
 
+def _incident_fields(observer: str, inc: wire.Incident) -> tuple[tuple[str, str], ...]:
+    took = "-" if inc.resolved_at is None else f"{inc.resolved_at - inc.detected_at:.3f} s"
+    return (
+        ("observer", observer),
+        ("incident", inc.id),
+        ("kind", inc.kind),
+        ("subject", inc.subject),
+        ("detected", stamp(inc.detected_at)),
+        ("resolved", stamp(inc.resolved_at) if inc.resolved_at is not None else "open"),
+        ("took", took),
+        ("seen", f"{inc.count} time{'s' if inc.count != 1 else ''}"),
+        ("heal actions", ", ".join(inc.actions) or "-"),
+        ("detail", inc.detail or "-"),
+    )
+
+
 def incident_event(observer: str, inc: wire.Incident, what: str) -> Event:
+    fields = _incident_fields(observer, inc)
     if what == "resolved":
         took = (inc.resolved_at or inc.detected_at) - inc.detected_at
         return Event(
@@ -96,6 +132,7 @@ def incident_event(observer: str, inc: wire.Incident, what: str) -> Event:
             node=observer,
             level="ok",
             text=f"{observer}: resolved {inc.kind} {inc.subject} after {took:.1f} s",
+            fields=fields,
         )
     detail = f" ({inc.detail})" if inc.detail else ""
     return Event(
@@ -104,6 +141,21 @@ def incident_event(observer: str, inc: wire.Incident, what: str) -> Event:
         node=observer,
         level="warn",
         text=f"{observer}: {inc.kind} {inc.subject}{detail}",
+        fields=fields,
+    )
+
+
+def _drill_fields(node_id: str, d: wire.Drill) -> tuple[tuple[str, str], ...]:
+    return (
+        ("drill", d.id),
+        ("kind", d.kind),
+        ("target", d.node_id),
+        ("state", d.state),
+        ("started", stamp(d.started_at)),
+        ("ends", stamp(d.ends_at)),
+        ("reverted", stamp(d.reverted_at)),
+        ("reported by", node_id),
+        ("detail", d.detail or "-"),
     )
 
 
@@ -123,6 +175,7 @@ def drill_events(node_id: str, before: wire.DrillList | None, now: wire.DrillLis
                     node=node_id,
                     level="warn",
                     text=f"drill {d.kind} on {d.node_id} started (id {d.id}, {d.duration_s:g} s): {d.detail}",
+                    fields=_drill_fields(node_id, d),
                 )
             )
     if known_past is not None:
@@ -137,6 +190,7 @@ def drill_events(node_id: str, before: wire.DrillList | None, now: wire.DrillLis
                     node=node_id,
                     level="error" if d.state == "failed" else "ok",
                     text=f"drill {d.kind} on {d.node_id} {d.state} after {took:.1f} s (id {d.id})",
+                    fields=_drill_fields(node_id, d),
                 )
             )
     return events
@@ -156,4 +210,14 @@ def action_event(observer: str, act: wire.Action) -> Event:
         node=observer,
         level=level,
         text=f"{observer}: {act.action} {act.target} {act.outcome}{why}",
+        fields=(
+            ("observer", observer),
+            ("action", act.id),
+            ("what", f"{act.action} {act.target}"),
+            ("outcome", act.outcome),
+            ("reason", act.reason or "-"),
+            ("uri", act.uri or "-"),
+            ("for incident", act.incident_id or "-"),
+            ("at", stamp(act.at)),
+        ),
     )

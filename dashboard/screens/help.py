@@ -20,6 +20,8 @@ HELP = """\
 | `N` `H` `I` `P` | overview | sort nodes by name, health, incidents, p99 (again: reverse) |
 | `:` | anywhere | command palette (as `ctrl+p`) |
 | `/` | overview | filter nodes and events (id, state, address); `esc` clears |
+| `l` | overview | into the event log: `j` `k` `g` `G` pick an event, `enter` shows its full text and record |
+| `c` | event | copy the event (text and fields) to the clipboard |
 | `d` | anywhere | drills: pick kind, target, duration; confirm; watch; `a` aborts |
 | `a` | drills | abort the running drill: the fault is reverted at once |
 | `D` | anywhere | drill history: every drill of the mesh, its report, trends per kind |

@@ -1,4 +1,5 @@
-"""Overview: header, topology, event log and node table. Enter opens the node under the cursor."""
+"""Overview: header, topology, event log and node table. Enter opens the node under the cursor; in the event log
+(`l`), the event under the cursor in full."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ class OverviewScreen(MeshScreen):
     BINDINGS = [
         Binding("slash", "filter", "Filter", key_display="/"),
         Binding("escape", "clear_filter", "Clear filter", show=False),
-        Binding("l", "focus_log", "Event log", show=False),
+        # Not in the footer (it would push Drills off an 80-column one): the log's own border and help say it.
+        Binding("l", "focus_log", "Events", show=False),
     ]
 
     def compose(self) -> ComposeResult:
@@ -35,6 +37,7 @@ class OverviewScreen(MeshScreen):
         self.query_one("#filter", Input).display = False
         self.query_one("#topology").border_title = "topology"
         self.query_one("#events").border_title = "events (newest first)"
+        self.query_one("#events").border_subtitle = "l, enter: full text"
         self.query_one(NodeTable).border_title = "nodes"
         self.query_one(NodeTable).focus()
 
@@ -80,3 +83,9 @@ class OverviewScreen(MeshScreen):
 
     def action_focus_log(self) -> None:
         self.query_one(EventLog).focus()
+
+    @on(EventLog.Opened)
+    def _event_opened(self, message: EventLog.Opened) -> None:
+        from dashboard.screens.event_detail import EventDetailScreen
+
+        self.app.push_screen(EventDetailScreen(message.event))

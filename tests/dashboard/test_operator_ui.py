@@ -201,6 +201,48 @@ async def test_events_and_health_are_never_cut(size: tuple[int, int]) -> None:
             assert "Yggdrasil address" not in shown  # dropped first, not cut
 
 
+@pytest.mark.parametrize("size", SIZES)
+async def test_the_full_text_of_any_event_opens(size: tuple[int, int]) -> None:
+    # "The full text of any event": in an 80x24 log a long event spans more lines than the log shows; enter on it
+    # opens its whole text, its date and zone, and the record behind it (here the incident, field by field).
+    from dashboard.events import incident_event, stamp
+    from dashboard.messages import MeshUpdated
+    from dashboard.screens.event_detail import EventDetailScreen, as_text
+    from dashboard.widgets.event_log import EventLog
+
+    app, update = recorded_app()
+    inc = next(i for a in update.agents.values() for i in a.incidents.values())
+    long = msgspec.structs.replace(
+        inc, id="inc-long", detected_at=update.view.taken_at + 2, resolved_at=None, count=3, detail=LONG * 3
+    )
+    event = incident_event("node-c", long, "opened")
+    async with app.run_test(size=size) as pilot:
+        await feed(app, update)(pilot)
+        app.post_message(MeshUpdated(msgspec.structs.replace(update, events=[event])))
+        await pilot.pause()
+        log = app.screen.query_one(EventLog)
+        assert log.events[0] is event
+        await pilot.press("l")
+        assert log.has_focus and log.selected is event
+        await pilot.press("enter")
+        screen = app.screen
+        assert isinstance(screen, EventDetailScreen) and screen.event is event
+        await pilot.pause()
+        shown = squeezed(screen_text(app))
+        assert squeezed(f"node-c: {long.kind} {long.subject} ({LONG * 3})") in shown, screen_text(app)
+        await pilot.press("G")  # the fields below it, however small the terminal
+        await pilot.pause()
+        shown = squeezed(screen_text(app))
+        for field in ("incident inc-long", f"subject {long.subject}", "resolved open", "seen 3 times"):
+            assert squeezed(field) in shown, field
+        assert squeezed(stamp(event.at)) in shown  # the date and zone, not only the time of day
+        assert as_text(event).splitlines()[1] == event.text  # what `c` copies: the whole text
+        await pilot.press("escape", "j", "enter")  # the next (older) event, from the log the operator left
+        assert isinstance(app.screen, EventDetailScreen) and app.screen.event is log.events[1]
+        await pilot.press("escape")
+        assert app.screen.query_one(EventLog).has_focus
+
+
 async def test_k9s_keys_move_sort_and_open_the_palette() -> None:
     from textual.command import CommandPalette
 
