@@ -11,10 +11,7 @@ shows within a fraction of a second instead of at the next interval.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
-import termios
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -43,6 +40,7 @@ from dashboard.screens.node_detail import NodeDetailScreen
 from dashboard.screens.overview import OverviewScreen
 from dashboard.screens.source_error import SourceErrorScreen
 from dashboard.session import MeshSession, MeshUpdate
+from dashboard.terminal import detach_terminal, terminal_alive
 from dashboard.wire import Drill
 
 STYLES = Path(__file__).parent / "styles"
@@ -315,7 +313,7 @@ class X0Dash(App[int]):
         if callable(resume):
 
             def on_cont(signum: int, frame: object) -> None:
-                if _terminal_alive():
+                if terminal_alive():
                     resume(signum, frame)  # type: ignore[arg-type]
 
             signal.signal(signal.SIGCONT, on_cont)
@@ -323,8 +321,8 @@ class X0Dash(App[int]):
     def _on_exit_signal(self, sig: signal.Signals) -> None:
         if self.exit_signal is None:
             self.exit_signal = sig.name
-        if sig == signal.SIGHUP and not _terminal_alive():
-            _detach_terminal()
+        if sig == signal.SIGHUP and not terminal_alive():
+            detach_terminal()
         self.action_quit()
 
     def action_quit(self) -> None:
@@ -443,22 +441,3 @@ class X0Dash(App[int]):
         except Exception as exc:  # never silent: whatever went wrong is the operator's to read
             filed = Filed(ok=False, detail=f"{type(exc).__name__}: {exc}")
         self.post_message(ReportFiled(report, filed))
-
-
-def _terminal_alive() -> bool:
-    try:
-        termios.tcgetattr(sys.__stdin__.fileno())  # type: ignore[union-attr]
-    except (termios.error, OSError, ValueError, AttributeError):
-        return False
-    return True
-
-
-def _detach_terminal() -> None:
-    """The terminal hung up: point stdin/stdout/stderr at /dev/null, so the way out (restoring a terminal nobody
-    sees, a last message) neither fails nor blocks."""
-    devnull = os.open(os.devnull, os.O_RDWR)
-    try:
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
-    finally:
-        os.close(devnull)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shlex
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
 
@@ -210,8 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="x0dash serve",
         help="the dashboard in a browser (textual-serve); options before `serve` choose its source",
         description="Serve the dashboard to browsers: each tab runs x0dash with the options given before "
-        "`serve`. Binds 127.0.0.1 by default; any other address requires an access token in the URL "
-        "(--token or $X0DASH_TOKEN, else one is made up and printed), and requests without it are refused.",
+        "`serve`. With --local N (the default source), serve starts that one mesh and every tab watches it "
+        "(through its inventory; node loss is then the agent's kill-daemon drill); it is stopped when serve "
+        "stops (Ctrl-C, SIGTERM, or SIGHUP when its terminal closes). Binds 127.0.0.1 by default; any other "
+        "address requires an access token in the URL (--token or $X0DASH_TOKEN, else one is made up and "
+        "printed), and requests without it are refused.",
         epilog="example: x0dash --inventory run/inventory.json serve --host 0.0.0.0 --port 8000",
     )
     w.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
@@ -238,36 +242,95 @@ _DASH_OPTIONS = (
     "repair_slo",
     "recover_timeout",
 )
+_LOCAL_OPTIONS = ("local", "topology", "mode", "run_dir")  # what starts a mesh: the server's job, not a tab's
 
 
-def dashboard_argv(args: argparse.Namespace) -> list[str]:
-    """The x0dash command line that reproduces these dashboard options (for `serve`'s browser tabs)."""
+def dashboard_argv(args: argparse.Namespace, inventory: Path | None = None) -> list[str]:
+    """The x0dash command line that reproduces these dashboard options (for `serve`'s browser tabs); with
+    `inventory`, the tabs read that mesh (the one `serve --local` started) instead of starting their own."""
     argv = [sys.executable, "-m", "dashboard.cli"]
     for name in _DASH_OPTIONS:
         value = getattr(args, name, None)
-        if value is not None:
+        if value is not None and not (inventory is not None and name in _LOCAL_OPTIONS):
             argv += [f"--{name.replace('_', '-')}", str(value)]
+    if inventory is not None:
+        argv += ["--inventory", str(inventory)]
     return argv
 
 
-def run_serve(args: argparse.Namespace, env: dict[str, str] | None = None) -> int:
-    from dashboard.web import DashServer, ServeError, access_token
+def run_serve(
+    args: argparse.Namespace, provider: Provider | None = None, env: dict[str, str] | None = None
+) -> int:
+    """Serve the dashboard to browsers until SIGINT, SIGTERM or SIGHUP. A local source is started here, once:
+    every tab reads that one mesh (through its inventory), and it is stopped when serving stops."""
+    from dashboard.providers.local import LocalProvider
+    from dashboard.web import DashServer, ServeError, access_token, check_port
 
     env = dict(os.environ) if env is None else env
     try:
         token = access_token(args.host, args.token or env.get("X0DASH_TOKEN") or None)
+        check_port(args.host, args.port)  # before a mesh is started for nothing
     except ServeError as exc:
         print(f"x0dash serve: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
+        return EXIT_FAILED if exc.port_in_use else EXIT_REFUSED
+    inventory = None
+    if isinstance(provider, LocalProvider):
+        _say(f"x0dash serve: starting {provider.label}, one for every browser tab…")
+        try:
+            with _signals_interrupt():  # a kill while the mesh starts still tears it down
+                provider.start()
+        except ProviderError as exc:
+            _say(f"x0dash serve: the source could not start: {exc}")
+            return EXIT_SOURCE
+        except _Interrupted as stop:
+            _say(f"x0dash serve: {stop.name} received while the mesh was starting; stopped it")
+            return 128 + stop.signum
+        inventory = provider.inventory_path
     server = DashServer(
-        shlex.join(dashboard_argv(args)), host=args.host, port=args.port, token=token, public_url=args.public_url
+        shlex.join(dashboard_argv(args, inventory)),
+        host=args.host,
+        port=args.port,
+        token=token,
+        public_url=args.public_url,
     )
     try:
         server.serve()
     except OSError as exc:
         print(f"x0dash serve: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILED
+    finally:
+        if provider is not None:
+            provider.stop()
+        kept = getattr(provider, "kept_run_dir", None)
+        if kept is not None:
+            _say(f"x0dash serve: the local mesh is stopped; its logs stay in {kept} (node-*/agent.log)")
+    if server.stopped_by is not None:
+        _say(f"x0dash serve: {server.stopped_by.name} received; stopped cleanly")
+        return 128 + server.stopped_by.value
     return EXIT_OK
+
+
+class _Interrupted(BaseException):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGTERM/SIGHUP/SIGINT raise inside the block (the default would end the process without cleanup)."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise _Interrupted(signum)
+
+    sigs = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+    before = {sig: signal.signal(sig, interrupt) for sig in sigs}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def _num(args: argparse.Namespace, name: str, default: float) -> float:
@@ -421,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_REFUSED
     try:
         if args.command == "serve":
-            return run_serve(args)
+            return run_serve(args, provider)
         if args.command == "drill":
             try:
                 return asyncio.run(_headless_main(args, provider))

@@ -54,6 +54,11 @@ class LocalProvider(Provider):
         return token if isinstance(token, str) else None
 
     @property
+    def inventory_path(self) -> Path | None:
+        """The running mesh's inventory file (what `x0dash serve --local`'s browser tabs read)."""
+        return None if self._mesh is None else self._mesh.inventory_path
+
+    @property
     def mesh(self) -> Any:
         """The running LocalMesh (tests use it to stop nodes behind the dashboard's back)."""
         return self._mesh

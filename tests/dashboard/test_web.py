@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import codecs
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -94,7 +96,9 @@ class _suppress:
         return exc[0] is not None and issubclass(exc[0], ProcessLookupError | PermissionError)  # type: ignore[arg-type]
 
 
-def _serve(args: list[str], port: int, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def _serve(
+    args: list[str], port: int, log: Path, env: dict[str, str] | None = None, within: float = 20
+) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "dashboard.cli", *args, "--port", str(port)],
@@ -103,7 +107,7 @@ def _serve(args: list[str], port: int, log: Path, env: dict[str, str] | None = N
             start_new_session=True,  # its browser tabs' dashboards are its children: stopped with it
             env=env,
         )
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         try:
             httpx.get(f"http://127.0.0.1:{port}/static/css/xterm.css", timeout=1, trust_env=False)
@@ -113,7 +117,7 @@ def _serve(args: list[str], port: int, log: Path, env: dict[str, str] | None = N
                 raise AssertionError(f"x0dash serve exited {proc.returncode}: {log.read_text()}") from None
             time.sleep(0.2)
     _stop(proc)
-    raise AssertionError(f"x0dash serve did not listen within 20 s: {log.read_text()}")
+    raise AssertionError(f"x0dash serve did not listen within {within:g} s: {log.read_text()}")
 
 
 @pytest.fixture
@@ -255,3 +259,125 @@ def test_a_short_token_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert main(["serve", "--host", "0.0.0.0", "--token", "short"]) == 2
     assert "at least 16 characters" in capsys.readouterr().err
+
+
+ESCAPES = re.compile(r"\x1b\[[0-9;?<=>]*[ -/]*[@-~]|\x1b[\]P_][^\x07\x1b]*(?:\x07|\x1b\\)")
+
+
+async def _tab(port: int, shown: str, within: float) -> aiohttp.ClientWebSocketResponse:
+    """A browser tab as textual-serve sees one: its websocket, read until the app shows `shown`."""
+    session = aiohttp.ClientSession()
+    ws = await session.ws_connect(f"ws://127.0.0.1:{port}/ws?width=120&height=40", max_msg_size=0)
+    ws._x0_session = session  # type: ignore[attr-defined]
+    ws._x0_text = ""  # type: ignore[attr-defined]
+    ws._x0_decoder = codecs.getincrementaldecoder("utf-8")("replace")  # type: ignore[attr-defined]
+    try:
+        await _until_shown(ws, shown, within)
+    except BaseException:
+        await session.close()
+        raise
+    return ws
+
+
+async def _until_shown(ws: aiohttp.ClientWebSocketResponse, shown: str, within: float) -> None:
+    """Read what the app sends the page (terminal output, escapes stripped) until `shown` is in it."""
+    deadline = time.monotonic() + within
+    while shown not in ESCAPES.sub("", ws._x0_text):  # type: ignore[attr-defined]
+        left = deadline - time.monotonic()
+        text = ESCAPES.sub("", ws._x0_text)  # type: ignore[attr-defined]
+        if left <= 0:
+            raise AssertionError(f"the tab never showed {shown!r}: {text[-400:]!r}")
+        try:
+            msg = await asyncio.wait_for(ws.receive(), left)
+        except TimeoutError:
+            continue
+        if msg.type == aiohttp.WSMsgType.BINARY:
+            ws._x0_text += ws._x0_decoder.decode(msg.data)  # type: ignore[attr-defined]
+        elif msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+            raise AssertionError(f"the tab's socket closed: {text[-400:]!r}")
+
+
+def _group(pgid: int) -> list[int]:
+    """Processes of a process group (serve, its shells and its tabs' dashboards)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.parametrize("sig", ["SIGHUP", "SIGTERM"])
+def test_serve_local_is_one_mesh_for_every_tab_and_stops_with_serve(
+    sig: str, require_yggdrasil: str, tmp_path: Path
+) -> None:
+    """`x0dash serve --local N` started a mesh per browser tab (textual-serve runs the app per connection): one
+    mesh for the server, every tab reads it, and it goes when serve goes. SIGHUP as a closing terminal sends it
+    (to the whole process group), SIGTERM as `kill` does (to serve alone)."""
+    from agent.localmesh import registry
+    from tests.localmesh.support import leftovers
+
+    port = _free_port()
+    run_dir = tmp_path / "run"
+    args = ["--local", "2", "--mode", "loopback", "--run-dir", str(run_dir), "--interval", "0.5", "serve"]
+    log = tmp_path / "serve.log"
+    server = _serve(args, port, log, within=60)
+    try:
+        [mesh_dir] = sorted(run_dir.glob("local-*"))  # serve started it before it listened
+        [record] = [r for r in registry.load_all() if Path(r.mesh_dir) == mesh_dir]
+        assert record.owner_pid == server.pid  # serve owns it
+
+        async def two_tabs() -> None:
+            tabs = []
+            try:
+                for _ in range(2):  # each tab's dashboard shows that mesh (its name is in the source line)
+                    tabs.append(await _tab(port, mesh_dir.name, within=60))
+                await asyncio.gather(*(_until_shown(ws, "node-b", within=30) for ws in tabs))
+                meshes = sorted(run_dir.glob("local-*"))
+                assert meshes == [mesh_dir], f"one mesh for the server, not one per tab: {meshes}"
+                mine = [r.id for r in registry.load_all() if Path(r.mesh_dir).parent == run_dir]
+                assert mine == [record.id]
+                # The tabs are still open when serve stops, as browser tabs would be.
+                if sig == "SIGHUP":
+                    os.killpg(server.pid, signal.SIGHUP)  # a closing terminal: the whole foreground group
+                else:
+                    os.kill(server.pid, signal.SIGTERM)
+            finally:
+                for ws in tabs:
+                    await ws._x0_session.close()  # type: ignore[attr-defined]
+
+        asyncio.run(two_tabs())
+        code = server.wait(60)
+    finally:
+        _stop(server)
+    text = log.read_text()
+    assert code == 128 + signal.Signals[sig].value, text
+    assert f"{sig} received; stopped cleanly" in text, text
+    assert leftovers(record.id, mesh_dir) == [], text
+    deadline = time.monotonic() + 10  # its tabs' dashboards end with it
+    while _group(server.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _group(server.pid) == [], "processes of serve's group outlived it"
+
+
+def test_a_port_in_use_is_said_before_a_local_mesh_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    from dashboard.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run_dir = tmp_path / "run"
+        code = main(
+            ["--local", "2", "--mode", "loopback", "--run-dir", str(run_dir), "serve", "--port", str(port)]
+        )
+    assert code == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+    assert not run_dir.exists() or not any(run_dir.iterdir())  # no mesh started for nothing
