@@ -1,7 +1,8 @@
 """Drill history (`D`): every drill of the mesh, running and past, whoever started it: this x0dash's saved reports,
 the mesh-wide history in the replicated store (GET /drills/history) and each agent's own drills (GET /drills).
-Enter shows a drill's report; below, the trends: worst time to detect and to repair per drill kind over time
-(textual-plotext), so a team sees whether its mesh gets faster or slower."""
+The highlighted drill's report shows beside the list (below 120 columns the list takes the width and enter opens
+the report full screen; enter does that at any width); below, the trends: worst time to detect and to repair per
+drill kind over wall time (textual-plotext), so a team sees whether its mesh gets faster or slower."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import datetime as dt
 import time
 
 from rich.text import Text
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
+from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Markdown, Static
 from textual_plotext import PlotextPlot
 
@@ -23,6 +25,11 @@ from dashboard.drills.report import to_markdown
 from dashboard.screens.base import MeshScreen
 
 RELOAD_EVERY_S = 5.0
+TREND_COLORS = ("cyan", "orange", "magenta", "green", "red", "blue", "yellow")
+TREND_MARKS = ("●", "▲")  # detect, repair: told apart without colour too
+NARROW_BELOW = 120  # columns: below, the list takes the width (its numbers matter more than the report pane)
+WIDE_COLUMNS = ("started", "kind", "target", "result", "detect", "repair", "seen in")
+NARROW_COLUMNS = WIDE_COLUMNS[:-1]
 STATE_STYLE = {"PASS": "bold green", "FAIL": "bold red", "active": "bold yellow", "aborted": "yellow"}
 
 
@@ -32,6 +39,17 @@ def _when(t: float) -> str:
 
 def _zone() -> str:
     return time.strftime("%Z") or "local time"
+
+
+def report_markdown(row: DrillRow) -> str:
+    if row.report is not None:
+        return to_markdown(row.report)
+    return (
+        f"# Drill {row.kind} on {row.target}: {row.state}\n\n"
+        f"- id `{row.id}`, started {_when(row.started_at)}, {row.duration_s:g} s requested\n"
+        f"- started by: {row.holder or 'unknown'}; seen in: {', '.join(row.seen_in)}\n\n"
+        "No report here: the drill was run elsewhere and its report was not filed in the mesh history."
+    )
 
 
 def _s(v: float | None, signed: bool = False) -> str:
@@ -54,6 +72,7 @@ class DrillHistoryScreen(MeshScreen):
         self.plotted: list[tuple[str, list[float], list[float], list[float]]] = []  # kind, started_at, d, r
         self._shown: list[tuple[str, str, bool, tuple[str, ...]]] | None = None
         self._highlighted_id: str | None = None
+        self.narrow: bool | None = None
 
     def compose(self) -> ComposeResult:
         yield self.header()
@@ -67,9 +86,9 @@ class DrillHistoryScreen(MeshScreen):
 
     def on_mount(self) -> None:
         table = self.query_one("#history", DataTable)
-        table.add_columns("started", "kind", "target", "result", "detect", "repair", "seen in")
-        table.border_title = "drills (newest first)"
-        self.query_one("#trends").border_title = "trends: worst detect (d) and repair (r) per kind, seconds"
+        self._layout(self.app.size.width)
+        table.border_title = "drills (newest first; enter: report)"
+        self.query_one("#trends").border_title = "trends: worst detect (d ●) and repair (r ▲) per kind, seconds"
         table.focus()
         self.action_reload()
         # New drills (from anyone) show up by themselves; a history that was unavailable (no Raft leader right
@@ -99,6 +118,23 @@ class DrillHistoryScreen(MeshScreen):
         self.note = f"{len(self.rows)} drills; {len(reports)} saved reports in {dash.reports_dir}; {note}"
         self._show()
 
+    def on_resize(self, event: events.Resize) -> None:
+        if self._layout(event.size.width):
+            self._shown = None  # columns changed: rows again
+            self._show()
+
+    def _layout(self, width: int) -> bool:
+        """Wide: list and report side by side; narrow: the list alone. True when that changed."""
+        narrow = width < NARROW_BELOW
+        if narrow == self.narrow:
+            return False
+        self.narrow = narrow
+        self.set_class(narrow, "narrow")
+        table = self.query_one("#history", DataTable)
+        table.clear(columns=True)
+        table.add_columns(*(NARROW_COLUMNS if narrow else WIDE_COLUMNS))
+        return True
+
     def _show(self) -> None:
         self.query_one("#history-note", Static).update(Text(self.note, "grey50"))
         shown = [(r.id, r.state, r.report is not None, tuple(r.seen_in)) for r in self.rows]
@@ -109,7 +145,7 @@ class DrillHistoryScreen(MeshScreen):
         keep = self._highlighted_id
         table.clear()
         for r in self.rows:
-            table.add_row(
+            cells = [
                 _when(r.started_at),
                 r.kind,
                 r.target,
@@ -117,8 +153,8 @@ class DrillHistoryScreen(MeshScreen):
                 _s(r.detect_s),
                 _s(r.repair_s, signed=True),
                 ", ".join(r.seen_in),
-                key=r.id,
-            )
+            ]
+            table.add_row(*cells[: len(table.columns)], key=r.id)
         self._plot()
         ids = [r.id for r in self.rows]
         if keep in ids:
@@ -138,12 +174,14 @@ class DrillHistoryScreen(MeshScreen):
         else:
             plt.title("")
             # Over wall time, not drill order: a week without drills is a gap, a burst of drills a cluster.
-            for kind, (at, detect, repair) in sorted(series.items()):
-                plt.plot(at, detect, label=f"{kind} d", marker="braille")
-                plt.plot(at, repair, label=f"{kind} r", marker="braille")
+            for i, (kind, (at, detect, repair)) in enumerate(sorted(series.items())):
+                for j, (what, ys) in enumerate((("d", detect), ("r", repair))):
+                    color = TREND_COLORS[(2 * i + j) % len(TREND_COLORS)]
+                    plt.plot(at, ys, marker="braille", color=color)  # the trend, between drills
+                    plt.scatter(at, ys, marker=TREND_MARKS[j], color=color, label=f"{kind} {what}")  # each drill
                 self.plotted.append((kind, at, detect, repair))
             times = [t for _, at, _, _ in self.plotted for t in at]
-            ticks, labels = time_ticks(min(times), max(times), max(2, (widget.size.width or 60) // 16))
+            ticks, labels = time_ticks(min(times), max(times), max(2, (widget.size.width or 60) // 24))
             plt.xticks(ticks, labels)
             plt.xlabel(f"drill started ({_zone()})")
         widget.refresh()
@@ -156,16 +194,13 @@ class DrillHistoryScreen(MeshScreen):
             self._show_report(row)
 
     def _show_report(self, row: DrillRow) -> None:
-        md = self.query_one("#history-report", Markdown)
-        if row.report is not None:
-            md.update(to_markdown(row.report))
-        else:
-            md.update(
-                f"# Drill {row.kind} on {row.target}: {row.state}\n\n"
-                f"- id `{row.id}`, started {_when(row.started_at)}, {row.duration_s:g} s requested\n"
-                f"- started by: {row.holder or 'unknown'}; seen in: {', '.join(row.seen_in)}\n\n"
-                "No report here: the drill was run elsewhere and its report was not filed in the mesh history."
-            )
+        self.query_one("#history-report", Markdown).update(report_markdown(row))
+
+    @on(DataTable.RowSelected, "#history")
+    def _selected(self, event: DataTable.RowSelected) -> None:
+        row = next((r for r in self.rows if r.id == event.row_key.value), None)
+        if row is not None:
+            self.app.push_screen(DrillReportScreen(row))
 
     def action_down(self) -> None:
         self.query_one("#history", DataTable).action_cursor_down()
@@ -174,4 +209,37 @@ class DrillHistoryScreen(MeshScreen):
         self.query_one("#history", DataTable).action_cursor_up()
 
     def action_back(self) -> None:
+        self.dismiss()
+
+
+class DrillReportScreen(Screen[None]):
+    """One drill's report, full screen (enter in the history)."""
+
+    BINDINGS = [
+        Binding("escape,q,enter", "close", "Back"),
+        Binding("j", "scroll(1)", "Down", show=False),
+        Binding("k", "scroll(-1)", "Up", show=False),
+        Binding("g", "scroll(-1000000)", "Top", show=False),
+        Binding("G", "scroll(1000000)", "Bottom", show=False),
+    ]
+
+    def __init__(self, row: DrillRow) -> None:
+        super().__init__()
+        self.row = row
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="drill-report-box"):
+            yield Markdown(report_markdown(self.row), id="drill-report")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        box = self.query_one("#drill-report-box")
+        box.border_title = f"drill {self.row.id}"
+        box.focus()
+
+    def action_scroll(self, by: int) -> None:
+        box = self.query_one("#drill-report-box", VerticalScroll)
+        box.scroll_to(y=max(0, box.scroll_y + by), animate=False)
+
+    def action_close(self) -> None:
         self.dismiss()

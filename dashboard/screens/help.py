@@ -24,10 +24,11 @@ HELP = """\
 | `c` | event | copy the event (text and fields) to the clipboard |
 | `d` | anywhere | drills: pick kind, target, duration; confirm; watch; `a` aborts |
 | `a` | drills | abort the running drill: the fault is reverted at once |
-| `D` | anywhere | drill history: every drill of the mesh, its report, trends per kind |
+| `D` | anywhere | drill history: every drill of the mesh, its report, trends per kind over time |
+| `enter` | drill history | the highlighted drill's report, full screen |
 | `u` | drills (Nomad) | undo a drain: cancel it and restore the Nomad node's eligibility |
 | `L` | node detail | its logs (agent.log, yggdrasil.log; Nomad: task stdout/stderr) |
-| `/` `n` `tab` `r` | logs | search, next match, next log, reload |
+| `/` `n` `tab` `r` | logs | search (every match marked), next match, next log, reload |
 | `esc` | detail, drills, logs | back |
 | `ctrl+p` | anywhere | command palette (jump to a node, start drills, help) |
 | `?` | anywhere | this help |

@@ -5,6 +5,8 @@ Nomad."""
 
 from __future__ import annotations
 
+from rich.highlighter import Highlighter
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -13,6 +15,18 @@ from textual.widgets import Footer, Input, Log, Static
 from dashboard.logs import LogSource
 from dashboard.providers.base import ProviderError
 from dashboard.screens.base import MeshScreen
+
+
+class NeedleHighlighter(Highlighter):
+    """Marks every occurrence of the searched text (any case), so the match is seen, not only scrolled to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.needle = ""
+
+    def highlight(self, text: Text) -> None:
+        if self.needle:
+            text.highlight_words([self.needle], style="black on yellow", case_sensitive=False)
 
 
 class LogScreen(MeshScreen):
@@ -35,6 +49,8 @@ class LogScreen(MeshScreen):
         self.current = 0
         self.lines: list[str] = []
         self.match_at = -1
+        self.needle = ""
+        self._marks = NeedleHighlighter()
 
     def compose(self) -> ComposeResult:
         yield self.header()
@@ -45,7 +61,9 @@ class LogScreen(MeshScreen):
 
     def on_mount(self) -> None:
         self.query_one("#log-search", Input).display = False
-        self.query_one(Log).focus()
+        log = self.query_one(Log)
+        log.highlight, log.highlighter = True, self._marks
+        log.focus()
         self._load_sources()
 
     @work(exclusive=True, group="log-sources", exit_on_error=False)
@@ -103,12 +121,19 @@ class LogScreen(MeshScreen):
 
     @on(Input.Submitted, "#log-search")
     def _search_submitted(self) -> None:
+        box = self.query_one("#log-search", Input)
+        # The box goes away once searched (at 80x24 it costs three rows of log); the title keeps the text.
+        box.display = False
+        self.needle = box.value.strip()
+        self._marks.needle = self.needle
+        log = self.query_one(Log)
+        log.refresh_lines(0, max(1, log.line_count))
         self.match_at = -1
         self.action_next_match()
-        self.query_one(Log).focus()
+        log.focus()
 
     def action_next_match(self) -> None:
-        needle = self.query_one("#log-search", Input).value.strip().lower()
+        needle = self.needle.lower()
         if not needle or not self.lines:
             return
         n = len(self.lines)
@@ -117,10 +142,12 @@ class LogScreen(MeshScreen):
             if needle in self.lines[i].lower():
                 self.match_at = i
                 log = self.query_one(Log)
-                log.scroll_to(y=max(0, i - 2), animate=False)
-                self._title(f"  (match at line {i + 1})")
+                col = self.lines[i].lower().find(needle)
+                far = col + len(needle) > log.scrollable_content_region.width  # off to the right: bring it in
+                log.scroll_to(x=max(0, col - 8) if far else 0, y=max(0, i - 2), animate=False)
+                self._title(f"  /{self.needle}: line {i + 1} (n: next)")
                 return
-        self._title(f"  ({needle!r} not found)")
+        self._title(f"  /{self.needle}: not found")
 
     def action_down(self) -> None:
         self.query_one(Log).scroll_down(animate=False)

@@ -393,6 +393,20 @@ async def test_drill_history_lists_every_drill_with_reports_and_trends(
         await pilot.press("j")  # the report of the highlighted drill
         await pilot.pause()
         assert "Drill blackhole on node-b: FAIL" in screen.query_one("#history-report", Markdown).source
+        # Every number of the list is on screen at both sizes (at 80 columns the report pane gives way to it)...
+        listed = region_text(app, table.region)
+        worst_repair = max(o.repair_s for o in report.observers if o.repair_s is not None)
+        assert f"+{worst_repair:.2f} s" in listed and "FAIL" in listed, listed
+        assert screen.query_one("#history-report-box").display == (size[0] >= 120)
+        # ...and enter opens the highlighted drill's report full screen.
+        await pilot.press("enter")
+        from dashboard.screens.drill_history import DrillReportScreen
+
+        assert isinstance(app.screen, DrillReportScreen) and app.screen.row.id == report.fault.drill_id
+        await pilot.pause()
+        assert "Drill blackhole on node-b: FAIL" in screen_text(app)
+        await pilot.press("escape")
+        assert app.screen is screen
         plot = screen.query_one(PlotextPlot)
         assert plot.region.height >= 6
         at, detect, _repair = trend_series(screen.rows)["blackhole"]  # the two reports, oldest first
