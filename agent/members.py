@@ -40,8 +40,11 @@ class Member(msgspec.Struct, frozen=True, kw_only=True):
 class MembersFile(msgspec.Struct, frozen=True, kw_only=True):
     mesh: str | None = None
     members: list[Member] = []
-    # Raw as written; None when the file leaves the plan to `topology.plan_links(ids, "full")`.
+    # Raw as written; None when the file leaves the plan to `topology.plan_links(ids, topology)`.
     links: list[list[str]] | None = None
+    # The planned topology when `links` is absent: auto (full up to 8 members, expander above), full, ring,
+    # chain or expander (agent.topology).
+    topology: str = "auto"
 
 
 class Members(msgspec.Struct, frozen=True, kw_only=True):
@@ -163,7 +166,14 @@ def parse_members(data: bytes) -> Members:
             by_listen[strip_query(m.listen_uri)] = m
     ids = [m.node_id for m in members]
     try:
-        links = topology.plan_links(ids, "full") if raw.links is None else topology.validate_links(raw.links, ids)
+        if raw.links is None:
+            if raw.topology not in topology.TOPOLOGIES:
+                raise ValueError(
+                    f"topology {raw.topology!r} is not one of {', '.join(topology.TOPOLOGIES)} (or give links)"
+                )
+            links = topology.plan_links(ids, raw.topology)  # type: ignore[arg-type]
+        else:
+            links = topology.validate_links(raw.links, ids)
     except ValueError as exc:
         raise MembersError(f"invalid links: {exc}") from None
     adjacent: dict[str, list[str]] = {}

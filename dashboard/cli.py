@@ -111,7 +111,10 @@ def _add_common(p: argparse.ArgumentParser, *, sub: bool) -> None:
     src.add_argument("--nomad", metavar="ADDR", default=d, help="Nomad address (default $NOMAD_ADDR)")
     src.add_argument("--job", metavar="JOB", default=d, help="Nomad job of the mesh (default x0-mesh)")
     src.add_argument(
-        "--topology", default=d, metavar="T", help="--local: planned topology (full, ring, …; default full)"
+        "--topology",
+        default=d,
+        metavar="T",
+        help="--local: planned topology (auto, full, ring, chain, expander; default auto)",
     )
     src.add_argument(
         "--mode",
@@ -372,7 +375,7 @@ def build_provider(args: argparse.Namespace, env: dict[str, str] | None = None) 
 
     return LocalProvider(
         int(local or DEFAULT_LOCAL_NODES),
-        topology=getattr(args, "topology", None) or "full",
+        topology=getattr(args, "topology", None) or "auto",
         mode=getattr(args, "mode", None),
         run_dir=getattr(args, "run_dir", None),
     )

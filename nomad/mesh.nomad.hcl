@@ -105,6 +105,12 @@ variable "agent_resources" {
   description = "CPU (MHz) and memory (MB) of the agent task."
 }
 
+variable "topology" {
+  type        = string
+  default     = "auto"
+  description = "Planned links the agents derive from the members (docs/contracts.md §2): auto (full up to 8 nodes, expander above: at most 4 links per node, diameter ~log N), full, ring, chain or expander."
+}
+
 variable "yggdrasil_resources" {
   type        = object({ cpu = number, memory = number })
   default     = { cpu = 100, memory = 96 }
@@ -331,8 +337,9 @@ job "x0-mesh" {
       # The members file (docs/contracts.md §2). Output is valid JSON for 0, 1 or N registrations: the comma is
       # written before every member but the first (counter $n), registrations without an x0-node tag are skipped,
       # and a node id seen twice (a stale registration beside its replacement) is written once. listen_uri is
-      # added only when that allocation's Yggdrasil listener is registered too. No "links": the agent plans a
-      # full mesh where the lower id dials.
+      # added only when that allocation's Yggdrasil listener is registered too. No "links": every agent plans
+      # the same links from the member ids with var.topology (auto: a full mesh up to 8 nodes, the expander
+      # above, so 100 clients hold ~200 links, not 4,950); the lower id of each pair dials.
       template {
         destination = "local/members.json"
         change_mode = "noop"
@@ -342,7 +349,7 @@ job "x0-mesh" {
         }
         data = <<-EOT
           {{- $n := 0 -}}
-          {"mesh": {{ env "NOMAD_JOB_ID" | toJSON }}, "members": [
+          {"mesh": {{ env "NOMAD_JOB_ID" | toJSON }}, "topology": "${var.topology}", "members": [
           {{- range $a := nomadService "${local.agent_service}" -}}
             {{- $raw := "" -}}
             {{- range $a.Tags }}{{ if . | regexMatch "^x0-node=" }}{{ $raw = . | regexReplaceAll "^x0-node=" "" }}{{ end }}{{ end -}}

@@ -21,7 +21,7 @@ from agent.localmesh.model import (
     LocalMeshError,
     MeshOptions,
 )
-from agent.topology import TOPOLOGIES
+from agent.topology import AUTO_FULL_MAX, EXPANDER_RINGS, TOPOLOGIES
 
 PROG = "x0-agent local-mesh"
 
@@ -43,8 +43,10 @@ modes:
               daemons P+N..P+2N-1 (all must be free). No overlay traffic and no network faults in this mode.
 
 links:
-  --topology full|ring|chain plans the links; only the first node of each planned pair dials (addPeer), so every
-  pair holds exactly one Yggdrasil link.
+  --topology auto|full|ring|chain|expander plans the links; only the first node of each planned pair dials
+  (addPeer), so every pair holds exactly one Yggdrasil link. expander (the auto choice above 8 nodes) is the
+  union of 2 rings over the node ids (one in id order, one in hash order): at most 4 links per node and a
+  diameter that grows as log N, where full needs N(N-1)/2 links and a ring's diameter is N/2.
 
 files (in --run-dir/local-<id>/ unless said otherwise):
   members.json            the members file every agent reads (MESH_MEMBERS; docs/contracts.md section 2)
@@ -71,6 +73,7 @@ exit status: 0 stopped cleanly (Ctrl-C/SIGTERM), 1 could not start or left somet
 examples:
   {PROG} --nodes 3                       # netns as root, loopback otherwise
   {PROG} --nodes 5 --topology ring --inventory run/inventory.json
+  {PROG} --nodes 20                      # expander: 39 links, not 190
   {PROG} --loopback --nodes 3 --base-port 18000
   {PROG} --cleanup
 """
@@ -96,7 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--nodes", type=_node_count, default=3, metavar="N", help=f"number of nodes, 1-{naming.MAX_NODES} (3)"
     )
-    p.add_argument("--topology", choices=TOPOLOGIES, default="full", help="planned links (full)")
+    p.add_argument(
+        "--topology",
+        choices=TOPOLOGIES,
+        default="auto",
+        help=f"planned links (auto: full up to {AUTO_FULL_MAX} nodes, expander above: at most "
+        f"{2 * EXPANDER_RINGS} links per node, diameter ~log N)",
+    )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--netns", dest="mode", action="store_const", const="netns", help="namespaces (needs root)")
     mode.add_argument("--loopback", dest="mode", action="store_const", const="loopback", help="127.0.0.1, no root")

@@ -27,7 +27,7 @@ class LocalMeshError(RuntimeError):
 @dataclass(frozen=True)
 class MeshOptions:
     nodes: int = 3
-    topology: Topology = "full"
+    topology: Topology = "auto"
     # None: netns when running as root, loopback otherwise.
     mode: Mode | None = None
     # Each mesh lives in <run_dir>/local-<id>/ (configs, keys, logs, members file).

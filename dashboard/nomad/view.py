@@ -189,8 +189,9 @@ class NomadView:
         return [n.target() for n in self.nodes]
 
     def planned_links(self) -> list[tuple[str, str]]:
-        # The job's members file has no "links": agents plan a full mesh where the lower id dials (contracts §2).
-        return topology.plan_links(sorted(n.node_id for n in self.nodes if n.live), "full")
+        # The job's members file has no "links": agents plan them from the ids with the job's topology, auto by
+        # default (full up to 8 nodes, expander above; contracts §2); the lower id dials.
+        return topology.plan_links(sorted(n.node_id for n in self.nodes if n.live), "auto")
 
     def by_id(self, node_id: str) -> MeshNode | None:
         return next((n for n in self.nodes if n.node_id == node_id), None)

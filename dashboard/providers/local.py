@@ -31,7 +31,7 @@ class LocalProvider(Provider):
     name = "local"
 
     def __init__(
-        self, nodes: int, *, topology: str = "full", mode: Mode | None = None, run_dir: Path | None = None
+        self, nodes: int, *, topology: str = "auto", mode: Mode | None = None, run_dir: Path | None = None
     ) -> None:
         if nodes < 1:
             raise ProviderError(f"--local needs at least 1 node, got {nodes}")

@@ -126,3 +126,14 @@ def test_watcher_rereads_on_change_and_keeps_previous_on_bad_write(tmp_path: Pat
 def test_watcher_without_a_file_is_inert() -> None:
     w = MembersWatcher(None)
     assert w.check() is False and w.error is None and w.members.members == ()
+
+
+def test_topology_plans_the_links_when_the_file_has_none() -> None:
+    ring = parse_members(json.dumps(doc(topology="chain")).encode())
+    assert ring.links == (("node-a", "node-b"), ("node-b", "node-c"))
+    ids = [f"node-{c}" for c in "abcdefghij"]
+    many = {"members": [{"node_id": n, "agent_url": f"http://10.0.0.{i + 1}:8080"} for i, n in enumerate(ids)]}
+    auto = parse_members(json.dumps(many).encode())  # no topology: auto, the expander above 8 members
+    assert max(len(auto.neighbours(i)) for i in auto.ids) <= 4 and len(auto.links) < 45
+    with pytest.raises(MembersError, match="topology 'star' is not one of"):
+        parse_members(json.dumps(doc(topology="star")).encode())

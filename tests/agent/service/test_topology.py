@@ -59,3 +59,51 @@ def test_helpers() -> None:
     assert topology.dialer_of(links, "c", "b") == "b"
     assert topology.dialer_of(links, "a", "c") is None
     assert topology.default_dialer("c", "a") == "a"
+
+
+def _diameter(ids: list[str], links: list[tuple[str, str]]) -> int:
+    adj: dict[str, set[str]] = {i: set() for i in ids}
+    for a, b in links:
+        adj[a].add(b)
+        adj[b].add(a)
+    worst = 0
+    for start in ids:
+        dist = {start: 0}
+        queue = [start]
+        for x in queue:
+            for y in adj[x]:
+                if y not in dist:
+                    dist[y] = dist[x] + 1
+                    queue.append(y)
+        assert len(dist) == len(ids), "the expander must be connected"
+        worst = max(worst, max(dist.values()))
+    return worst
+
+
+@pytest.mark.parametrize(("n", "max_diameter"), [(9, 4), (20, 5), (100, 8), (1000, 12)])
+def test_expander_has_a_fixed_degree_and_a_logarithmic_diameter(n: int, max_diameter: int) -> None:
+    ids = [f"node-{i:04d}" for i in range(n)]
+    links = plan_links(ids, "expander")
+    degree = {i: len(topology.neighbours(links, i)) for i in ids}
+    assert max(degree.values()) <= 2 * topology.EXPANDER_RINGS  # whatever n: 4 links per node at most
+    assert min(degree.values()) >= 2
+    assert len(links) <= topology.EXPANDER_RINGS * n
+    assert _diameter(ids, links) <= max_diameter  # a ring of 1,000 has diameter 500
+    assert all(a < b for a, b in links)  # the lower id dials
+
+
+def test_expander_is_a_function_of_the_id_set() -> None:
+    ids = [f"node-{c}" for c in "abcdefghijklmnopqrst"]
+    shuffled = ids[5:] + ids[:5]
+    assert sorted(plan_links(ids, "expander")) == sorted(plan_links(shuffled, "expander"))
+    # One member more changes only the links next to it in each ring: most links stay.
+    grown = set(plan_links([*ids, "node-u"], "expander"))
+    assert len(set(plan_links(ids, "expander")) - grown) <= 2 * topology.EXPANDER_RINGS
+
+
+def test_auto_is_full_up_to_8_and_expander_above() -> None:
+    eight = [f"n{i}" for i in range(8)]
+    nine = [f"n{i}" for i in range(9)]
+    assert plan_links(eight, "auto") == plan_links(eight, "full")
+    assert plan_links(nine, "auto") == plan_links(nine, "expander") != plan_links(nine, "full")
+    assert plan_links(["a", "b"], "expander") == [("a", "b")]
