@@ -1,0 +1,225 @@
+"""The SWIM core (agent.mapek.swim.protocol), message by message and on simulated meshes (tests/mapek/swim_sim.py).
+
+No sockets: `Swim` is driven with explicit times; `MeshSim` runs many of them on a simulated network. Bounds here
+are correctness bounds with margins (the timing targets are measured by bench/scale_bench.py on real meshes).
+"""
+
+from __future__ import annotations
+
+import random
+
+import msgspec
+import pytest
+
+from agent.mapek.swim.protocol import (
+    ALIVE,
+    DEAD,
+    SUSPECT,
+    Ack,
+    Gossip,
+    Ping,
+    PingReq,
+    Send,
+    Swim,
+    SwimConfig,
+    Update,
+    decode,
+    encode,
+)
+from tests.mapek.swim_sim import MeshSim
+
+CFG = SwimConfig()
+
+
+def swim(me: str, members: list[str], now: float = 0.0) -> Swim:
+    """A member that probes only what the test watches (no rotation), so each step is the test's own."""
+    return Swim(me, members, msgspec.structs.replace(CFG, rotation=0), now=now, rng=random.Random(7))
+
+
+def only(sends: list[Send], kind: type) -> list[Send]:
+    return [s for s in sends if isinstance(s.message, kind)]
+
+
+def until_ping(s: Swim, to: str) -> tuple[float, list[Send]]:
+    """Tick `s` at its due times until it pings `to`; (time, that ping)."""
+    for _ in range(20):
+        t = s.next_due()
+        pings = [p for p in only(s.tick(t), Ping) if p.to == to]
+        if pings:
+            return t, pings
+    raise AssertionError("no ping sent")
+
+
+def test_messages_round_trip_and_garbage_is_refused() -> None:
+    msgs = [
+        Ping(1, "a", 0, [Update("b", SUSPECT, 3, "a")]),
+        Ack(2, "b", 4, [], about="c", about_inc=1, nack=False, daemon_up=True, api="0.4"),
+        PingReq(3, "a", 0, "c"),
+        Gossip("a", 1, [Update("a", ALIVE, 1, "", 1234.5)]),
+    ]
+    for m in msgs:
+        assert decode(encode(m)) == m
+    for bad in (b"", b"\x00\x01", b"garbage", encode(Update("a", 0, 0))):
+        with pytest.raises((msgspec.DecodeError, msgspec.ValidationError)):
+            decode(bad)
+
+
+def test_ping_ack_marks_alive_and_keeps_the_rtt() -> None:
+    a, b = swim("a", ["a", "b"]), swim("b", ["a", "b"])
+    a.set_watched(["b"], 0.0)
+    t, pings = until_ping(a, "b")
+    acks = b.receive(t + 0.01, "a", "mesh", pings[0].message)
+    assert isinstance(acks[0].message, Ack) and acks[0].to == "a"
+    a.receive(t + 0.02, "b", "mesh", acks[0].message)
+    assert a.state("b") == "alive" and b.state("a") == "alive"
+    (result,) = [r for r in a.take_results() if r.member == "b"]
+    assert result.ok and result.rtt_s == pytest.approx(0.02)
+
+
+def test_no_ack_then_indirect_nack_makes_a_suspect_then_dead() -> None:
+    ids = ["a", "b", "c"]
+    a, b, c = (swim(i, ids) for i in ids)
+    a.started = -100.0  # long past its own start-up grace
+    for s in (a, b, c):
+        s._apply(Update("a", ALIVE, 0), 0.0)
+        s._apply(Update("b", ALIVE, 0), 0.0)
+        s._apply(Update("c", ALIVE, 0), 0.0)
+    a.set_watched(["c"], 0.0)
+    t, _ = until_ping(a, "c")  # lost
+    t += CFG.probe_timeout_s
+    out = a.tick(t)
+    (req,) = only(out, PingReq)
+    assert req.to == "b" and req.message.target == "c"
+    relay = b.receive(t, "a", "mesh", req.message)  # b pings c for a: lost too
+    assert only(relay, Ping)[0].to == "c"
+    nack = b.tick(t + 0.8 * CFG.indirect_timeout_s)
+    assert only(nack, Ack)[0].message.nack
+    a.receive(t + 0.33, "b", "mesh", only(nack, Ack)[0].message)
+    a.tick(t + CFG.indirect_timeout_s)
+    assert a.state("c") == "suspect"
+    low, _ = a.suspicion_bounds()
+    a.tick(t + CFG.indirect_timeout_s + low + 0.01)
+    assert a.state("c") == "dead"
+    assert [ch.new for ch in a.take_changes() if ch.member == "c"] == ["alive", "suspect", "dead"]
+
+
+def test_a_prober_that_hears_nothing_from_its_helpers_suspects_nobody() -> None:
+    ids = ["a", "b", "c", "d"]
+    a = swim("a", ids)
+    for m in ids[1:]:
+        a._apply(Update(m, ALIVE, 0), 0.0)
+    a.set_watched(["b"], 0.0)
+    t, _ = until_ping(a, "b")
+    a.tick(t + CFG.probe_timeout_s)  # ping-reqs to c and d: no ack, no nack (a is cut off)
+    a.tick(t + CFG.probe_timeout_s + CFG.indirect_timeout_s)
+    assert a.state("b") == "alive"
+    assert a.local_health == 1
+    (res,) = [r for r in a.take_results() if r.path == "mesh"]
+    assert not res.ok and "may be the one cut off" in (res.error or "")
+
+
+def test_the_suspect_refutes_in_its_ack_and_everyone_takes_the_new_incarnation() -> None:
+    a, b = swim("a", ["a", "b"]), swim("b", ["a", "b"])
+    a._apply(Update("b", SUSPECT, 0, "x"), 1.0)
+    assert a.state("b") == "suspect"
+    a.set_watched(["b"], 1.0)
+    t, (ping,) = until_ping(a, "b")
+    assert Update("b", SUSPECT, 0, "x") in ping.message.updates  # buddy: the suspicion goes to the suspect
+    (ack,) = only(b.receive(t, "a", "mesh", ping.message), Ack)
+    assert b.inc == 1 and b.counters.refutations == 1
+    a.receive(t + 0.01, "b", "mesh", ack.message)
+    assert a.state("b") == "alive" and a.members["b"].inc == 1
+
+
+def test_precedence_by_incarnation() -> None:
+    a = swim("a", ["a", "b"])
+    a._apply(Update("b", ALIVE, 2), 0.0)
+    a._apply(Update("b", SUSPECT, 1, "c"), 0.0)  # older: ignored
+    assert a.state("b") == "alive"
+    a._apply(Update("b", SUSPECT, 2, "c"), 0.0)
+    assert a.state("b") == "suspect"
+    a._apply(Update("b", ALIVE, 2), 0.0)  # same incarnation does not refute
+    assert a.state("b") == "suspect"
+    a._apply(Update("b", DEAD, 2, "c"), 0.0)
+    assert a.state("b") == "dead"
+    a._apply(Update("b", SUSPECT, 2, "d"), 0.0)
+    assert a.state("b") == "dead"
+    a._apply(Update("b", ALIVE, 3), 0.0)  # back, with a new incarnation
+    assert a.state("b") == "alive"
+
+
+def test_confirmations_shorten_the_suspicion() -> None:
+    ids = [f"n{i}" for i in range(20)]
+    a = swim("n0", ids)
+    low, high = a.suspicion_bounds()
+    assert high == pytest.approx(low * CFG.suspicion_max_mult)
+    a._apply(Update("n5", SUSPECT, 0, "n1"), 10.0)
+    assert a.members["n5"].suspect_deadline == pytest.approx(10.0 + high)
+    a._apply(Update("n5", SUSPECT, 0, "n2"), 10.5)
+    a._apply(Update("n5", SUSPECT, 0, "n3"), 10.6)
+    assert a.members["n5"].suspect_deadline == pytest.approx(10.0 + low)
+
+
+def test_underlay_pings_never_carry_membership() -> None:
+    b = swim("b", ["a", "b"])
+    b.daemon_up, b.api = False, "0.4"
+    ping = Ping(9, "a", 0, [Update("b", DEAD, 0, "a")])
+    (ack,) = b.receive(0.0, "a", "underlay", ping)
+    assert b.inc == 0  # no refutation over the underlay
+    assert ack.path == "underlay" and ack.message.updates == [] and ack.message.daemon_up is False
+
+
+def test_packets_naming_someone_else_are_dropped() -> None:
+    a = swim("a", ["a", "b"])
+    assert a.receive(0.0, "b", "mesh", Ping(1, "c", 0)) == []
+    assert a.receive(0.0, "x", "mesh", Ping(1, "x", 0)) == []
+
+
+def test_a_drill_announcement_reaches_every_member() -> None:
+    sim = MeshSim(20, seed=2)
+    sim.run_until(3.0)
+    until = 1_000.0
+    target = sim.ids[4]
+    sim._send(target, sim.nodes[target].announce_drill(until, sim.now))
+    sim.run_until(3.5)
+    assert all(sim.nodes[i].drilling(0.0).get(target) == until for i in sim.ids)
+
+
+@pytest.mark.parametrize("n", [3, 20])
+def test_a_blackholed_member_is_known_everywhere_within_two_seconds_and_back_at_once(n: int) -> None:
+    sim = MeshSim(n, seed=11)
+    sim.run_until(12.0)
+    assert all(s.state(m) == "alive" for s in sim.nodes.values() for m in s.members)
+    target = sim.ids[n // 2]
+    sim.blackhole(target)
+    sim.run_until(22.0)
+    aware = sim.awareness(target, 12.0)
+    assert None not in aware.values(), aware
+    assert max(v for v in aware.values() if v is not None) < 2.0
+    assert all(sim.nodes[o].state(target) == "dead" for o in aware)
+    sim.restore(target)
+    sim.run_until(25.0)
+    back = sim.recovered(target, 22.0)
+    assert None not in back.values(), back
+    assert max(v for v in back.values() if v is not None) < 1.0
+    # nobody else was suspected because of it, and the member kept its view
+    assert not [d for d in sim.downs if d[2] != target]
+
+
+def test_slow_members_and_lossy_links_are_not_declared_dead() -> None:
+    sim = MeshSim(20, seed=5, loss=0.02)
+    sim.run_until(12.0)
+    sim.slow(sim.ids[3], 0.25)  # 500 ms more round trip, both ways
+    sim.run_until(40.0)
+    assert sim.dead_declared == []
+
+
+def test_per_member_traffic_stays_flat_from_20_to_100_members() -> None:
+    rates = {}
+    for n in (20, 100):
+        sim = MeshSim(n, seed=3)
+        sim.run_until(10.0)
+        sim.reset_traffic()
+        sim.run_until(20.0)
+        rates[n] = sum(t.messages for t in sim.sent.values()) / n / 10.0
+    assert rates[100] < 1.25 * rates[20], rates
