@@ -7,7 +7,9 @@ One `AgentMetrics` per agent, with its own registry (several agents can live in 
   MAPE-K: `metrics.mapek_actions.labels(action="add_peer", outcome="ok").inc()`,
   `metrics.mapek_tick_duration.labels(phase="plan").observe(seconds)`;
   drills: `metrics.drill_active.labels(kind="partition").set(1)`.
-  When a member leaves the mesh, `forget_member(node_id)` drops its probe series.
+  Membership series (SWIM counts, per-member detail for neighbours and members with open incidents only) are
+  produced at scrape time from `set_membership(view)`: an agent's series stay bounded by its degree plus a
+  constant whatever the mesh size.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ ADMIN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 # Detection/repair times: the targets are 2 s and 5 s, the daemons alone take up to ~60 s.
 HEAL_BUCKETS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 20.0, 30.0, 60.0, 120.0)
 MEMBER_PATHS = ("overlay", "underlay")
+MEMBER_STATES = ("alive", "suspect", "dead", "joining")
+SWIM_KINDS = ("ping", "ack", "nack", "ping_req", "gossip")
+RTT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 # Closed label sets (contracts §3), pre-created at 0 so dashboards and alerts have series before the first event.
 INCIDENT_KINDS: tuple[str, ...] = get_args(IncidentKind)
 ACTION_KINDS: tuple[str, ...] = get_args(ActionKind)
@@ -114,6 +119,96 @@ class _DaemonCollector(Collector):
         yield routes
 
 
+@dataclass(frozen=True, slots=True)
+class MemberSample:
+    """Per-member detail, exported only for this node's neighbours and members with an open incident."""
+
+    member: str
+    path: str  # "overlay" (the mesh path) or "underlay"
+    reachable: bool
+    rtt_s: float | None = None
+    incarnation: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipView:
+    """The membership layer (SWIM) as the metrics show it; every series count is bounded by degree + a constant."""
+
+    enabled: bool = False
+    states: dict[str, int] = field(default_factory=dict)  # alive/suspect/dead/joining -> members
+    incarnation: int = 0
+    local_health: int = 0
+    sent: dict[str, int] = field(default_factory=dict)  # message kind -> count
+    received: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> datagrams dropped
+    suspicions: int = 0
+    refutations: int = 0
+    members: tuple[MemberSample, ...] = ()
+
+
+class _MembershipCollector(Collector):
+    def __init__(self, view: Callable[[], MembershipView]) -> None:
+        self._view = view
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        v = self._view()
+        reach = GaugeMetricFamily(
+            "x0_member_reachable",
+            "Neighbours and members with an open incident: 1 alive in the membership view (overlay) or answering "
+            "the last diagnostic ping (underlay), else 0",
+            labels=["member", "path"],
+        )
+        rtt = GaugeMetricFamily(
+            "x0_member_rtt_seconds",
+            "Neighbours and members with an open incident: smoothed round trip of this node's probes",
+            labels=["member", "path"],
+        )
+        inc = GaugeMetricFamily(
+            "x0_member_incarnation",
+            "Neighbours and members with an open incident: SWIM incarnation in this node's view",
+            labels=["member"],
+        )
+        for m in v.members:
+            reach.add_metric([m.member, m.path], int(m.reachable))
+            if m.rtt_s is not None:
+                rtt.add_metric([m.member, m.path], m.rtt_s)
+            if m.incarnation is not None:
+                inc.add_metric([m.member], m.incarnation)
+        yield from (reach, rtt, inc)
+        if not v.enabled:
+            return
+        states = GaugeMetricFamily("x0_swim_members", "Members by state in this node's view", labels=["state"])
+        for state in MEMBER_STATES:
+            states.add_metric([state], v.states.get(state, 0))
+        yield states
+        yield GaugeMetricFamily("x0_swim_incarnation", "This node's own SWIM incarnation", value=v.incarnation)
+        yield GaugeMetricFamily(
+            "x0_swim_local_health",
+            "Lifeguard local health score (0 healthy; timeouts stretch by one interval per point)",
+            value=v.local_health,
+        )
+        msgs = CounterMetricFamily(
+            "x0_swim_messages", "SWIM datagrams by kind and direction", labels=["kind", "direction"]
+        )
+        for direction, counts in (("sent", v.sent), ("received", v.received)):
+            for kind in SWIM_KINDS:
+                msgs.add_metric([kind, direction], counts.get(kind, 0))
+        yield msgs
+        dropped = CounterMetricFamily("x0_swim_dropped", "Datagrams dropped, by reason", labels=["reason"])
+        for reason, count in sorted(v.dropped.items()):
+            dropped.add_metric([reason], count)
+        yield dropped
+        yield CounterMetricFamily(
+            "x0_swim_suspicions", "Members this node suspected after its own probes failed", value=v.suspicions
+        )
+        yield CounterMetricFamily(
+            "x0_swim_refutations", "Times this node refuted a suspicion about itself", value=v.refutations
+        )
+
+
 class AgentMetrics:
     def __init__(self, view: Callable[[], MetricsView] | None = None) -> None:
         self.registry = r = CollectorRegistry(auto_describe=False)
@@ -142,15 +237,15 @@ class AgentMetrics:
             registry=r,
         )
 
-        # MAPE-K (agent.mapek).
-        self.member_reachable = Gauge(
-            "x0_member_reachable",
-            "Last probe of the member's agent: 1 answered, 0 did not",
-            ["member", "path"],
+        # MAPE-K (agent.mapek) and its membership layer (agent.mapek.swim).
+        self._membership: Callable[[], MembershipView] = MembershipView
+        r.register(_MembershipCollector(lambda: self._membership()))
+        self.probe_rtt = Histogram(
+            "x0_swim_probe_rtt_seconds",
+            "Round trip of this node's successful SWIM probes, all members together",
+            ["path"],
+            buckets=RTT_BUCKETS,
             registry=r,
-        )
-        self.member_rtt = Gauge(
-            "x0_member_rtt_seconds", "Round-trip time of the last successful probe", ["member", "path"], registry=r
         )
         self.mapek_tick_duration = Histogram(
             "x0_mapek_tick_duration_seconds",
@@ -215,6 +310,8 @@ class AgentMetrics:
                 self.mapek_actions.labels(action=action, outcome=outcome)
         for phase in MAPEK_PHASES:
             self.mapek_tick_duration.labels(phase=phase)
+        for path in MEMBER_PATHS:
+            self.probe_rtt.labels(path=path)
         for kind in DRILL_KINDS:
             self.drill_active.labels(kind=kind).set(0)
 
@@ -233,14 +330,10 @@ class AgentMetrics:
             self._http_children[key] = child
         child.observe(seconds)
 
-    def forget_member(self, node_id: str) -> None:
-        """Drop a departed member's probe series so they do not linger at their last value."""
-        for path in MEMBER_PATHS:
-            for gauge in (self.member_reachable, self.member_rtt):
-                try:
-                    gauge.remove(node_id, path)
-                except KeyError:
-                    pass
+    def set_membership(self, view: Callable[[], MembershipView]) -> None:
+        """Where the membership series come from (MAPE-K sets it; read at scrape time, so a member that is no
+        longer a neighbour nor has an incident leaves no series behind)."""
+        self._membership = view
 
     # --- exposition ---------------------------------------------------------------------------------------
 

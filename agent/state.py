@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
@@ -75,6 +76,11 @@ class AgentState:
 
         self.temporary: set[str] = set()
         self.learned_keys: dict[str, str] = {}
+        # Drills: the manager sets `own_drill_until` (unix s) while this node faults itself on purpose, and awaits
+        # `announce_drill(until)` (set by MAPE-K's membership layer) before the fault goes in, so the mesh knows
+        # the link drops that follow are intentional (not flapping).
+        self.own_drill_until = 0.0
+        self.announce_drill: Callable[[float], Awaitable[None]] | None = None
 
         self.generation = 0
         self._changed = asyncio.Event()

@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from agent.state import AgentState
 
 
+async def _nothing() -> None:
+    return None
+
+
 class DrillsExtension:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -52,6 +56,8 @@ class DrillsExtension:
             agent_port=self.settings.listen_port,
             notify=agent.notify,
             coordinator=lambda: self._coordinator(agent),
+            announce=lambda until: agent.announce_drill(until) if agent.announce_drill else _nothing(),
+            mark=lambda until: setattr(agent, "own_drill_until", until),
         )
         await asyncio.to_thread(manager.cleanup_leftovers)
         self.manager = manager

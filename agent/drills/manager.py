@@ -21,7 +21,7 @@ import signal
 import subprocess
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -111,6 +111,8 @@ class DrillManager:
         check_namespace: bool = True,
         notify: Callable[[], None] | None = None,
         coordinator: Callable[[], DrillCoordinator | None] | None = None,
+        announce: Callable[[float], Awaitable[None]] | None = None,
+        mark: Callable[[float], None] | None = None,
     ) -> None:
         self.node_id = node_id
         self._members = members
@@ -122,6 +124,9 @@ class DrillManager:
         self.check_namespace = check_namespace
         self._notify = notify or (lambda: None)
         self._coordinator = coordinator or (lambda: None)
+        # Tell the mesh before faulting (MAPE-K's membership layer), and mark this node as drilling until then.
+        self._announce = announce
+        self._mark = mark or (lambda until: None)
         self._active: dict[str, _Running] = {}
         self.past: deque[Drill] = deque(maxlen=PAST_KEPT)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -192,6 +197,12 @@ class DrillManager:
                     lease_id=lease_id,
                     drill_id=drill.id,
                 )
+            self._mark(drill.ends_at)
+            if self._announce is not None:
+                try:
+                    await self._announce(drill.ends_at)
+                except Exception:  # the drill still runs; the mesh may then count its link drops as flapping
+                    log.exception("drill %s: announcing it to the mesh failed", drill.id)
             try:
                 if kind == "kill-daemon":
                     await self._start_kill(drill, duration_s)
@@ -200,6 +211,7 @@ class DrillManager:
             except BaseException:
                 if coordinator is not None and running.lease_id is not None:
                     await coordinator.abandon(running.lease_id)
+                self._mark(0.0)
                 raise
             self._active[drill.id] = running
             running.timer = self._spawn(self._expire(drill.id, duration_s), f"x0-drill-{drill.id}")
@@ -323,6 +335,7 @@ class DrillManager:
         drill = running.drill
         error = await self._revert(running)
         drill.reverted_at = time.time()
+        self._mark(drill.reverted_at)
         if error is not None:
             drill.state = "failed"
             drill.detail += f"; REVERT FAILED: {error}"

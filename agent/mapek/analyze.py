@@ -3,15 +3,21 @@
 One finding per (kind, subject); the knowledge turns findings into incidents (open while the finding is present).
 - `peer_lost`: a planned (or stand-in) peer has no link up. At start, a planned link that never came up counts
   only after the startup grace.
-- `peer_silent`: the link is listed but no traffic passes: the overlay probe to that peer failed AND the link's
-  received bytes did not grow while the probe was in flight (a live daemon answers a probe's SYN even when its
-  agent is slow). A silent peer whose link the daemon then drops stays one `peer_silent` incident. Caveat seen on
-  0.4: overlay traffic to a direct peer can follow the spanning tree through a third node, so a blackholed tree
-  root also makes other links look silent until the daemons drop the root's links (4-6 s later).
-- `member_unreachable`: a member's agent does not answer over the overlay (reported once per member: not beside
-  a lost/silent peer incident for the same member). The detail says whether it answers on the underlay.
+- `peer_silent`: the link is listed but no traffic passes: our probe of that peer failed (directly and through
+  k members) AND the link received no bytes since the previous snapshot (a live daemon passes on an ICMP port
+  unreachable even when its agent is gone), or the peer's agent answers on the underlay with its daemon up (so
+  the path between the two daemons is what fails). A silent peer whose link the daemon then drops stays one
+  `peer_silent` incident. Caveat seen on 0.4: overlay traffic to a direct peer can follow the spanning tree
+  through a third node, so a blackholed tree root also makes other links look silent until the daemons drop the
+  root's links (4-6 s later).
+- `member_unreachable`: the membership layer (SWIM) holds the member suspect or dead: no answer over the mesh,
+  directly nor through k other members, here or wherever the suspicion came from (reported once per member: not
+  beside a lost/silent peer incident for the same member; not while our own probe answered after the suspicion).
+  The detail says who suspects it and whether its agent answers on the underlay. Without SWIM: our own overlay
+  probe failed.
 - `partition`: members that are not known unreachable are below a majority of the mesh.
-- `latency_degraded`: consecutive slow overlay probes, or the daemon's link latency (0.5.6+) above threshold.
+- `latency_degraded`: consecutive slow overlay probes, the latest one fresh (stale evidence of a member that is
+  fast again, or gone, does not keep it open), or the daemon's link latency (0.5.6+) above threshold.
 - `daemon_down`: our own daemon's admin socket fails. We are blind then, so the incidents already open stay open
   instead of being declared resolved.
 - `version_mismatch`: a member runs the other daemon API (0.4 vs 0.5 cannot peer); reported, never healed.
@@ -19,7 +25,7 @@ One finding per (kind, subject); the knowledge turns findings into incidents (op
 
 from __future__ import annotations
 
-from agent.mapek.knowledge import Finding, Knowledge, MemberState, Observation
+from agent.mapek.knowledge import Finding, Knowledge, MemberState, MemberView, Observation
 
 PEER_KINDS = ("peer_lost", "peer_silent")
 
@@ -89,8 +95,27 @@ def analyze(obs: Observation, kn: Knowledge) -> list[Finding]:
                         )
             else:
                 probe = overlay_now.get(m)
-                silent_now = probe is not None and not probe.ok and not _traffic(obs, m)
-                still_silent = probe is None and kn.has_active("peer_silent", m)
+                # The link carries nothing (no bytes since the previous snapshot), or its far end is alive on the
+                # underlay (agent and daemon answer there) while nothing passes over the mesh: either way the
+                # link, not the member, is what fails.
+                alive_beside = (
+                    st.underlay is not None
+                    and st.underlay.ok
+                    and st.underlay.daemon_up is not False
+                    and probe is not None
+                    and st.underlay.at >= probe.at
+                )
+                silent_now = (
+                    probe is not None
+                    and not probe.ok
+                    and (not _traffic(obs, m) or alive_beside)
+                    and (
+                        st.overlay_ok_at is not None or not in_grace
+                    )  # a link still forming at start is not silent
+                )
+                # No probe finished this tick: silent while the latest one we have failed too.
+                last_failed = st.overlay is None or not st.overlay.ok
+                still_silent = probe is None and kn.has_active("peer_silent", m) and last_failed
                 if silent_now or still_silent:
                     peer_finding = True
                     reason = probe.error if probe is not None and probe.error else "no answer"
@@ -113,7 +138,22 @@ def analyze(obs: Observation, kn: Knowledge) -> list[Finding]:
                         )
                     )
                     continue
-        if st.overlay is not None and not st.overlay.ok and not peer_finding:
+        view = kn.membership.get(m) if kn.has_membership else None
+        if peer_finding:
+            pass
+        elif view is not None:
+            answered_since = view.last_ack is not None and view.last_ack > view.since
+            if view.state in ("suspect", "dead") and not answered_since:
+                findings.append(
+                    Finding(
+                        kind="member_unreachable",
+                        subject=m,
+                        detail=f"{_membership(view, kn.node_id)}; {_underlay(st)}",
+                        onset=view.last_ack if view.last_ack is not None else view.since,
+                    )
+                )
+                continue
+        elif st.overlay is not None and not st.overlay.ok:
             if st.overlay_ok_at is not None or not in_grace:
                 findings.append(
                     Finding(
@@ -123,7 +163,15 @@ def analyze(obs: Observation, kn: Knowledge) -> list[Finding]:
                         onset=st.overlay_ok_at,
                     )
                 )
-        elif st.slow_probes >= th.latency_probes and st.overlay is not None and st.overlay.rtt_s is not None:
+                continue
+        if (
+            not peer_finding
+            and st.slow_probes >= th.latency_probes
+            and st.overlay is not None
+            and st.overlay.ok
+            and st.overlay.rtt_s is not None
+            and now - st.overlay.at <= th.latency_fresh_s
+        ):
             findings.append(
                 Finding(
                     kind="latency_degraded",
@@ -143,7 +191,8 @@ def analyze(obs: Observation, kn: Knowledge) -> list[Finding]:
                     kind="partition",
                     subject="mesh",
                     detail=f"{total - len(unreachable)}/{total} members reachable, majority is {majority}; "
-                    f"unreachable over the overlay: {', '.join(sorted(unreachable))}",
+                    f"unreachable over the overlay: {', '.join(sorted(unreachable))}"
+                    + (" (nothing reaches this node over the mesh: it is the one cut off)" if kn.cut_off else ""),
                     onset=kn.majority_ok_at,
                 )
             )
@@ -159,6 +208,13 @@ def _traffic(obs: Observation, member: str) -> bool:
         # A link that was not there before the probes is new: it carried a handshake.
         return before is None and after is not None and after.up
     return after.bytes_recvd > before.bytes_recvd
+
+
+def _membership(view: MemberView, me: str) -> str:
+    who = "this node" if view.by == me else (view.by or "a member")
+    if view.state == "dead":
+        return f"declared lost by the mesh ({who}; incarnation {view.incarnation})"
+    return f"suspected by {who}: no answer directly nor through other members (incarnation {view.incarnation})"
 
 
 def _underlay(st: MemberState) -> str:

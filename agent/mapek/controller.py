@@ -1,4 +1,4 @@
-"""GET /mapek, /mapek/incidents?since=, /mapek/actions?since= (contracts §3). Read-only.
+"""GET /mapek, /mapek/incidents?since=, /mapek/actions?since=, /mapek/members (contracts §3). Read-only.
 
 The loop is injected as the `mapek` dependency by `agent.mapek.loop.MapekLoop`. `since` is a unix time (float);
 a bad one gets 400 naming the parameter.
@@ -12,7 +12,7 @@ from litestar import Controller, get
 from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 
-from agent.mapek.schemas import ActionList, IncidentList, MapekStatus
+from agent.mapek.schemas import ActionList, IncidentList, MapekStatus, MemberList
 
 if TYPE_CHECKING:
     from agent.mapek.loop import MapekLoop
@@ -36,6 +36,10 @@ class MapekController(Controller):
     @get("/incidents", summary="Incidents detected or resolved since a time", sync_to_thread=False)
     def incidents(self, mapek: NamedDependency[MapekLoop], since: Since = 0.0) -> IncidentList:
         return IncidentList(incidents=mapek.incidents(since))
+
+    @get("/members", summary="Every member in this node's membership view (SWIM)", sync_to_thread=False)
+    def members(self, mapek: NamedDependency[MapekLoop]) -> MemberList:
+        return mapek.member_list()
 
     @get("/actions", summary="Heal actions taken since a time, with outcomes", sync_to_thread=False)
     def actions(self, mapek: NamedDependency[MapekLoop], since: Since = 0.0) -> ActionList:

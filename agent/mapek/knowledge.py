@@ -22,6 +22,7 @@ from agent.mapek.schemas import Action, ActionKind, Incident, IncidentKind, Outc
 from agent.members import EMPTY, Members
 
 ProbePath = Literal["overlay", "underlay", "dial"]
+MemberState_ = Literal["joining", "alive", "suspect", "dead"]
 
 
 class Thresholds(msgspec.Struct, frozen=True, kw_only=True):
@@ -31,10 +32,8 @@ class Thresholds(msgspec.Struct, frozen=True, kw_only=True):
     # A lost/silent planned peer must stay so this long before we dial a stand-in or force a redial: one
     # missed probe on a loaded host must not rewire the mesh.
     suspicion_s: float = 1.0
-    # Probes time out fast: a blackholed peer must be noticed within 2 s of the fault.
+    # TCP connects to peering ports (dial probes) time out fast: they run every 0.25 s while a link is down.
     probe_timeout_s: float = 0.5
-    # Members that are not neighbours probed per tick (SWIM-style rotation): cost grows with degree, not size.
-    probe_fanout: int = 2
     # Planned links that never came up are not "lost" until the agent has run this long.
     startup_grace_s: float = 10.0
     latency_degraded_s: float = 0.25
@@ -60,6 +59,10 @@ class Thresholds(msgspec.Struct, frozen=True, kw_only=True):
     # observed: removePeer alone never drops a runtime link for good). Dropping a temporary link therefore
     # refuses our own dials to that peer for this long.
     hold_s: float = 4.5
+    # Link drops of a member during its announced drill (or ours), and this long after, are intentional.
+    drill_grace_s: float = 10.0
+    # Slow-probe evidence older than this no longer keeps latency_degraded open.
+    latency_fresh_s: float = 5.0
     max_incidents: int = 500
     max_actions: int = 1000
 
@@ -88,6 +91,18 @@ class LinkSample(msgspec.Struct, frozen=True, kw_only=True):
     inbound: bool | None = None
 
 
+class MemberView(msgspec.Struct, frozen=True, kw_only=True):
+    """One member as the membership layer (SWIM) sees it from this node; times are unix seconds."""
+
+    state: MemberState_ = "joining"
+    incarnation: int = 0
+    since: float = 0.0  # this node's view entered `state`
+    by: str = ""  # who suspects it / declared it dead
+    drill_until: float = 0.0  # it announced a drill (an intentional fault) until then
+    last_ack: float | None = None  # our own probe of it last answered
+    rtt_s: float | None = None  # smoothed round trip of our direct probes
+
+
 class Observation(msgspec.Struct, frozen=True, kw_only=True):
     """What one Monitor phase saw."""
 
@@ -95,10 +110,15 @@ class Observation(msgspec.Struct, frozen=True, kw_only=True):
     daemon_ok: bool
     daemon_error: str | None = None
     api_version: str | None = None
-    links: dict[str, LinkSample] = {}  # read after the probes, by member id
-    # Read just before the probes: traffic between the two proves a link carries packets.
+    links: dict[str, LinkSample] = {}  # the latest daemon snapshot, by member id
+    # The snapshot before: received bytes between the two prove a link carries packets.
     links_before: dict[str, LinkSample] | None = None
     probes: list[Probe] = []
+    # Every member's state in the membership layer (None: SWIM is not running; probes alone then).
+    membership: dict[str, MemberView] | None = None
+    # Nothing reached this node over the mesh for a whole probe cycle: it is the one cut off. It suspects nobody
+    # (the mesh must not hear its stale verdicts), but for itself every other member is unreachable.
+    cut_off: bool = False
 
 
 class Finding(msgspec.Struct, frozen=True, kw_only=True):
@@ -198,10 +218,31 @@ class Knowledge:
         self.temporaries: dict[str, Temporary] = {}
         self.accepting: dict[str, tuple[str, ...]] = {}  # stand-ins we expect to dial us, and for whom
         self.last_skip: dict[tuple[str, str], tuple[str, float]] = {}
+        self.membership: dict[str, MemberView] = {}
+        self.has_membership = False
+        self.cut_off = False
+        self.own_drill_until = 0.0  # this node's own drill (its links drop on purpose until then)
         self._boot = secrets.token_hex(2)
         self._seq = 0
 
     # --- members -------------------------------------------------------------------------------------------
+
+    def drilling(self, member: str, now: float) -> bool:
+        """`member`'s link drops are intentional now: it (or this node) announced a drill covering `now`
+        (plus a grace for the links to come back), so they are not flapping."""
+        grace = self.thresholds.drill_grace_s
+        if self.own_drill_until and now <= self.own_drill_until + grace:
+            return True
+        view = self.membership.get(member)
+        return view is not None and view.drill_until > 0 and now <= view.drill_until + grace
+
+    def quarantines(self, now: float) -> list[tuple[str, float, int]]:
+        """(member, until, level) of every member quarantined now."""
+        return [
+            (m, st.quarantine_until, st.quarantine_level)
+            for m, st in sorted(self.states.items())
+            if st.quarantined(now) and st.quarantine_until is not None
+        ]
 
     def set_members(self, members: Members) -> None:
         self.members = members
@@ -232,12 +273,22 @@ class Knowledge:
         return bool(self.api_version and theirs and theirs != self.api_version)
 
     def members_reachable(self) -> int:
-        """Members whose latest overlay probe answered, plus this node."""
+        """Members the membership layer holds alive (without it: whose latest overlay probe answered), plus
+        this node."""
+        if self.has_membership:
+            if self.cut_off:
+                return 1
+            return 1 + sum(1 for m in self.others() if (v := self.membership.get(m)) and v.state == "alive")
         return 1 + sum(
             1 for m in self.others() if (st := self.states.get(m)) and st.overlay is not None and st.overlay.ok
         )
 
     def members_unreachable(self) -> list[str]:
+        """Members suspected or declared dead (without membership: whose latest overlay probe failed)."""
+        if self.has_membership:
+            if self.cut_off:
+                return self.others()
+            return [m for m in self.others() if (v := self.membership.get(m)) and v.state in ("suspect", "dead")]
         return [
             m for m in self.others() if (st := self.states.get(m)) and st.overlay is not None and not st.overlay.ok
         ]
@@ -253,6 +304,10 @@ class Knowledge:
         th = self.thresholds
         self.daemon_ok = obs.daemon_ok
         self.daemon_error = obs.daemon_error
+        if obs.membership is not None:
+            self.membership = obs.membership
+            self.has_membership = True
+        self.cut_off = obs.cut_off
         if obs.daemon_ok:
             self.daemon_ok_at = now
             if obs.api_version:
@@ -266,6 +321,12 @@ class Knowledge:
                 if p.ok:
                     st.overlay_ok_at = p.at
                     st.overlay_fail_since = None
+                    # An answer over the mesh proves its agent and daemon are alive: the diagnostic ping taken
+                    # while the mesh path failed is history.
+                    st.underlay = None
+                    st.underlay_fail_since = None
+                    if p.daemon_up is None:
+                        st.daemon_up = True
                     slow = p.rtt_s is not None and p.rtt_s > th.latency_degraded_s
                     st.slow_probes = st.slow_probes + 1 if slow else 0
                 elif st.overlay_fail_since is None:
@@ -304,7 +365,7 @@ class Knowledge:
                 else:
                     if st.link_up:
                         held = now - st.link_up_since if st.link_up_since is not None else 0.0
-                        if held < th.flap_min_up_s:
+                        if held < th.flap_min_up_s and not self.drilling(m, now):
                             st.flaps.append(now)
                         st.link_down_since = now
                     elif st.link_down_since is None:

@@ -1,16 +1,21 @@
 """The MAPE-K loop as an agent extension (see agent.api.app `AgentExtension`).
 
-Every X0_MAPEK_INTERVAL s (fixed schedule; a slow tick does not shift later ones):
-Monitor (agent.mapek.monitor) -> Knowledge.observe -> Analyze -> incidents reconciled -> Plan -> Execute -> each
-outcome recorded. Each phase is timed (`/mapek` phase_ms, x0_mapek_tick_duration_seconds). With
-X0_MAPEK_ENABLED=false nothing runs and `/mapek` says `enabled: false` (the daemons alone are measured then).
+Every X0_MAPEK_INTERVAL s (fixed schedule; a slow tick does not shift later ones), and at once when the
+membership layer changes a member's state, a link goes up or down in the agent's snapshot, or the peering port
+of a down/silent link we dial answers again: Monitor (agent.mapek.monitor) -> Knowledge.observe -> Analyze ->
+incidents reconciled -> Plan -> Execute -> each outcome recorded. Each phase is timed (`/mapek` phase_ms,
+x0_mapek_tick_duration_seconds). The membership layer (SWIM over UDP on the agent's port, agent.mapek.swim) runs
+beside it on the same event loop. With X0_MAPEK_ENABLED=false nothing runs and `/mapek` says `enabled: false`
+(the daemons alone are measured then).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,10 +27,32 @@ from litestar.di import Provide
 from agent.mapek.analyze import analyze
 from agent.mapek.controller import MapekController
 from agent.mapek.execute import Executor
-from agent.mapek.knowledge import Finding, Knowledge, Observation, PlannedAction, Reconciled, Thresholds
-from agent.mapek.monitor import MapekMonitor
+from agent.mapek.knowledge import (
+    Finding,
+    Knowledge,
+    MemberView,
+    Observation,
+    PlannedAction,
+    Reconciled,
+    Thresholds,
+)
+from agent.mapek.monitor import DaemonRead, MapekMonitor, watch_set
 from agent.mapek.plan import Plan, plan
-from agent.mapek.schemas import INCIDENT_KINDS, Incident, MapekStatus, Outcome, PhaseMs
+from agent.mapek.schemas import (
+    INCIDENT_KINDS,
+    Incident,
+    MapekStatus,
+    MemberList,
+    Membership,
+    MemberStatus,
+    Outcome,
+    PhaseMs,
+    Quarantine,
+)
+from agent.mapek.swim.addresses import AddressBook
+from agent.mapek.swim.protocol import Change, SwimConfig
+from agent.mapek.swim.transport import SwimTransport
+from agent.metrics import MemberSample, MembershipView
 from agent.settings import Settings
 from agent.views import member_of_link
 from agent.yggdrasil.client import AdminClient
@@ -37,9 +64,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("x0.mapek")
 
 PHASES = ("monitor", "analyze", "plan", "execute")
-# Down links this node dials have their peering port checked this often between ticks, so a redial follows the
-# peer's return within a fraction of a second instead of waiting for the next tick.
+# Between ticks, this often: a link that went up or down in the agent's latest snapshot, and the peering port of
+# down/silent links this node dials, wake the loop, so a redial follows the peer's return within a fraction of a
+# second instead of waiting for the next tick.
 PORT_WATCH_S = 0.25
+# Reaction ticks (woken between regular ticks) are at least this far apart: a burst of membership changes is one
+# reaction, not dozens.
+REACT_GAP_S = 0.05
 
 
 class TickMonitor(Protocol):
@@ -82,10 +113,15 @@ class MapekLoop:
         thresholds: Thresholds | None = None,
         *,
         clock: Callable[[], float] = time.time,
+        swim_config: SwimConfig | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
         self.thresholds = thresholds or Thresholds()
+        self.swim_config = swim_config or SwimConfig()
+        self.swim: SwimTransport | None = None
+        self.swim_error: str | None = None
+        self._book_key: tuple[int, int] | None = None
         self.enabled = settings.mapek_enabled
         self.interval = settings.mapek_interval
         self.kn = Knowledge(settings.node_id, thresholds=self.thresholds, degree=settings.mapek_degree)
@@ -120,6 +156,7 @@ class MapekLoop:
     def attach(self, agent: AgentState, monitor: TickMonitor, executor: TickExecutor) -> None:
         """Give `run_tick` what it works with (start() does it with the real monitor and executor)."""
         self._agent, self._monitor, self._executor = agent, monitor, executor
+        agent.metrics.set_membership(self._membership_metrics)
 
     async def start(self, agent: AgentState) -> None:
         self._agent = agent
@@ -127,24 +164,40 @@ class MapekLoop:
         if not self.enabled:
             log.info("MAPE-K disabled (X0_MAPEK_ENABLED=false): the daemons heal on their own")
             return
-        # Its own client: the loop's admin calls must not wait behind the monitor's snapshot.
+        # Its own client for actions (they must not wait behind the monitor's snapshot); MAPE-K reads nothing
+        # from the daemon itself: it uses the agent's shared snapshot.
         admin = AdminClient(self.settings.yggdrasil_admin, timeout=min(self.settings.admin_timeout, 1.0))
 
         def member_of(link: PeerLink) -> str | None:
             m = member_of_link(link, agent.context())
             return m.node_id if m is not None else None
 
-        monitor = MapekMonitor(
-            admin, member_of, timeout=self.thresholds.probe_timeout_s, fanout=self.thresholds.probe_fanout
+        swim = SwimTransport(
+            self.settings.node_id,
+            self.settings.listen_host,
+            self.settings.listen_port,
+            self.swim_config,
+            on_change=self._on_membership_change,
         )
+        if await swim.start():
+            self.swim = swim
+            agent.announce_drill = self._announce_drill
+        else:
+            self.swim_error = swim.error
+        monitor = MapekMonitor(self._read, member_of, self.swim, timeout=self.thresholds.probe_timeout_s)
         self.attach(agent, monitor, Executor(admin))
         self._task = asyncio.get_running_loop().create_task(self._run(), name="x0-mapek")
-        self._watch = asyncio.get_running_loop().create_task(self._watch_ports(monitor), name="x0-mapek-ports")
+        self._watch = asyncio.get_running_loop().create_task(self._watch_ports(monitor), name="x0-mapek-watch")
+        c = self.swim_config
         log.info(
-            "MAPE-K running every %g s (degree %d, probe timeout %g s)",
+            "MAPE-K running every %g s (degree %d); SWIM probes every %g s (timeouts %g s direct, %g s via %d "
+            "members)",
             self.interval,
             self.kn.degree,
-            self.thresholds.probe_timeout_s,
+            c.probe_interval_s,
+            c.probe_timeout_s,
+            c.indirect_timeout_s,
+            c.indirect_checks,
         )
 
     async def stop(self) -> None:
@@ -157,6 +210,8 @@ class MapekLoop:
             await self._executor.aclose()
         if self._monitor is not None:
             await self._monitor.aclose()
+        if self.swim is not None:
+            await self.swim.stop()
         self.running = False
 
     async def _run(self) -> None:
@@ -179,30 +234,103 @@ class MapekLoop:
                     next_at = now  # overran: start the next tick at once rather than bursting to catch up
                 self._wake.clear()
                 try:
-                    await asyncio.wait_for(self._wake.wait(), next_at - now)
-                    react = True  # a peering port answered: react now, the regular schedule is kept
+                    async with asyncio.timeout(next_at - now):
+                        await self._wake.wait()
+                    react = True  # something changed: react now, the regular schedule is kept
+                    await asyncio.sleep(REACT_GAP_S)
                 except TimeoutError:
                     react = False
         finally:
             self.running = False
 
     async def _watch_ports(self, monitor: MapekMonitor) -> None:
-        """Between ticks: wake the loop at once when a link we had up drops (the daemon saw an RST: no need to
-        wait for the tick) or when the peering port of a down link we dial answers again."""
+        """Between ticks: wake the loop at once when a link changed in the agent's latest snapshot (the daemon saw
+        an RST: no need to wait for the tick) or when the peering port of a down/silent link we dial answers."""
+        agent = self._agent
+        assert agent is not None
+        seen: float | None = None
         while True:
             await asyncio.sleep(PORT_WATCH_S)
             try:
-                dropped = await monitor.links_dropped(self.kn)
+                snap = agent.snapshot
+                if snap is not None and snap.taken_at != seen and agent.last_ok:
+                    seen = snap.taken_at
+                    changed = self._links_changed(snap.peers)
+                    if changed:
+                        log.info("link to %s went %s: reacting now", *changed)
+                        self._wake.set()
                 answering = await monitor.ports_answering(self.kn)
+                subjects = {i.subject for i in self.kn.active.values()}
+                if self.swim is not None and subjects and self.swim.pending_for(subjects):
+                    self._wake.set()  # fresh evidence about a member with an open incident: re-analyze now
             except Exception:
                 log.exception("link/port watch failed")
                 continue
-            if dropped:
-                log.info("link to %s dropped: reacting now", ", ".join(dropped))
-                self._wake.set()
             if answering:
                 log.info("peering port of %s answers again: reacting now", ", ".join(answering))
                 self._wake.set()
+
+    def _links_changed(self, peers: list[PeerLink]) -> tuple[str, str] | None:
+        """A member whose link is up in the snapshot but not in the knowledge, or the reverse."""
+        assert self._agent is not None
+        ctx = self._agent.context()
+        up = set()
+        for link in peers:
+            m = member_of_link(link, ctx)
+            if m is not None and link.up:
+                up.add(m.node_id)
+        for m, st in self.kn.states.items():
+            if st.link_up and m not in up:
+                return m, "down"
+            if not st.link_up and m in up and m in set(watch_set(self.kn)):
+                return m, "up"
+        return None
+
+    def _on_membership_change(self, changes: list[Change]) -> None:
+        for ch in changes:
+            level = logging.INFO if ch.new in ("alive", "joining") or ch.old == "joining" else logging.WARNING
+            by = f" (by {ch.by})" if ch.by and ch.by != ch.member else ""
+            log.log(level, "member %s %s -> %s, incarnation %d%s", ch.member, ch.old, ch.new, ch.inc, by)
+        if self.running:
+            self._wake.set()
+
+    async def _announce_drill(self, until: float) -> None:
+        if self.swim is not None:
+            self.swim.announce_drill(until)
+            await asyncio.sleep(0)  # let the datagrams out before the fault goes in
+
+    def _read(self) -> DaemonRead:
+        agent = self._agent
+        assert agent is not None
+        ok = agent.yggdrasil_ok()
+        error = None
+        if not ok:
+            error = f"{type(agent.last_error).__name__}: {agent.last_error}" if agent.last_error else None
+            error = error or "the daemon's admin socket has not answered recently"
+        return DaemonRead(snapshot=agent.snapshot, ok=ok, error=error)
+
+    async def _refresh_membership(self) -> None:
+        """Members, addresses and the watched set of the membership layer, when what they depend on changed."""
+        agent, swim = self._agent, self.swim
+        assert agent is not None
+        if swim is None:
+            return
+        key = (agent.members.generation, len(agent.learned_keys))
+        if key != self._book_key:
+            self._book_key = key
+            ctx = agent.context()
+            members = agent.members.members
+            own = agent.snapshot.self_info.address if agent.snapshot is not None else None
+            overlay = _ipv6_capable(self.settings.listen_host) and (
+                own is not None or any(m.address or m.overlay_url for m in members.members)
+            )
+            book = await asyncio.to_thread(
+                AddressBook.build, self.settings.node_id, members.members, ctx.key_of, _resolve, overlay
+            )
+            swim.set_members(members.ids, book)
+        swim.set_watched(watch_set(self.kn))
+        snap = agent.snapshot
+        swim.set_daemon(agent.yggdrasil_ok(), snap.api_version if snap is not None else None)
 
     # --- one tick -------------------------------------------------------------------------------------------
 
@@ -213,11 +341,11 @@ class MapekLoop:
         metrics = agent.metrics
         if agent.members.generation != self._members_gen:
             self._members_gen = agent.members.generation
-            for gone in set(kn.states) - set(agent.members.members.by_id):
-                metrics.forget_member(gone)
             kn.set_members(agent.members.members)
+        kn.own_drill_until = agent.own_drill_until
 
         t0 = time.perf_counter()
+        await self._refresh_membership()
         obs = await monitor.observe(kn, react=react)
         t1 = time.perf_counter()
         kn.observe(obs)
@@ -264,11 +392,8 @@ class MapekLoop:
             metrics.mapek_incidents_active.labels(kind=kind).set(count)
         metrics.mapek_members_reachable.set(kn.members_reachable())
         for p in obs.probes:
-            if p.path == "dial":
-                continue
-            metrics.member_reachable.labels(member=p.member, path=p.path).set(1 if p.ok else 0)
-            if p.ok and p.rtt_s is not None:
-                metrics.member_rtt.labels(member=p.member, path=p.path).set(p.rtt_s)
+            if p.path != "dial" and p.ok and p.rtt_s is not None:
+                metrics.probe_rtt.labels(path=p.path).observe(p.rtt_s)
         temporary = kn.temporary_members()
         for m in set(agent.temporary) - temporary:
             agent.unmark_temporary(m)
@@ -291,7 +416,151 @@ class MapekLoop:
             members_total=members_total,
             members_reachable=self.kn.members_reachable() if self.tick else 0,
             active_incidents=self.kn.active_incidents(),
+            membership=self.membership(),
+            quarantined=self.quarantined(),
         )
 
     def incidents(self, since: float) -> list[Incident]:
         return self.kn.incidents_since(since)
+
+    def _view(self) -> dict[str, MemberView]:
+        """The membership view right now (the API reads it live; the knowledge has the last tick's copy)."""
+        return self.swim.view() if self.swim is not None else self.kn.membership
+
+    def _member_status(self, node_id: str, view: dict[str, MemberView]) -> MemberStatus | None:
+        v = view.get(node_id)
+        if v is None:
+            return None
+        return MemberStatus(
+            node_id=node_id,
+            state=v.state,
+            incarnation=v.incarnation,
+            since=round(v.since, 3),
+            by=v.by,
+            rtt_ms=round(v.rtt_s * 1000, 3) if v.rtt_s is not None else None,
+            last_ack=round(v.last_ack, 3) if v.last_ack is not None else None,
+            drill_until=v.drill_until or None,
+        )
+
+    def membership(self) -> Membership:
+        swim = self.swim
+        if swim is None:
+            why = "X0_MAPEK_ENABLED=false" if not self.enabled else (self.swim_error or "not started")
+            return Membership(
+                enabled=False,
+                detail=f"SWIM membership off: {why}",
+                incarnation=0,
+                local_health=0,
+                alive=0,
+                suspect=0,
+                dead=0,
+                joining=0,
+                not_alive=[],
+                drilling={},
+            )
+        s = swim.swim
+        view = self._view()
+        counts = {state: s.count(state) for state in ("alive", "suspect", "dead", "joining")}
+        c = s.config
+        return Membership(
+            enabled=True,
+            detail=f"SWIM over UDP port {swim.port}: {len(s.watched)} watched every {c.probe_interval_s:g} s, "
+            f"{c.rotation} other per interval in rotation; {c.indirect_checks} indirect probes",
+            incarnation=s.inc,
+            local_health=s.local_health,
+            not_alive=[
+                ms
+                for m in sorted(view)
+                if view[m].state != "alive" and (ms := self._member_status(m, view)) is not None
+            ],
+            drilling=s.drilling(time.time()),
+            **counts,
+        )
+
+    def member_list(self) -> MemberList:
+        view = self._view()
+        members = [ms for m in sorted(view) if (ms := self._member_status(m, view)) is not None]
+        return MemberList(
+            node_id=self.settings.node_id, incarnation=self.swim.swim.inc if self.swim else 0, members=members
+        )
+
+    def quarantined(self) -> list[Quarantine]:
+        now = time.time()
+        out = []
+        for m, until, level in self.kn.quarantines(now):
+            flaps = self.kn.state(m).new_flaps()
+            out.append(
+                Quarantine(
+                    node_id=m,
+                    until=round(until, 3),
+                    level=level,
+                    reason=f"link to {m} flapped ({len(self.kn.state(m).flaps)} drops within "
+                    f"{self.thresholds.flap_window_s:g} s, {flaps} since the quarantine began): no forced redials "
+                    "and no stand-in use until then",
+                )
+            )
+        return out
+
+    def _membership_metrics(self) -> MembershipView:
+        """Per-member detail for neighbours, stand-ins and members with an open incident (from the knowledge, so
+        with or without SWIM running), and SWIM's own counts."""
+        kn = self.kn
+        detail = set(kn.neighbours()) | {i.subject for i in kn.active.values()} | set(kn.temporary_members())
+        samples: list[MemberSample] = []
+        for m in sorted(detail):
+            v = kn.membership.get(m)
+            if v is None:
+                st = kn.states.get(m)
+                probe = st.overlay if st is not None else None  # no membership layer: our own last probe
+                if probe is not None:
+                    samples.append(MemberSample(member=m, path="overlay", reachable=probe.ok, rtt_s=probe.rtt_s))
+                continue
+            samples.append(
+                MemberSample(
+                    member=m,
+                    path="overlay",
+                    reachable=v.state == "alive",
+                    rtt_s=v.rtt_s,
+                    incarnation=v.incarnation,
+                )
+            )
+            st = kn.states.get(m)
+            under = st.underlay if st is not None else None
+            if under is not None:
+                samples.append(MemberSample(member=m, path="underlay", reachable=under.ok, rtt_s=under.rtt_s))
+        swim = self.swim
+        if swim is None:
+            return MembershipView(members=tuple(samples))
+        s = swim.swim
+        return MembershipView(
+            enabled=True,
+            states={state: s.count(state) for state in ("alive", "suspect", "dead", "joining")},
+            incarnation=s.inc,
+            local_health=s.local_health,
+            sent=dict(s.counters.sent),
+            received=dict(s.counters.received),
+            dropped=dict(swim.dropped),
+            suspicions=s.counters.suspicions,
+            refutations=s.counters.refutations,
+            members=tuple(samples),
+        )
+
+
+def _ipv6_capable(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).version == 6
+    except ValueError:
+        return True  # a name: resolved by the OS, which may give IPv6
+
+
+def _resolve(host: str) -> str | None:
+    """An agent_url host as an IP (IP literals as they are; names through the resolver, in a worker thread)."""
+    try:
+        return str(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+    except OSError:
+        return None
+    return str(infos[0][4][0]) if infos else None

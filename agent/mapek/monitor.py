@@ -1,44 +1,30 @@
-"""MAPE-K Monitor: one `Observation` per tick, from the daemon and from probes of other members' agents.
+"""MAPE-K Monitor: one `Observation` per tick, without an admin call or an HTTP request of its own.
 
-Per tick:
-1. `getPeers` (links per member, received bytes), then the probes in parallel, then `getPeers` again: bytes that
-   arrived while the probes were in flight prove a link carries traffic (`peer_silent` needs their absence).
-2. Probes, each bounded by `probe_timeout_s` (0.5 s: a blackholed peer is noticed within the 2 s target):
-   - `overlay`: GET <overlay_url>/health through Yggdrasil; any HTTP answer (200 or 503) means the member's agent
-     is reachable over the mesh. A fresh connection per probe, so a dead path cannot hide behind a pooled one.
-   - `underlay`: GET <agent_url>/health directly: is the member (agent, and its daemon per its /health) alive?
-   - `dial`: a TCP connect to the member's peering port, for planned peers this node dials (and its stand-ins)
-     whose link is down: can our daemon dial it right now? That is the "answers again" trigger for a redial.
-   Who is probed (SWIM-style, so the cost grows with degree, not mesh size): planned neighbours and stand-ins
-   every tick, plus `probe_fanout` other members in rotation.
+- Links: from the agent's shared daemon snapshot (agent.monitor takes it once per X0_MONITOR_INTERVAL for the API,
+  the metrics and MAPE-K alike: one getPeers per interval per node, not three). `links_before` is the previous
+  snapshot's, so received bytes between the two say whether a link carries anything (`peer_silent` needs none).
+- Probes and membership: from SWIM over UDP (agent.mapek.swim): the finished probes since the last tick (`overlay`
+  = the mesh path, `underlay` = the diagnostic ping beside the indirect probes, with the member's own word on its
+  daemon) and every member's state, incarnation and drill announcement.
+- `dial`: a TCP connect to the peering port of members this node dials (planned peers and stand-ins) whose link
+  is down or silent: can our daemon dial it right now? That is the trigger for a forced redial. Between ticks
+  the loop re-checks those ports every 0.25 s (`ports_answering`), so a redial follows the peer's return at once.
+Who is probed, how often, and what it costs per node is SWIM's business: the watched set (`watch_set`: planned
+neighbours and stand-ins) every probe interval plus one other member in rotation.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urlsplit
 
-import httpx
-import msgspec
-
-from agent.mapek.knowledge import Knowledge, LinkSample, Observation, Probe, ProbePath
-from agent.yggdrasil.client import AdminClient
-from agent.yggdrasil.errors import AdminError
-from agent.yggdrasil.models import PeerLink
-
-
-class _HealthBody(msgspec.Struct):
-    class _Ygg(msgspec.Struct):
-        reachable: bool | None = None
-        api_version: str | None = None
-
-    yggdrasil: _Ygg | None = None
-
-
-_health = msgspec.json.Decoder(_HealthBody)
+from agent.mapek.knowledge import Knowledge, LinkSample, MemberView, Observation, Probe
+from agent.mapek.swim.protocol import ProbeResult
+from agent.yggdrasil.models import DaemonSnapshot, PeerLink
 
 
 def merge_links(links: Iterable[PeerLink], member_of: Callable[[PeerLink], str | None]) -> dict[str, LinkSample]:
@@ -68,141 +54,116 @@ def merge_links(links: Iterable[PeerLink], member_of: Callable[[PeerLink], str |
     return out
 
 
-def probe_set(kn: Knowledge, rotation: int, fanout: int) -> tuple[list[str], int]:
-    """Members to probe this tick and the next rotation offset."""
-    # The set once, not once per member: with a large members file that was O(members x neighbours) a tick.
-    watched = set(kn.neighbours()) | set(kn.temporaries) | set(kn.accepting)
-    always = [m for m in kn.others() if m in watched]
-    rest = [m for m in kn.others() if m not in always]
-    if not rest or fanout <= 0:
-        return always, rotation
-    take = min(fanout, len(rest))
-    start = rotation % len(rest)
-    picked = [rest[(start + i) % len(rest)] for i in range(take)]
-    return always + picked, (start + take) % len(rest)
+def watch_set(kn: Knowledge) -> list[str]:
+    """Members SWIM probes every interval: planned neighbours, stand-ins we dial and stand-ins that dial us."""
+    return list(dict.fromkeys([*kn.neighbours(), *kn.temporaries, *kn.accepting]))
 
 
 def dial_targets(kn: Knowledge) -> list[str]:
-    """Members whose peering port we check: planned peers we dial and our stand-ins, while their link is down."""
+    """Members whose peering port we check: planned peers we dial and our stand-ins, while their link is down or
+    silent (a silent link is stuck in TCP retransmission backoff after a blackhole: only a redial revives it
+    at once)."""
     mine = list(kn.members.dials(kn.node_id)) + [t for t, temp in kn.temporaries.items() if temp.dialer]
-    return [m for m in dict.fromkeys(mine) if not kn.state(m).link_up]
+    return [m for m in dict.fromkeys(mine) if not kn.state(m).link_up or kn.has_active("peer_silent", m)]
 
 
-# HTTP probes in flight at once (also the probe client's connection limit).
-PROBE_CONCURRENCY = 64
+def probe_from(result: ProbeResult) -> Probe:
+    return Probe(
+        member=result.member,
+        path="overlay" if result.path == "mesh" else "underlay",
+        ok=result.ok,
+        at=result.at,
+        rtt_s=result.rtt_s,
+        error=result.error,
+        daemon_up=result.daemon_up,
+        api_version=result.api,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonRead:
+    """The agent's latest snapshot, and whether it still describes a live daemon."""
+
+    snapshot: DaemonSnapshot | None
+    ok: bool
+    error: str | None = None
+
+
+class Membership(Protocol):
+    """What MAPE-K needs from the membership layer (agent.mapek.swim.transport.SwimTransport implements it)."""
+
+    def take_results(self) -> list[ProbeResult]: ...
+
+    def view(self) -> dict[str, MemberView]: ...
+
+    def cut_off(self) -> bool: ...
 
 
 class MapekMonitor:
     def __init__(
         self,
-        admin: AdminClient,
+        read: Callable[[], DaemonRead],
         member_of: Callable[[PeerLink], str | None],
+        membership: Membership | None,
         timeout: float,
-        fanout: int,
     ) -> None:
-        self.admin = admin
+        self.read = read
         self.member_of = member_of
+        self.membership = membership
         self.timeout = timeout
-        self.fanout = fanout
-        self._rotation = 0
-        self._slots = asyncio.Semaphore(PROBE_CONCURRENCY)
-        # httpx logs every request at INFO: several probes a second would drown the agent's own log.
-        logging.getLogger("httpx").setLevel(logging.WARNING)
-        # No keep-alive: each probe opens its own connection, exactly what a dead path must fail.
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_keepalive_connections=0, max_connections=PROBE_CONCURRENCY),
-            follow_redirects=False,
-            trust_env=False,
-        )
+        self._snap_at: float | None = None
+        self._links: dict[str, LinkSample] | None = None
+        self._before: dict[str, LinkSample] | None = None
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        return None  # it holds nothing open: the snapshot is the agent's, the dial probes close their sockets
 
     async def observe(self, kn: Knowledge, *, react: bool = False) -> Observation:
-        """One observation. `react`: a reaction tick (a peering port just answered): only the daemon and the
-        peering ports are read, so the redial is not held up by slow overlay probes; the last probe results
-        stand for the rest."""
-        try:
-            before_raw = await self.admin.get_peers()
-        except AdminError as exc:
-            return Observation(at=time.time(), daemon_ok=False, daemon_error=f"{type(exc).__name__}: {exc}")
-        before = merge_links(before_raw, self.member_of)
-        targets, self._rotation = ([], self._rotation) if react else probe_set(kn, self._rotation, self.fanout)
-        members = kn.members
+        """One observation. Only the dial probes touch the network (and only for down or silent links)."""
+        read = self.read()
+        at = time.time()
+        probes: list[Probe] = []
+        view: dict[str, MemberView] | None = None
+        cut_off = False
+        if self.membership is not None:
+            probes = [probe_from(r) for r in self.membership.take_results()]
+            view = self.membership.view()
+            cut_off = self.membership.cut_off()
+        if not read.ok or read.snapshot is None:
+            return Observation(
+                at=at, daemon_ok=False, daemon_error=read.error, probes=probes, membership=view, cut_off=cut_off
+            )
+        snap = read.snapshot
+        if snap.taken_at != self._snap_at:
+            self._snap_at = snap.taken_at
+            self._before = self._links
+            self._links = merge_links(snap.peers, self.member_of)
+        assert self._links is not None
+        probes += await self.dial_probes(kn)
+        return Observation(
+            at=at,
+            daemon_ok=True,
+            api_version=snap.api_version,
+            links=self._links,
+            links_before=self._before,
+            probes=probes,
+            membership=view,
+            cut_off=cut_off,
+        )
+
+    async def dial_probes(self, kn: Knowledge, only: Sequence[str] | None = None) -> list[Probe]:
+        targets = dial_targets(kn) if only is None else list(only)
         jobs = []
         for m in targets:
-            member = members.by_id.get(m)
-            if member is None:
-                continue
-            if member.overlay_url:
-                jobs.append(self._http_probe(m, "overlay", member.overlay_url))
-            jobs.append(self._http_probe(m, "underlay", member.agent_url))
-        for m in dial_targets(kn):
-            member = members.by_id.get(m)
+            member = kn.members.by_id.get(m)
             if member is not None and member.listen_uri:
                 jobs.append(self._dial_probe(m, member.listen_uri))
-        probes: Sequence[Probe] = await asyncio.gather(*jobs) if jobs else []
-        try:
-            after_raw = await self.admin.get_peers()
-        except AdminError as exc:
-            return Observation(
-                at=time.time(), daemon_ok=False, daemon_error=f"{type(exc).__name__}: {exc}", probes=list(probes)
-            )
-        return Observation(
-            at=time.time(),
-            daemon_ok=True,
-            api_version=self.admin.api_version,
-            links=merge_links(after_raw, self.member_of),
-            links_before=before,
-            probes=list(probes),
-        )
-
-    async def _http_probe(self, member: str, path: ProbePath, base_url: str) -> Probe:
-        # Wait here, not in httpx's pool: its queue costs O(waiting x connections) per request (issue 11 item 1:
-        # a 1,000-member full plan queued ~2,000 probes a tick and took the event loop).
-        async with self._slots:
-            return await self._http_probe_now(member, path, base_url)
-
-    async def _http_probe_now(self, member: str, path: ProbePath, base_url: str) -> Probe:
-        url = base_url.rstrip("/") + "/health"
-        started = time.perf_counter()
-        at = time.time()
-        try:
-            resp = await self._http.get(url)
-        except httpx.TimeoutException:
-            return Probe(member=member, path=path, ok=False, at=at, error=f"no answer within {self.timeout:g} s")
-        except httpx.HTTPError as exc:
-            return Probe(member=member, path=path, ok=False, at=at, error=_short(exc))
-        rtt = time.perf_counter() - started
-        daemon_up = api_version = None
-        try:
-            body = _health.decode(resp.content)
-            if body.yggdrasil is not None:
-                daemon_up, api_version = body.yggdrasil.reachable, body.yggdrasil.api_version
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            pass  # an answer is an answer; its body is a bonus
-        return Probe(
-            member=member, path=path, ok=True, at=at, rtt_s=rtt, daemon_up=daemon_up, api_version=api_version
-        )
-
-    async def links_dropped(self, kn: Knowledge) -> list[str]:
-        """Members the knowledge has a link up to, whose link the daemon no longer lists as up."""
-        known_up = [m for m in kn.others() if kn.state(m).link_up]
-        if not known_up:
-            return []
-        try:
-            now = merge_links(await self.admin.get_peers(), self.member_of)
-        except AdminError:
-            return []  # the next tick reports the daemon
-        return [m for m in known_up if not (m in now and now[m].up)]
+        return list(await asyncio.gather(*jobs)) if jobs else []
 
     async def ports_answering(self, kn: Knowledge) -> list[str]:
         """Dial targets whose last recorded port probe failed and whose port answers now."""
         waiting = [m for m in dial_targets(kn) if (st := kn.state(m)).dial is not None and not st.dial.ok]
-        uris = {m: kn.members.by_id[m].listen_uri for m in waiting if m in kn.members.by_id}
-        jobs = [self._dial_probe(m, uri) for m, uri in uris.items() if uri]
-        return [p.member for p in await asyncio.gather(*jobs) if p.ok] if jobs else []
+        return [p.member for p in await self.dial_probes(kn, waiting) if p.ok]
 
     async def _dial_probe(self, member: str, listen_uri: str) -> Probe:
         at = time.time()
@@ -224,8 +185,3 @@ class MapekMonitor:
         rtt = time.perf_counter() - started
         writer.close()
         return Probe(member=member, path="dial", ok=True, at=at, rtt_s=rtt)
-
-
-def _short(exc: Exception) -> str:
-    text = str(exc) or type(exc).__name__
-    return text if len(text) <= 120 else text[:117] + "..."

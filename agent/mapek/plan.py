@@ -3,9 +3,10 @@
 What it plans, in priority order:
 1. `quarantine` a member whose link dropped `flap_threshold` times in the flap window (bookkeeping only: while
    quarantined it gets no forced redials and is not used as a stand-in; the daemon's own retries still run).
-2. `redial` a planned peer this node dials, whose link is down past the suspicion window, the moment its peering
-   port answers again (execute: removePeer + addPeer on 0.4, an addPeer kick on 0.5), instead of waiting for the
-   daemon's retry timer (60 s on 0.4, up to 68 min of backoff on 0.5).
+2. `redial` a planned peer this node dials, whose link is down past the suspicion window or silent, the moment
+   its peering port answers again (execute: removePeer + addPeer on 0.4, an addPeer kick on 0.5), instead of
+   waiting for the daemon's retry timer (60 s on 0.4, up to 68 min of backoff on 0.5), or, for a silent link, for
+   its TCP retransmission backoff and the daemon's read deadline (a blackhole that ended).
 3. `add_peer` a stand-in when this node's live planned links fall below min(k, planned degree). The stand-in
    links are a deterministic function of (planned links, failed members, k), `repair_links`, so both ends of a
    stand-in compute the same pair and only its dialer (lower id, `topology.default_dialer`) dials.
@@ -65,6 +66,8 @@ def failed_members(kn: Knowledge, now: float) -> dict[str, str]:
             failed[m] = "agent does not answer on the underlay"
         elif st.daemon_up is False:
             failed[m] = "its daemon is down"
+        elif (v := kn.membership.get(m)) is not None and v.state == "dead":
+            failed[m] = "declared lost by the mesh"
     return failed
 
 
@@ -150,7 +153,10 @@ def plan(findings: Sequence[Finding], kn: Knowledge, now: float) -> Plan:
 
     for m in members.dials(me):
         st = kn.state(m)
-        if st.link_up or m in mismatched or m not in failed or failed[m] != "planned link down":
+        silent = kn.has_active("peer_silent", m)
+        if m in mismatched or (st.link_up and not silent):
+            continue
+        if not silent and (m not in failed or failed[m] != "planned link down"):
             continue
         if st.dial is None or not st.dial.ok or st.dial.at < now - _DIAL_FRESH_S:
             continue  # not answering yet: nothing to gain from dialling
@@ -158,15 +164,13 @@ def plan(findings: Sequence[Finding], kn: Knowledge, now: float) -> Plan:
         uri = peer_uri(member) if member else None
         if uri is None:
             continue
-        candidates.append(
-            PlannedAction(
-                action="redial",
-                target=m,
-                uri=uri,
-                reason=f"{m} answers on its peering port again: redial now instead of the daemon's retry timer",
-                for_subject=m,
-            )
+        why = (
+            f"{m} answers on its peering port again but our link to it is still silent (stuck in TCP "
+            "retransmission backoff): redial now instead of waiting for the daemon to drop it"
+            if silent and st.link_up
+            else f"{m} answers on its peering port again: redial now instead of the daemon's retry timer"
         )
+        candidates.append(PlannedAction(action="redial", target=m, uri=uri, reason=why, for_subject=m))
 
     repair = repair_links(members.links, members.ids, failed, kn.degree, excluded=mismatched)
     lost_mine = tuple(sorted(n for n in kn.neighbours() if n in failed))

@@ -62,6 +62,44 @@ class PhaseMs(msgspec.Struct, kw_only=True):
     execute: float
 
 
+MemberState = Literal["joining", "alive", "suspect", "dead"]
+
+
+class MemberStatus(msgspec.Struct, kw_only=True):
+    """One member in this node's membership view (SWIM)."""
+
+    node_id: str
+    state: MemberState  # joining: never heard from yet
+    incarnation: int
+    since: float  # this view's state changed then
+    by: str  # who suspects it / declared it dead ("" when alive)
+    rtt_ms: float | None  # smoothed round trip of this node's own probes
+    last_ack: float | None  # this node's own probe last answered
+    drill_until: float | None  # it announced a drill (intentional fault) until then
+
+
+class Membership(msgspec.Struct, kw_only=True):
+    """This node's membership layer: counts by state, its own incarnation, and every member not alive."""
+
+    enabled: bool
+    detail: str  # what runs (UDP port, probe interval) or why it does not
+    incarnation: int
+    local_health: int  # Lifeguard: 0 healthy; each point stretches this node's timeouts by one more interval
+    alive: int
+    suspect: int
+    dead: int
+    joining: int
+    not_alive: list[MemberStatus]  # suspect, dead and joining members (the full list: /mapek/members)
+    drilling: dict[str, float]  # members with an announced drill -> until (unix s)
+
+
+class Quarantine(msgspec.Struct, kw_only=True):
+    node_id: str
+    until: float
+    level: int  # 1 = first quarantine; the length doubles per level
+    reason: str
+
+
 class MapekStatus(msgspec.Struct, kw_only=True):
     node_id: str
     enabled: bool
@@ -73,6 +111,14 @@ class MapekStatus(msgspec.Struct, kw_only=True):
     members_total: int
     members_reachable: int
     active_incidents: list[Incident]
+    membership: Membership | None = None
+    quarantined: list[Quarantine] = []
+
+
+class MemberList(msgspec.Struct, kw_only=True):
+    node_id: str
+    incarnation: int
+    members: list[MemberStatus]
 
 
 class IncidentList(msgspec.Struct, kw_only=True):

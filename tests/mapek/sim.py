@@ -16,7 +16,16 @@ import json
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, TypeVar
 
-from agent.mapek.knowledge import Finding, Knowledge, LinkSample, Observation, PlannedAction, Probe, Thresholds
+from agent.mapek.knowledge import (
+    Finding,
+    Knowledge,
+    LinkSample,
+    MemberView,
+    Observation,
+    PlannedAction,
+    Probe,
+    Thresholds,
+)
 from agent.mapek.loop import MapekLoop, TickRecord
 from agent.mapek.schemas import Outcome
 from agent.members import Members, parse_members
@@ -213,6 +222,17 @@ class SimNode:
                 )
             for m, ok in (dial or {}).items():
                 probes.append(Probe(member=m, path="dial", ok=ok, at=now, error=None if ok else "refused"))
+            # The membership layer's view: what SWIM concludes from the same facts (a member whose overlay probe
+            # fails is suspected, unless it was never heard from and this node is still starting).
+            membership = {}
+            in_grace = now - kn.started_at < kn.thresholds.startup_grace_s
+            for m in kn.others():
+                prev = kn.membership.get(m)
+                state = "suspect" if overlay.get(m, True) is False else "alive"
+                if state == "suspect" and in_grace and (prev is None or prev.state == "joining"):
+                    state = "joining"
+                since = prev.since if prev is not None and prev.state == state else now
+                membership[m] = MemberView(state=state, since=since, by=kn.node_id if state == "suspect" else "")
             return Observation(
                 at=now,
                 daemon_ok=daemon_ok,
@@ -221,6 +241,7 @@ class SimNode:
                 links=after if daemon_ok else {},
                 links_before=before if daemon_ok else None,
                 probes=probes,
+                membership=membership,
             )
 
         self.monitor.next = observe

@@ -40,10 +40,17 @@ def test_unplanned_member_without_link_is_not_lost() -> None:
 def test_silent_peer_needs_failed_probe_and_no_traffic() -> None:
     node = SimNode("node-a", members(FULL3))
     node.tick(up={"node-b", "node-c"})
-    # Probe failed but bytes still arrive: the daemon link works, the agent is just slow -> not silent.
-    r = node.tick(up={"node-b", "node-c"}, overlay={"node-c": False})
+    # Probe failed but bytes still arrive and its agent does not answer on the underlay either: the daemon link
+    # works, the agent is gone or stuck -> not silent.
+    r = node.tick(up={"node-b", "node-c"}, overlay={"node-c": False}, underlay={"node-c": False})
     assert "peer_silent" not in r.kinds()
     assert r.kinds("node-c") == {"member_unreachable"}
+    node.tick(up={"node-b", "node-c"})
+    # Its agent answers on the underlay with its daemon up while nothing passes over the mesh: the path between
+    # the two daemons fails (a blackhole), even if the last snapshot still saw bytes from before the fault.
+    r = node.tick(up={"node-b", "node-c"}, overlay={"node-c": False})
+    assert r.kinds("node-c") == {"peer_silent"}
+    node.tick(up={"node-b", "node-c"})
     # Probe failed and the link received nothing while it was in flight -> silent.
     r = node.tick(up={"node-b", "node-c"}, overlay={"node-c": False}, quiet={"node-c"})
     assert r.kinds("node-c") == {"peer_silent"}

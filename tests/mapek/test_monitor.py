@@ -1,9 +1,9 @@
-"""Monitor's pure parts: who is probed per tick (bounded, rotating), link merging, which ports are watched."""
+"""Monitor's pure parts: who SWIM watches (bounded by degree), link merging, which ports are watched."""
 
 from __future__ import annotations
 
 from agent.mapek.knowledge import Knowledge, Temporary
-from agent.mapek.monitor import dial_targets, merge_links, probe_set
+from agent.mapek.monitor import dial_targets, merge_links, watch_set
 from agent.yggdrasil.models import PeerLink
 
 from .sim import members
@@ -15,25 +15,13 @@ def ring(ids: list[str]) -> list[list[str]]:
     return [[ids[i], ids[(i + 1) % len(ids)]] for i in range(len(ids))]
 
 
-def test_probe_set_is_bounded_by_degree_and_rotates_over_everyone() -> None:
+def test_the_watched_set_is_bounded_by_degree_and_includes_stand_ins() -> None:
     kn = Knowledge("node-00", members(IDS, links=ring(IDS)))
-    seen: set[str] = set()
-    rotation = 0
-    for _ in range(9):
-        targets, rotation = probe_set(kn, rotation, fanout=2)
-        # 2 ring neighbours every tick + 2 others: the cost does not grow with the 20-node mesh.
-        assert len(targets) == 4
-        assert {"node-01", "node-19"} <= set(targets)
-        seen |= set(targets)
-    assert seen == set(IDS) - {"node-00"}
-
-
-def test_probe_set_includes_stand_ins() -> None:
-    kn = Knowledge("node-00", members(IDS, links=ring(IDS)))
+    # SWIM probes the 2 ring neighbours every interval (plus one other in rotation): not the 20-node mesh.
+    assert watch_set(kn) == ["node-01", "node-19"]
     kn.temporaries["node-10"] = Temporary(member="node-10", dialer=True, since=0.0, standing_in_for=("node-01",))
     kn.accepting["node-12"] = ("node-19",)
-    targets, _ = probe_set(kn, 0, fanout=0)
-    assert set(targets) == {"node-01", "node-19", "node-10", "node-12"}
+    assert set(watch_set(kn)) == {"node-01", "node-19", "node-10", "node-12"}
 
 
 def test_merge_links_per_member() -> None:
