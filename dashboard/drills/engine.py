@@ -281,6 +281,7 @@ class DrillEngine:
                 "X0_API_TOKEN, or use an inventory that has api_token)"
             )
         await self._check_no_active_drill(view)
+        await self._check_no_quarantine(view, plan)
         return view
 
     async def _check_no_active_drill(self, view: MeshView) -> None:
@@ -299,6 +300,31 @@ class DrillEngine:
         running = [d for ds in found for d in ds]
         if running:
             raise DrillRefused("another drill is running: " + "; ".join(running))
+
+    async def _check_no_quarantine(self, view: MeshView, plan: DrillPlan) -> None:
+        """Refuse while any agent's MAPE-K holds the target in quarantine, or the target holds one of its peers:
+        the flap guard would hold the repair back, and the drill would measure the guard, not the mesh."""
+        now = self.clock()
+
+        async def held(node_id: str, url: str) -> list[str]:
+            try:
+                st = await self.session.client.mapek(url)
+            except AgentError:
+                return []  # shown as silent/down on screen; not a reason to refuse
+            return [
+                f"{node_id}'s MAPE-K holds {q.node_id} in quarantine for {max(0.0, q.until - now):.0f} s more "
+                f"({q.reason})"
+                for q in st.quarantined
+                if plan.target in (node_id, q.node_id) and q.until > now
+            ]
+
+        found = await asyncio.gather(*(held(n.id, n.agent_url) for n in view.nodes if n.agent_url))
+        holds = [h for hs in found for h in hs]
+        if holds:
+            raise DrillRefused(
+                "; ".join(holds) + f". A drill on {plan.target} now would measure the flap guard, not the "
+                "mesh: retry once the quarantine ends"
+            )
 
     # ---------------------------------------------------------------------------------------------- run
     async def run(self, plan: DrillPlan) -> DrillReport:

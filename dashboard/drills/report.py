@@ -124,7 +124,10 @@ def to_markdown(report: DrillReport) -> str:
         + ("" if f.clock == "agent" else " (dashboard clock: the source made this fault)"),
         *_back_line(f),
         f"- SLOs: detect <= {slo.detect_s:g} s, repair <= {slo.repair_s:g} s after the fault ends, "
-        f"back to steady state within {slo.recover_timeout_s:g} s",
+        f"back to steady state within {slo.recover_timeout_s:g} s; mesh-wide first detection <= "
+        f"{slo.first_detect_s:g} s, full awareness <= {slo.detect_s:g} s",
+        f"- mesh-wide: first detection {_s(report.first_detect_s)}, full awareness {_s(report.full_awareness_s)}"
+        + (" (some observer with a path never detected it)" if report.full_awareness_s is None else ""),
         f"- report format version {report.version}",
         "",
         "## Per observer",
@@ -132,8 +135,11 @@ def to_markdown(report: DrillReport) -> str:
         "| observer | detected by | time to detect | time to repair | incidents | heal actions | result |",
         "|---|---|---|---|---|---|---|",
     ]
+    blind = {n.observer: n.reason for n in report.no_path}
     for o in report.observers:
         ok = "ok" if o.detect_ok and o.repair_ok else "FAIL"
+        if o.observer in blind:
+            ok = f"no path ({blind[o.observer]})"
         note = f" ({o.note})" if o.note else ""
         lines.append(
             f"| {o.observer} | {o.detected_by or '-'} | {_s(o.detect_s)} | {_s(o.repair_s, signed=True)} "
@@ -143,6 +149,12 @@ def to_markdown(report: DrillReport) -> str:
     if silent:
         lines += ["", "Why no heal action:", ""]
         lines += [f"- {o.observer}: {why}" for o, why in silent]
+    if report.guards:
+        lines += ["", "Guards that held back heal actions:"]
+        lines += [
+            f"- {g.observer}: {g.action} {g.target} at {g.at - f.started_at:+.2f} s, {g.guard}: {g.reason}"
+            for g in report.guards
+        ]
     after = report.after.summary() if report.after else "never measured"
     lines += [
         "",

@@ -1,5 +1,10 @@
 """Drill scoring (pure): from the fault window and what each observer's agent recorded, time to detect and
-to repair per observer, steady state before/after, and pass/fail against the SLOs.
+to repair per observer, mesh-wide first detection (the earliest observer) and full awareness (the last one),
+steady state before/after, and pass/fail against the SLOs.
+
+Observers that could not see the target at all (no path: they were cut off themselves, or could not reach the
+target before the fault) are named in `no_path`, not failed. Heal actions a guard held back (quarantine,
+cooldown, rate limit) are listed in `guards`, and named beside a repair that missed its SLO.
 
 Times come from the agents' own records (incident `detected_at`/`resolved_at`, the target's drill
 `started_at`/`reverted_at`), never from when the dashboard happened to poll. Only a node-loss drill made by the
@@ -18,7 +23,9 @@ from dashboard.drills.workload import WorkloadResult
 from dashboard.models import MeshView
 
 # 2: `environment` (agent and Yggdrasil versions, topology, source); reports of version 1 still decode.
-REPORT_VERSION = 2
+# 3: mesh-wide `first_detect_s`/`full_awareness_s`, `no_path`, `guards`, SLO `first_detect_s` (issue 10);
+#    reports of versions 1 and 2 still decode.
+REPORT_VERSION = 3
 ClockSource = Literal["agent", "dashboard"]
 
 
@@ -26,6 +33,9 @@ class SLO(msgspec.Struct, kw_only=True, frozen=True):
     detect_s: float = 2.0  # fault injected -> first incident about the target, per observer
     repair_s: float = 2.0  # fault ended -> that observer's incidents about the target all resolved
     recover_timeout_s: float = 60.0  # fault ended -> mesh back to its steady state, else the drill fails
+    # fault injected -> the first observer's incident (mesh-wide detection); full awareness (the last observer's
+    # incident) is held to detect_s, which every observer must meet anyway
+    first_detect_s: float = 1.0
 
 
 class SteadyState(msgspec.Struct, kw_only=True, frozen=True):
@@ -142,6 +152,22 @@ class ObserverScore(msgspec.Struct, kw_only=True, frozen=True):
     note: str = ""
 
 
+class NoPath(msgspec.Struct, kw_only=True, frozen=True):
+    observer: str
+    reason: str
+
+
+class GuardSeen(msgspec.Struct, kw_only=True, frozen=True):
+    """A heal action a guard held back during the drill (outcome `skipped`)."""
+
+    observer: str
+    at: float
+    action: str
+    target: str
+    guard: str  # quarantine | cooldown | rate limit
+    reason: str
+
+
 class TimelineEntry(msgspec.Struct, kw_only=True, frozen=True):
     at: float
     t_s: float  # seconds since the fault was injected
@@ -194,6 +220,40 @@ class DrillReport(msgspec.Struct, kw_only=True, frozen=True):
     # The store workload of a drill on the Raft leader (dashboard.drills.workload): new leader per observer,
     # write-unavailability window, consistency verdict. None for other drills.
     consistency: WorkloadResult | None = None
+    # Mesh-wide: fault injected -> the first observer's incident, and -> the last one's (None: nobody / somebody
+    # with a path never detected it). Observers without a path to the target count in neither.
+    first_detect_s: float | None = None
+    full_awareness_s: float | None = None
+    no_path: list[NoPath] = []
+    guards: list[GuardSeen] = []
+
+
+GUARD_PREFIXES = (("cooldown", "cooldown"), ("rate limit", "rate limit"))
+
+
+def guard_of(action: ActionSeen) -> str | None:
+    """The guard that held back a skipped action, from its recorded reason (agent.mapek.plan words them)."""
+    if action.outcome != "skipped":
+        return None
+    for prefix, guard in GUARD_PREFIXES:
+        if action.reason.startswith(prefix):
+            return guard
+    return "quarantine" if "quarantined" in action.reason else None
+
+
+def no_path_reason(
+    observer: str, incidents: Sequence[IncidentSeen], before: SteadyState, target: str, fault: FaultWindow
+) -> str | None:
+    """Why `observer` could not see the target, or None when it could: it did not reach every member before the
+    fault, or it found itself cut off from the mesh (its own partition incident) while the fault was on."""
+    reach = before.reachability.get(observer)
+    if reach is not None and reach[0] < reach[1]:
+        return f"reached only {reach[0]}/{reach[1]} members before the fault"
+    end = fault.ended_at if fault.ended_at is not None else float("inf")
+    for i in incidents:
+        if i.observer == observer and i.kind == "partition" and fault.started_at <= i.detected_at <= end:
+            return "cut off from the mesh itself during the fault (partition incident)"
+    return None
 
 
 def relevant(inc: IncidentSeen, aliases: Iterable[str], fault: FaultWindow, skew_s: float) -> bool:
@@ -346,6 +406,23 @@ def score(
         )
         for o in observers
     ]
+    no_path: list[NoPath] = []
+    for s in scores:
+        if s.detect_s is None:
+            why = no_path_reason(s.observer, incidents, before, fault.target, fault)
+            if why is not None:
+                no_path.append(NoPath(observer=s.observer, reason=why))
+    blind = {n.observer for n in no_path}
+    seeing = [s for s in scores if s.observer not in blind]
+    detects = [s.detect_s for s in seeing]
+    found = [d for d in detects if d is not None]
+    first_detect = min(found) if found else None
+    awareness = max(found) if found and len(found) == len(detects) else None
+    guards = [
+        GuardSeen(observer=a.observer, at=a.at, action=a.action, target=a.target, guard=g, reason=a.reason)
+        for a in window_actions
+        if (g := guard_of(a)) is not None
+    ]
     repaired = [s.repaired_at for s in scores]
     recovered_at = max(r for r in repaired if r is not None) if repaired and None not in repaired else None
     if recovered_at is not None and end is not None:
@@ -357,7 +434,13 @@ def score(
     failures: list[str] = []
     if not observers:
         failures.append("no observer: every other node was down before the drill")
+    if first_detect is not None and first_detect > slo.first_detect_s:
+        failures.append(f"first detection after {first_detect:.2f} s (SLO {slo.first_detect_s:g} s)")
+    if awareness is not None and awareness > slo.detect_s:
+        failures.append(f"full awareness after {awareness:.2f} s (SLO {slo.detect_s:g} s)")
     for s in scores:
+        if s.observer in blind:
+            continue
         if s.detect_s is None:
             failures.append(f"{s.observer} never detected the fault")
         elif not s.detect_ok:
@@ -365,8 +448,10 @@ def score(
         if s.detect_s is not None and s.repair_s is None:
             failures.append(f"{s.observer}: incidents about {fault.target} not resolved ({s.note})")
         elif s.repair_s is not None and not s.repair_ok:
+            held = sorted({f"{g.guard} on {g.target}" for g in guards if s.observer in (g.observer, g.target)})
             failures.append(
                 f"{s.observer} repaired {s.repair_s:.2f} s after the fault ended (SLO {slo.repair_s:g} s)"
+                + (f"; held back by {', '.join(held)}" if held else "")
             )
     if end is None:
         failures.append("the fault was never reverted")
@@ -399,4 +484,8 @@ def score(
         failures=failures,
         created_at=created_at,
         actions=window_actions,
+        first_detect_s=first_detect,
+        full_awareness_s=awareness,
+        no_path=no_path,
+        guards=guards,
     )

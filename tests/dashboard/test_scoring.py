@@ -225,3 +225,80 @@ def test_report_round_trip_and_markdown() -> None:
     assert md.startswith("# Drill blackhole on node-b: PASS")
     assert "| node-a | peer_silent | 1.20 s | +1.00 s | 1 | 1 | ok |" in md
     assert "heal action by node-a: redial node-b ok" in md
+
+
+def test_mesh_wide_first_detection_and_full_awareness_with_their_slos() -> None:
+    r = run([inc("node-a", T0 + 1.6, T0 + 6.0), inc("node-c", T0 + 0.4, T0 + 6.0)])
+    assert (r.first_detect_s, r.full_awareness_s) == (approx(0.4), approx(1.6))
+    assert r.passed
+    late = run([inc("node-a", T0 + 1.6, T0 + 6.0), inc("node-c", T0 + 1.2, T0 + 6.0)])
+    assert not late.passed and "first detection after 1.20 s (SLO 1 s)" in late.failures
+    slow = run([inc("node-a", T0 + 2.5, T0 + 6.0), inc("node-c", T0 + 0.4, T0 + 6.0)])
+    assert "full awareness after 2.50 s (SLO 2 s)" in slow.failures
+    never = run([inc("node-c", T0 + 0.4, T0 + 6.0)])
+    assert never.full_awareness_s is None and "node-a never detected the fault" in never.failures
+    md = to_markdown(r)
+    assert "mesh-wide: first detection 0.40 s, full awareness 1.60 s" in md
+
+
+def test_an_observer_cut_off_itself_is_named_not_failed() -> None:
+    cut = inc("node-a", T0 + 0.9, T0 + 5.5, subject="mesh", kind="partition")
+    r = run([cut, inc("node-c", T0 + 0.4, T0 + 6.0)])
+    # node-a's partition incident counts as its detection (it saw the mesh break); a node with nothing at all but
+    # a record of being cut off is a blind observer: named, not failed.
+    assert r.passed and r.no_path == []
+    blind = score(
+        source="test",
+        fault=fault(),
+        aliases={"node-b"},
+        observers=["node-a", "node-c"],
+        incidents=[inc("node-c", T0 + 0.4, T0 + 6.0)],
+        actions=[],
+        before=SteadyState(
+            taken_at=T0,
+            nodes_up=3,
+            nodes_total=3,
+            links_up=3,
+            links_planned=3,
+            links_not_up=[],
+            nodes_not_up=[],
+            reachability={"node-a": [1, 3], "node-b": [3, 3], "node-c": [3, 3]},
+        ),
+        after=steady(),
+        steady_confirmed_at=T0 + 7,
+        slo=DEFAULT_SLO,
+        created_at=T0 + 8,
+    )
+    assert [(n.observer, n.reason) for n in blind.no_path] == [
+        ("node-a", "reached only 1/3 members before the fault")
+    ]
+    assert blind.passed and blind.full_awareness_s == approx(0.4)
+    assert "no path (reached only 1/3 members before the fault)" in to_markdown(blind)
+
+
+def test_guards_that_held_repairs_back_are_named() -> None:
+    held = ActionSeen(
+        observer="node-a",
+        id="a2",
+        at=T0 + 5.5,
+        action="redial",
+        target="node-b",
+        outcome="skipped",
+        reason="node-b is quarantined (flapping)",
+    )
+    cool = ActionSeen(
+        observer="node-c",
+        id="c1",
+        at=T0 + 5.6,
+        action="redial",
+        target="node-b",
+        outcome="skipped",
+        reason="cooldown: acted on node-b 0.4 s ago (waits 2 s)",
+    )
+    r = run([inc("node-a", T0 + 0.5, T0 + 12.0), inc("node-c", T0 + 0.5, T0 + 6.0)], actions=[held, cool])
+    assert [(g.observer, g.guard) for g in r.guards] == [("node-a", "quarantine"), ("node-c", "cooldown")]
+    assert any(
+        f.startswith("node-a repaired 7.00 s after the fault ended") and "held back by quarantine on node-b" in f
+        for f in r.failures
+    )
+    assert "Guards that held back heal actions:" in to_markdown(r)
