@@ -141,6 +141,13 @@ def _add_common(p: argparse.ArgumentParser, *, sub: bool) -> None:
     )
     opt.add_argument("--detect-slo", type=_positive, metavar="S", default=d, help="SLO: time to detect (2)")
     opt.add_argument(
+        "--first-detect-slo",
+        type=_positive,
+        metavar="S",
+        default=d,
+        help="SLO: time until the first observer detects (default: half of --detect-slo)",
+    )
+    opt.add_argument(
         "--repair-slo", type=_positive, metavar="S", default=d, help="SLO: time to repair after the fault ends (2)"
     )
     opt.add_argument(
@@ -385,6 +392,7 @@ def build_slo(args: argparse.Namespace) -> SLO:
     base = SLO()
     return SLO(
         detect_s=_num(args, "detect_slo", base.detect_s),
+        first_detect_s=getattr(args, "first_detect_slo", None),
         repair_s=_num(args, "repair_slo", base.repair_s),
         recover_timeout_s=_num(args, "recover_timeout", base.recover_timeout_s),
     )

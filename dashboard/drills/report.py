@@ -125,7 +125,7 @@ def to_markdown(report: DrillReport) -> str:
         *_back_line(f),
         f"- SLOs: detect <= {slo.detect_s:g} s, repair <= {slo.repair_s:g} s after the fault ends, "
         f"back to steady state within {slo.recover_timeout_s:g} s; mesh-wide first detection <= "
-        f"{slo.first_detect_s:g} s, full awareness <= {slo.detect_s:g} s",
+        f"{slo.first_detect:g} s, full awareness <= {slo.detect_s:g} s",
         f"- mesh-wide: first detection {_s(report.first_detect_s)}, full awareness {_s(report.full_awareness_s)}"
         + (" (some observer with a path never detected it)" if report.full_awareness_s is None else ""),
         f"- report format version {report.version}",

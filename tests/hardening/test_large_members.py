@@ -29,7 +29,9 @@ def big_members() -> bytes:
         }
         for i in range(N)
     ]
-    return json.dumps({"mesh": "big", "members": members}).encode()
+    # The full plan explicitly: without `links` the default topology is auto (the expander above 8 members), and
+    # this is the stress case of ~500,000 planned links.
+    return json.dumps({"mesh": "big", "topology": "full", "members": members}).encode()
 
 
 @pytest.mark.timeout(60)
