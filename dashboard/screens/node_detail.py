@@ -6,15 +6,18 @@ from __future__ import annotations
 import datetime as dt
 
 from rich.text import Text
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Footer, Label, Sparkline, Static, TabbedContent, TabPane
 
 from dashboard import wire
+from dashboard.events import action_event, incident_event
 from dashboard.models import AgentData, MeshView, NodeView
 from dashboard.screens.base import MeshScreen
 from dashboard.session import MeshUpdate
+from dashboard.widgets.key_table import Cell, Column, KeyTable
 from dashboard.widgets.styles import LINK_STYLE, NODE_STYLE, NODE_SYMBOL, fmt_age, fmt_ms
 
 
@@ -90,19 +93,46 @@ def raft_rows(c: wire.Cluster, lag: int | None) -> list[tuple[str, str]]:
     return rows
 
 
-def refill(table: DataTable, rows: list[tuple[str | Text, ...]]) -> None:  # type: ignore[type-arg]
-    """Replace a table's rows only when they changed, keeping the cursor row (a poll a second must not throw
-    the operator back to the top)."""
-    plain = [tuple(c.plain if isinstance(c, Text) else c for c in r) for r in rows]
-    if getattr(table, "_x0_rows", None) == plain:
-        return
-    table._x0_rows = plain  # type: ignore[attr-defined]
-    cursor = table.cursor_row
-    table.clear()
-    for r in rows:
-        table.add_row(*r)
-    if rows:
-        table.move_cursor(row=min(max(cursor, 0), len(rows) - 1))
+# The columns of the node's tables, and what goes first when the terminal is narrow (least important first).
+PEER_COLUMNS = (
+    Column("peer", "peer", 10),
+    Column("state", "state", 11),
+    Column("planned", "planned", 9),
+    Column("temporary", "temporary", 11),
+    Column("direction", "direction", 11),
+    Column("remote", "remote", 26),
+    Column("latency", "latency", 9),
+    Column("uptime", "uptime", 9),
+    Column("error", "last error", 24),
+)
+PEER_DROP = ("temporary", "direction", "planned", "uptime", "remote")
+ROUTE_COLUMNS = (
+    Column("kind", "kind", 8),
+    Column("to", "to", 12),
+    Column("address", "address", 41),
+    Column("hop", "next hop", 12),
+    Column("path", "path", 12),
+)
+ROUTE_DROP = ("path", "address")
+INCIDENT_COLUMNS = (
+    Column("detected", "detected", 13),
+    Column("kind", "kind", 20),
+    Column("subject", "subject", 10),
+    Column("resolved", "resolved", 13),
+    Column("took", "took", 9),
+    Column("count", "count", 7),
+    Column("detail", "detail", 30),
+)
+INCIDENT_DROP = ("count", "resolved", "took")
+ACTION_COLUMNS = (
+    Column("at", "at", 13),
+    Column("action", "action", 13),
+    Column("target", "target", 10),
+    Column("outcome", "outcome", 9),
+    Column("reason", "reason", 30),
+    Column("uri", "uri", 28),
+)
+ACTION_DROP = ("uri", "at")
 
 
 class NodeDetailScreen(MeshScreen):
@@ -127,24 +157,16 @@ class NodeDetailScreen(MeshScreen):
                 yield Sparkline([], id="spark-latency", summary_function=max)
         with TabbedContent(id="detail-tabs"):
             with TabPane("Peers", id="tab-peers"):
-                yield DataTable(id="peers", cursor_type="row", zebra_stripes=True)
+                yield KeyTable(PEER_COLUMNS, PEER_DROP, id="peers")
             with TabPane("Routes", id="tab-routes"):
-                yield DataTable(id="routes", cursor_type="row", zebra_stripes=True)
+                yield KeyTable(ROUTE_COLUMNS, ROUTE_DROP, id="routes")
             with TabPane("Incidents", id="tab-incidents"):
-                yield DataTable(id="incidents", cursor_type="row", zebra_stripes=True)
+                yield KeyTable(INCIDENT_COLUMNS, INCIDENT_DROP, id="incidents")
             with TabPane("Heal actions", id="tab-actions"):
-                yield DataTable(id="actions", cursor_type="row", zebra_stripes=True)
+                yield KeyTable(ACTION_COLUMNS, ACTION_DROP, id="actions")
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#peers", DataTable).add_columns(
-            "peer", "state", "planned", "temporary", "direction", "remote", "latency", "uptime", "last error"
-        )
-        self.query_one("#routes", DataTable).add_columns("kind", "to", "address", "next hop", "path")
-        self.query_one("#incidents", DataTable).add_columns(
-            "detected", "kind", "subject", "resolved", "took", "count", "detail"
-        )
-        self.query_one("#actions", DataTable).add_columns("at", "action", "target", "outcome", "reason", "uri")
         self.dash.watch_routes(self.node_id, True)
         self.query_one("#peers").focus()
 
@@ -183,79 +205,98 @@ class NodeDetailScreen(MeshScreen):
             for link in view.links:
                 if self.node_id in (link.a, link.b):
                     links[link.b if link.a == self.node_id else link.a] = link
-        peers: list[tuple[str | Text, ...]] = []
-        routes: list[tuple[str | Text, ...]] = []
-        incidents: list[tuple[str | Text, ...]] = []
-        actions: list[tuple[str | Text, ...]] = []
+        peers: list[tuple[str | None, dict[str, Cell]]] = []
+        routes: list[tuple[str | None, dict[str, Cell]]] = []
+        incidents: list[tuple[str | None, dict[str, Cell]]] = []
+        actions: list[tuple[str | None, dict[str, Cell]]] = []
         if agent is not None and agent.peers is not None:
             for p in sorted(agent.peers.peers, key=lambda p: (p.node_id or "~", p.key)):
                 link = links.get(p.node_id or "")
                 state = link.state if link is not None else ("up" if p.up else "down")
-                style = LINK_STYLE.get(state, "")
                 latency = link.latency_ms if link is not None else p.latency_ms
-                direction = "-" if p.inbound is None else ("in" if p.inbound else "out")
-                peers.append(
-                    (
-                        Text(p.node_id or p.key[:16] + "…", "bold"),
-                        Text(state, style),
-                        "yes" if p.planned else "no",
-                        "yes" if p.temporary else "no",
-                        direction,
-                        p.remote or "-",
-                        fmt_ms(latency),
-                        fmt_age(p.uptime_s),
-                        p.last_error or "",
-                    )
-                )
+                cells: dict[str, Cell] = {
+                    "peer": Text(p.node_id or p.key[:16] + "…", "bold"),
+                    "state": Text(state, LINK_STYLE.get(state, "")),
+                    "planned": "yes" if p.planned else "no",
+                    "temporary": "yes" if p.temporary else "no",
+                    "direction": "-" if p.inbound is None else ("in" if p.inbound else "out"),
+                    "remote": p.remote or "-",
+                    "latency": fmt_ms(latency),
+                    "uptime": fmt_age(p.uptime_s),
+                    "error": p.last_error or "",
+                }
+                peers.append((None, cells))
             for m in agent.peers.missing:
-                peers.append(
-                    (
-                        Text(m.node_id, "bold"),
-                        Text("missing", LINK_STYLE["down"]),
-                        "yes",
-                        "no",
-                        "-",
-                        m.listen_uri or "-",
-                        "-",
-                        "-",
-                        m.reason,
-                    )
-                )
+                cells = {
+                    "peer": Text(m.node_id, "bold"),
+                    "state": Text("missing", LINK_STYLE["down"]),
+                    "planned": "yes",
+                    "temporary": "no",
+                    "remote": m.listen_uri or "-",
+                    "error": m.reason,
+                }
+                peers.append((None, cells))
         if agent is not None and agent.routes is not None:
             for r in agent.routes.routes:
-                routes.append(
-                    (
-                        r.kind,
-                        r.node_id or r.key[:16] + "…",
-                        r.address,
-                        r.next_hop_node_id or (r.next_hop_key[:12] + "…" if r.next_hop_key else "-"),
-                        " ".join(map(str, r.path)) if r.path else "-",
-                    )
-                )
+                hop = r.next_hop_node_id or (r.next_hop_key[:12] + "…" if r.next_hop_key else "-")
+                cells = {
+                    "kind": r.kind,
+                    "to": r.node_id or r.key[:16] + "…",
+                    "address": r.address,
+                    "hop": hop,
+                    "path": " ".join(map(str, r.path)) if r.path else "-",
+                }
+                routes.append((None, cells))
         elif agent is not None:
-            routes.append(("…", "fetching routes (polled while this screen is open)", "", "", ""))
+            routes.append((None, {"kind": "…", "to": "fetching routes (polled while this screen is open)"}))
         if agent is not None:
             for i in sorted(agent.incidents.values(), key=lambda i: i.detected_at, reverse=True):
                 took = "-" if i.resolved_at is None else f"{i.resolved_at - i.detected_at:.2f} s"
                 style = "yellow" if i.resolved_at is None else "green"
-                incidents.append(
-                    (
-                        _t(i.detected_at),
-                        Text(i.kind, style),
-                        i.subject,
-                        _t(i.resolved_at) if i.resolved_at else Text("open", "bold yellow"),
-                        took,
-                        str(i.count),
-                        i.detail,
-                    )
-                )
+                cells = {
+                    "detected": _t(i.detected_at),
+                    "kind": Text(i.kind, style),
+                    "subject": i.subject,
+                    "resolved": _t(i.resolved_at) if i.resolved_at else Text("open", "bold yellow"),
+                    "took": took,
+                    "count": str(i.count),
+                    "detail": i.detail,
+                }
+                incidents.append((i.id, cells))
             for a in sorted(agent.actions.values(), key=lambda a: a.at, reverse=True):
                 style = {"ok": "green", "failed": "red"}.get(a.outcome, "yellow")
-                actions.append((_t(a.at), a.action, a.target, Text(a.outcome, style), a.reason, a.uri or "-"))
-        refill(self.query_one("#peers", DataTable), peers)
-        refill(self.query_one("#routes", DataTable), routes)
-        refill(self.query_one("#incidents", DataTable), incidents)
-        refill(self.query_one("#actions", DataTable), actions)
+                cells = {
+                    "at": _t(a.at),
+                    "action": a.action,
+                    "target": a.target,
+                    "outcome": Text(a.outcome, style),
+                    "reason": a.reason,
+                    "uri": a.uri or "-",
+                }
+                actions.append((a.id, cells))
+        self.query_one("#peers", KeyTable).show(peers)
+        self.query_one("#routes", KeyTable).show(routes)
+        self.query_one("#incidents", KeyTable).show(incidents)
+        self.query_one("#actions", KeyTable).show(actions)
+
+    @on(DataTable.RowSelected, "#incidents, #actions")
+    def _record_selected(self, event: DataTable.RowSelected) -> None:
+        """Enter on an incident or heal action: the whole record (its detail is often longer than the column)."""
+        from dashboard.screens.event_detail import EventDetailScreen
+
+        agent = self.dash.agent_data(self.node_id)
+        key = event.row_key.value
+        if agent is None or key is None:
+            return
+        if event.data_table.id == "incidents" and key in agent.incidents:
+            inc = agent.incidents[key]
+            self.app.push_screen(
+                EventDetailScreen(
+                    incident_event(self.node_id, inc, "opened" if inc.resolved_at is None else "resolved")
+                )
+            )
+        elif event.data_table.id == "actions" and key in agent.actions:
+            self.app.push_screen(EventDetailScreen(action_event(self.node_id, agent.actions[key])))
 
     def action_back(self) -> None:
         self.dismiss()

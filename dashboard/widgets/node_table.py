@@ -45,11 +45,16 @@ COLUMN_WIDTH = {
 }
 
 
-def fitting_columns(columns: Sequence[str], width: int) -> list[str]:
-    """The columns that fit in `width` cells, dropping by DROP_ORDER (pure)."""
+def fitting_columns(
+    columns: Sequence[str],
+    width: int,
+    drop_order: Sequence[str] = DROP_ORDER,
+    widths: dict[str, int] = COLUMN_WIDTH,
+) -> list[str]:
+    """The columns that fit in `width` cells, dropping by `drop_order`, least important first (pure)."""
     kept = list(columns)
-    for victim in DROP_ORDER:
-        if sum(COLUMN_WIDTH.get(c, 10) for c in kept) <= width:
+    for victim in drop_order:
+        if sum(widths.get(c, 10) for c in kept) <= width:
             break
         if victim in kept:
             kept.remove(victim)

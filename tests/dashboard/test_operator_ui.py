@@ -243,6 +243,50 @@ async def test_the_full_text_of_any_event_opens(size: tuple[int, int]) -> None:
         assert app.screen.query_one(EventLog).has_focus
 
 
+@pytest.mark.parametrize("size", SIZES)
+async def test_node_detail_tables_keep_what_matters_at_80_columns(size: tuple[int, int]) -> None:
+    # k9s keys and 80x24 in node detail too: the peers table cut "last error" off at 80 columns (the column an
+    # operator needs when a peer is down) behind planned/temporary/direction; j/k did nothing there.
+    from textual.widgets import TabbedContent
+
+    from dashboard.screens.event_detail import EventDetailScreen
+    from dashboard.screens.node_detail import NodeDetailScreen
+    from dashboard.widgets.key_table import KeyTable
+
+    app, update = recorded_app()
+    async with app.run_test(size=size) as pilot:
+        await feed(app, update)(pilot)
+        await pilot.press("enter")
+        screen = app.screen
+        assert isinstance(screen, NodeDetailScreen)
+        peers = screen.query_one("#peers", KeyTable)
+        await until(pilot, "node-a's peers", lambda: peers.row_count == 2)
+        shown = peers.columns_shown
+        assert {"peer", "state", "latency", "error"} <= set(shown), shown
+        if size[0] < 100:
+            assert "temporary" not in shown and "direction" not in shown
+        else:
+            assert shown == [c.key for c in peers.all_columns]
+        assert all(len(line.rstrip()) <= size[0] for line in region_text(app, peers.region).splitlines())
+        assert "last error" in region_text(app, peers.region)  # its header is on screen, not scrolled away
+        await pilot.press("j")
+        assert peers.cursor_row == 1
+        await pilot.press("k")
+        assert peers.cursor_row == 0
+        # Enter on an incident: the whole record, whatever the column kept of its detail.
+        screen.query_one(TabbedContent).active = "tab-incidents"
+        incidents = screen.query_one("#incidents", KeyTable)
+        await until(pilot, "node-a's incidents", lambda: incidents.row_count > 0)
+        incidents.focus()
+        await pilot.press("enter")
+        assert isinstance(app.screen, EventDetailScreen)
+        record = dict(app.screen.event.fields)
+        newest = max(update.agents["node-a"].incidents.values(), key=lambda i: i.detected_at)
+        assert record["incident"] == newest.id and record["detail"] == (newest.detail or "-")
+        await pilot.press("escape")
+        assert app.screen is screen
+
+
 async def test_k9s_keys_move_sort_and_open_the_palette() -> None:
     from textual.command import CommandPalette
 

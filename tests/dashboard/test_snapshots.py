@@ -1,4 +1,4 @@
-"""Snapshot tests of the overview, node detail and a finished drill report, at 140x42 and at 80x24.
+"""Snapshot tests of the overview, node detail and a finished drill report, at 140x42, 80x24 and 200x50.
 
 They draw data recorded from a real 3-node mesh (tests/dashboard/data, see record_fixtures.py) through the same
 messages and widgets as live polls, with a fixed clock and time zone, so the pictures only change when the
@@ -34,7 +34,12 @@ from dashboard.widgets.timeline import DrillTimeline
 from .conftest import app_error, until_screen
 from .record_fixtures import REPORT_FILE, recorded_app
 
-SIZES = [pytest.param((140, 42), id="140x42"), pytest.param((80, 24), id="80x24")]
+# 200x50 and 80x24 are the sizes issue 12 tried x0dash at (tmux); 140x42 is a common laptop terminal.
+SIZES = [
+    pytest.param((140, 42), id="140x42"),
+    pytest.param((80, 24), id="80x24"),
+    pytest.param((200, 50), id="200x50"),
+]
 
 
 @pytest.fixture(autouse=True)
