@@ -201,6 +201,31 @@ class AgentClient:
             ok_statuses=(200, 201),
         )
 
+    async def drill_lease(self, base_url: str, *, stale: bool = False) -> wire.DrillLease | None:
+        """The mesh-wide drill lease (contracts §3 `GET /drills/lease`, linearizable); None when nobody holds one.
+        `stale`: this node's replica of its store key (§7 `x0/drills/lease`), no Raft round: for showing it each
+        poll; it may be an expired or released-meanwhile lease (check `expires_at`)."""
+        try:
+            if stale:
+                params = {"stale": "true", "raw": "true"}
+                return await self.request("GET", base_url, "/kv/x0/drills/lease", wire.DrillLease, params=params)
+            return await self.request("GET", base_url, "/drills/lease", wire.DrillLease)
+        except AgentError as exc:
+            if exc.kind == "not_found":  # none held (or an agent from before the lease: none it knows of)
+                return None
+            raise
+
+    async def take_lease(
+        self, base_url: str, *, holder: str, kind: str, node_id: str, ttl_s: float
+    ) -> wire.DrillLease:
+        body = {"holder": holder, "kind": kind, "node_id": node_id, "ttl_s": ttl_s}
+        return await self.request(
+            "POST", base_url, "/drills/lease", wire.DrillLease, auth=True, json=body, ok_statuses=(200, 201)
+        )
+
+    async def release_lease(self, base_url: str, lease_id: str) -> wire.DrillLease:
+        return await self.request("DELETE", base_url, f"/drills/lease/{lease_id}", wire.DrillLease, auth=True)
+
     async def start_drill(
         self, base_url: str, kind: str, duration_s: int, *, holder: str | None = None
     ) -> wire.Drill:

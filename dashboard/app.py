@@ -23,9 +23,10 @@ from textual.binding import Binding
 from textual.screen import Screen
 
 from dashboard.background import BackgroundLoop
+from dashboard.drills import lease
 from dashboard.drills.engine import DrillEngine, DrillPlan, DrillRefused, DrillStep
 from dashboard.drills.filing import RETRY_FOR_S as FILING_RETRY_S
-from dashboard.drills.filing import Filed, file_report, filing_nodes
+from dashboard.drills.filing import Filed, file_report, filing_nodes, holder
 from dashboard.drills.report import DEFAULT_REPORTS_DIR, save
 from dashboard.drills.scoring import SLO, DrillReport
 from dashboard.events import Event, step_event
@@ -237,7 +238,9 @@ class X0Dash(App[int]):
         if view is None:
             return []
         own = self.session.poller.own_drills
-        return [d for d in view.active_drills if d.id not in own]
+        found = [d for d in view.active_drills if d.id not in own]
+        by_source = lease.elsewhere(view.drill_lease, holder(), self.clock())  # another x0dash's source-made fault
+        return found + ([by_source] if by_source is not None else [])
 
     @property
     def drill_banner(self) -> str | None:
@@ -248,8 +251,9 @@ class X0Dash(App[int]):
                 return None
             d = others[0]
             more = f" (+{len(others) - 1} more)" if len(others) > 1 else ""
+            length = f"{d.duration_s:g} s" if d.duration_s else d.detail
             return (
-                f"{d.kind} on {d.node_id} ({d.duration_s:g} s) t+{max(0.0, self.clock() - d.started_at):.0f} s, "
+                f"{d.kind} on {d.node_id} ({length}) t+{max(0.0, self.clock() - d.started_at):.0f} s, "
                 f"started elsewhere{more}"
             )
         started = next((s.at - (s.t_s or 0.0) for s in self.drill_steps if s.t_s is not None), None)

@@ -121,6 +121,9 @@ class MeshView(msgspec.Struct, kw_only=True, frozen=True):
     # Drills running on the agents right now, whoever started them (this x0dash, another one, a headless run, a
     # plain POST /drills): the header's banner shows them all.
     active_drills: tuple[wire.Drill, ...] = ()
+    # The mesh-wide drill lease as an agent served it (contracts §3): how a fault another x0dash's source makes
+    # (a Nomad allocation stopped, a local node stopped) is known at all; None when none is held or known.
+    drill_lease: wire.DrillLease | None = None
 
     @property
     def nodes_total(self) -> int:
@@ -272,6 +275,7 @@ def merge(
     polled_at: float | None = None,
     poll_duration_s: float | None = None,
     down_after: float = 10.0,
+    drill_lease: wire.DrillLease | None = None,
 ) -> MeshView:
     """Combine the provider's node list and the agents' replies into one view (pure)."""
     targets = {t.id: t for t in snapshot.nodes}
@@ -352,6 +356,7 @@ def merge(
             if node_id in targets and agent.drills is not None and "drills" not in agent.endpoint_errors
             for d in agent.drills.active
         ),
+        drill_lease=drill_lease,
     )
 
 

@@ -65,6 +65,8 @@ class Poller:
         self.agents: dict[str, AgentData] = {}
         self.detail_nodes: set[str] = set()  # nodes whose routes are fetched too (someone is looking)
         self.own_drills: set[str] = set()  # drill ids this session runs: its engine tells their steps itself
+        # The mesh-wide drill lease, read from one answering agent with the records (any node serves it).
+        self.lease: wire.DrillLease | None = None
         self.cycles = 0
         self._lock = asyncio.Lock()
 
@@ -101,11 +103,27 @@ class Poller:
                     )
                 )
         per_agent = await asyncio.gather(*jobs)
+        if records_due:
+            await self._read_lease(targets)
         events = [e for evs in per_agent for e in evs]
         ok = sum(1 for t in targets if t.agent_url and self.agents[t.id].ok)
         return PollResult(
             started_at=started, finished_at=self.clock(), agents_ok=ok, agents_failed=len(jobs) - ok, events=events
         )
+
+    async def _read_lease(self, targets: Sequence[NodeTarget]) -> None:
+        """One request a records cycle, to the first agent that answered this cycle (flat in the mesh's size), read
+        from its replica (no Raft round per poll)."""
+        for t in targets:
+            data = self.agents.get(t.id)
+            if t.agent_url is None or data is None or not data.ok:
+                continue
+            try:
+                self.lease = await self.client.drill_lease(t.agent_url, stale=True)
+            except AgentError:
+                self.lease = None  # Raft off or no leader: nobody can tell (agent drills still show)
+            return
+        self.lease = None
 
     async def _poll_agent(
         self, data: AgentData, url: str, with_metrics: bool, with_routes: bool, with_records: bool

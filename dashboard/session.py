@@ -148,6 +148,7 @@ class MeshSession:
                 polled_at=poll.finished_at,
                 poll_duration_s=poll.duration_s,
                 down_after=self.down_after,
+                drill_lease=self.poller.lease,
             )
             events = view_events(self.view, view) + poll.events + self._pending_events
             self._pending_events = []

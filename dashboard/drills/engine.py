@@ -24,6 +24,7 @@ import msgspec
 
 from agent import __version__
 from dashboard.agent_client import AgentError
+from dashboard.drills import lease
 from dashboard.drills.filing import holder
 from dashboard.drills.scoring import (
     SLO,
@@ -183,6 +184,7 @@ class DrillEngine:
         # The target whose Nomad node this engine drained and has not yet undone (the UI offers `u` for it).
         self.undo_pending: str | None = None
         self._revert_retry_at = 0.0
+        self._lease: lease.Taken | None = None  # the mesh-wide lease held for a fault the source makes
 
     # ---------------------------------------------------------------------------------------------- helpers
     def _step(
@@ -281,8 +283,27 @@ class DrillEngine:
                 "X0_API_TOKEN, or use an inventory that has api_token)"
             )
         await self._check_no_active_drill(view)
+        await self._check_no_lease(view)
         await self._check_no_quarantine(view, plan)
         return view
+
+    def _lease_urls(self, view: MeshView, target: str | None = None) -> list[str]:
+        """Agents to ask about the mesh-wide lease, best first: up, and not the drill's target."""
+        nodes = sorted(
+            (n for n in view.nodes if n.agent_url), key=lambda n: (n.state != "up", n.id == target, n.id)
+        )
+        return [n.agent_url for n in nodes if n.agent_url][:3]
+
+    async def _check_no_lease(self, view: MeshView) -> None:
+        """Refuse while another holder has the mesh-wide drill lease (a fault another x0dash's source made is
+        invisible in the agents' GET /drills). A lease naming an agent drill that has ended is stale: the next
+        POST /drills takes it over, so it does not refuse."""
+        held = await lease.current(self.session.client, self._lease_urls(view))
+        if held is None or held.expires_at <= self.clock():
+            return
+        if held.drill_id is not None:
+            return  # an agent drill: refused above while it runs, and taken over once it has ended
+        raise DrillRefused("another drill is running: " + lease.describe(held, self.clock()))
 
     async def _check_no_active_drill(self, view: MeshView) -> None:
         async def active(node_id: str, url: str) -> list[str]:
@@ -348,6 +369,10 @@ class DrillEngine:
                 await asyncio.shield(self._force_end(*live))
             raise
         finally:
+            try:
+                await asyncio.shield(asyncio.wait_for(self._release_lease(), timeout=10))
+            except (TimeoutError, asyncio.CancelledError):
+                pass  # it expires by itself (its TTL bounds how long it can block the mesh)
             self.running = None
             self._live = None
             self.session.poller.urgent = False
@@ -578,6 +603,7 @@ class DrillEngine:
     async def _inject(self, plan: DrillPlan, url: str) -> FaultWindow:
         client = self.session.client
         if self.via_source(plan.kind):
+            await self._take_lease(plan)
             provider = self.session.provider
             started = self.clock()
             try:
@@ -618,6 +644,27 @@ class DrillEngine:
             drill_id=drill.id,
             detail=drill.detail,
         )
+
+    async def _take_lease(self, plan: DrillPlan) -> None:
+        """The agents do not know a fault the source makes: hold the mesh-wide lease for it meanwhile."""
+        view = self.session.view
+        urls = self._lease_urls(view, plan.target) if view is not None else []
+        ttl = min(3600.0, plan.duration_s + plan.slo.recover_timeout_s + lease.LEASE_SLACK_S)
+        try:
+            self._lease, note = await lease.take(
+                self.session.client, urls, holder=holder(), kind=plan.kind, node_id=plan.target, ttl_s=ttl
+            )
+        except lease.LeaseHeld as exc:
+            raise DrillRefused(f"another drill holds the mesh-wide drill lease: {exc}") from exc
+        self._step(note, "info" if self._lease is not None else "warn")
+
+    async def _release_lease(self) -> None:
+        taken, self._lease = self._lease, None
+        if taken is None:
+            return
+        view = self.session.view
+        note = await lease.release(self.session.client, taken, self._lease_urls(view) if view is not None else [])
+        self._step(note, "info" if "released" in note and "not" not in note else "warn")
 
     async def _maybe_end(self, plan: DrillPlan, fault: FaultWindow, url: str) -> FaultWindow:
         if fault.drill_id is None:  # made by the source: we end it

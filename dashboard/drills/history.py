@@ -59,7 +59,9 @@ def merge(
     reports: Sequence[tuple[Path, DrillReport]],
     history: Sequence[wire.DrillRecord],
     agents: dict[str, wire.DrillList | None],
+    leases: Sequence[wire.DrillLease] = (),
 ) -> list[DrillRow]:
+    """`leases`: drills known only from the mesh-wide lease (a fault another x0dash's source makes)."""
     rows: dict[str, DrillRow] = {}
 
     def row(key: str, **fields: object) -> DrillRow:
@@ -119,6 +121,13 @@ def merge(
             if d.state == "active":
                 got.state = "active"
             got.seen_in.append(f"agent {node_id}")
+    for held in leases:
+        got = row(
+            held.lease_id, started_at=held.acquired_at, kind=held.kind, target=held.node_id, state="active",
+            duration_s=0.0,
+        )  # fmt: skip
+        got.holder = got.holder or held.holder
+        got.seen_in.append("mesh lease")
     return sorted(rows.values(), key=lambda r: r.started_at, reverse=True)
 
 

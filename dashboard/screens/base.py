@@ -39,6 +39,8 @@ class MeshScreen(Screen[None]):
         held update are kept (the event log must not lose any); the rest is read from the app, which is current.
         """
         if self.composed:
+            if not self.children:
+                return  # torn down (the app is exiting; a filing or a poll finished meanwhile): nothing to draw
             self.show_update(update)
         elif update is not None:
             self._held.append(update)

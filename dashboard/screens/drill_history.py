@@ -20,6 +20,8 @@ from textual.widgets import DataTable, Footer, Markdown, Static
 from textual_plotext import PlotextPlot
 
 from dashboard.agent_client import AgentError
+from dashboard.drills import lease
+from dashboard.drills.filing import holder
 from dashboard.drills.history import DrillRow, load_reports, merge, time_ticks, trend_series
 from dashboard.drills.report import to_markdown
 from dashboard.screens.base import MeshScreen
@@ -114,7 +116,10 @@ class DrillHistoryScreen(MeshScreen):
         if not urls:
             note = "no agent answers: showing the saved reports only"
         agents = {node_id: a.drills for node_id, a in dash.agents.items()}
-        self.rows = merge(reports, history, agents)
+        view = dash.view
+        held = view.drill_lease if view is not None else None
+        by_source = [held] if held is not None and lease.elsewhere(held, holder(), dash.clock()) else []
+        self.rows = merge(reports, history, agents, by_source)
         self.note = f"{len(self.rows)} drills; {len(reports)} saved reports in {dash.reports_dir}; {note}"
         self._show()
 

@@ -201,9 +201,10 @@ class DrillScreen(MeshScreen):
             )
         elif dash.external_drills:
             d = dash.external_drills[0]
+            length = f"for {d.duration_s:g} s" if d.duration_s else f"({d.detail})"
             status.update(
                 Text(
-                    f"running elsewhere: {d.kind} on {d.node_id} for {d.duration_s:g} s (drill {d.id}); its steps "
+                    f"running elsewhere: {d.kind} on {d.node_id} {length} (drill {d.id}); its steps "
                     "are what the agents record",
                     "bold red",
                 )

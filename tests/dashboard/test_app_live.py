@@ -320,6 +320,53 @@ async def test_a_filing_the_agents_refuse_is_not_retried_and_says_why(mesh: obje
     assert naps == []  # a refusal is not retried (an operator fixes the token; waiting would not)
 
 
+async def test_the_mesh_wide_lease_of_a_source_made_drill(mesh: object, tmp_path: Path) -> None:
+    """A fault another x0dash's source makes (a Nomad allocation stopped, a local node stopped) is invisible in
+    the agents' GET /drills: x0dash holds the mesh-wide lease for it. Here another holder's lease shows as a drill
+    started elsewhere (banner, drills screen, history) and refuses this x0dash's drill; the lease helpers take,
+    refuse a second taker and release, against the real agents."""
+    from dashboard.agent_client import AgentClient
+    from dashboard.drills import lease
+    from dashboard.screens.drill_history import DrillHistoryScreen
+
+    token = json.loads(mesh.inventory_path.read_text())["api_token"]
+    urls = [mesh.node(n).agent_url for n in ("node-a", "node-c")]
+    async with AgentClient(timeout=3, token=token) as client:
+        taken, note = await lease.take(
+            client, urls, holder="x0dash@ops:4242", kind="node-loss", node_id="node-b", ttl_s=60
+        )
+        assert taken is not None and "taken" in note
+        with pytest.raises(lease.LeaseHeld, match="x0dash@ops:4242"):
+            await lease.take(
+                client, urls[::-1], holder="x0dash@other:1", kind="partition", node_id="node-a", ttl_s=9
+            )
+        try:
+            app = make_app(mesh, tmp_path)
+            async with app.run_test(size=(140, 42)) as pilot:
+                await until(pilot, "the banner", lambda: "node-loss on node-b" in (app.drill_banner or ""), 20)
+                assert "held by x0dash@ops:4242" in app.drill_banner and "started elsewhere" in app.drill_banner
+                with pytest.raises(DrillRefused, match="node-loss on node-b by x0dash@ops:4242"):
+                    await app.background.run(
+                        app.engine.preflight(DrillPlan(kind="blackhole", target="node-a", duration_s=3))
+                    )
+                await pilot.press("d")
+                status = str(app.screen.query_one("#drill-status", Static).render())
+                assert "running elsewhere: node-loss on node-b" in status
+                await pilot.press("escape", "D")
+                history = app.screen
+                assert isinstance(history, DrillHistoryScreen)
+                await until(pilot, "listed", lambda: any(r.id == taken.lease.lease_id for r in history.rows))
+                row = next(r for r in history.rows if r.id == taken.lease.lease_id)
+                assert (row.state, row.seen_in, row.holder) == ("active", ["mesh lease"], "x0dash@ops:4242")
+                assert await lease.release(client, taken, urls) == "mesh-wide drill lease released"
+                taken = None
+                await until(pilot, "banner gone", lambda: app.drill_banner is None, within=10)
+        finally:
+            if taken is not None:
+                await lease.release(client, taken, urls)
+        assert await client.drill_lease(urls[1]) is None
+
+
 async def test_one_agent_silent_then_down_then_back(mesh: object, tmp_path: Path) -> None:
     app = make_app(mesh, tmp_path)
     pid = mesh.agent_pid("node-c")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 from textual.widgets import Input, RadioButton, Select, Static
 
@@ -452,8 +453,11 @@ async def test_restart_allocation_drill(sim: NomadSim, fake_nomad: FakeNomad, da
 
 
 async def test_node_loss_stops_the_allocation_and_waits_for_the_replacement(
-    sim: NomadSim, fake_nomad: FakeNomad, dash: Dash
+    sim: NomadSim, fake_nomad: FakeNomad, dash: Dash, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The agents' token, as an operator gives it: the agents do not see a fault Nomad makes, so x0dash holds the
+    # mesh-wide drill lease for it meanwhile (and files the report in the mesh history).
+    monkeypatch.setenv("X0_API_TOKEN", sim.mesh.inventory["api_token"])
     app = make_app(dash, fake_nomad)
     alloc = sim.current("node-a")
     async with app.run_test(size=(150, 48)) as pilot:
@@ -477,6 +481,13 @@ async def test_node_loss_stops_the_allocation_and_waits_for_the_replacement(
     assert report.fault.back_what == f"node-a on replacement allocation {replacement[:8]} (node-a), agent healthy"
     # Full recovery is declared only once the replacement is back, never on the stopped allocation.
     assert report.steady_confirmed_at is not None and report.steady_confirmed_at >= report.fault.back_at
+    steps = [s.what for s in app.drill_steps]
+    taken = next((s for s in steps if "mesh-wide drill lease" in s), f"no lease step in {steps}")
+    assert " taken, for " in taken, steps  # before the fault, so another x0dash is refused meanwhile
+    assert steps.index(taken) < next(i for i, s in enumerate(steps) if s.startswith("fault injected"))
+    assert "mesh-wide drill lease released" in steps
+    async with httpx.AsyncClient(trust_env=False, timeout=5) as c:
+        assert (await c.get(f"{sim.mesh.node('node-b').agent_url}/drills/lease")).status_code == 404  # given back
 
 
 async def test_headless_drain_refused_when_it_would_take_every_mesh_node(
