@@ -44,7 +44,8 @@ Sources (pick one; default: a local mesh of 3 nodes, or Nomad when NOMAD_ADDR is
   --nomad ADDR       a Nomad cluster (also NOMAD_ADDR, NOMAD_TOKEN, NOMAD_NAMESPACE, NOMAD_REGION,
                      NOMAD_CACERT, NOMAD_CLIENT_CERT, NOMAD_CLIENT_KEY); --job names the mesh job
 
-Keys: enter node detail, / filter, d drills, a abort a drill, ? help, ctrl+p command palette, q quit.
+Keys: enter node detail (L its logs), j/k/g/G move, N/H/I/P sort, / filter, l then enter an event in full,
+d drills, a abort a drill, D drill history and trends, : or ctrl+p command palette, ? help, q or ctrl+c quit.
 """
 
 EPILOG = """\
