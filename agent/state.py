@@ -37,8 +37,13 @@ from agent.yggdrasil.models import DaemonSnapshot
 MEMBER_PROBLEMS_SHOWN = 5
 
 if TYPE_CHECKING:
-    from agent.peering import Peering
     from agent.supervisor import DaemonSupervisor
+
+
+class PeeringHandle(Protocol):
+    """What other parts use of agent.peering.Peering (state does not import it: peering reads the state)."""
+
+    def uri_for(self, node_id: str) -> str | None: ...
 
 
 class ConsensusHandle(Protocol):
@@ -58,7 +63,7 @@ class AgentState:
         self.members = MembersWatcher(settings.mesh_members)
         self.metrics = AgentMetrics(view=self._metrics_view_now)
         self.supervisor: DaemonSupervisor | None = None
-        self.peering: Peering | None = None
+        self.peering: PeeringHandle | None = None
         # Set by agent.consensus when it starts (None: consensus not loaded, e.g. tests with other extensions).
         self.consensus: ConsensusHandle | None = None
 

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import msgspec
 from textual.screen import Screen
 
+from dashboard.screens.context import Dashboard
 from dashboard.session import MeshUpdate
 from dashboard.widgets.header import MeshHeader
-
-if TYPE_CHECKING:
-    from dashboard.app import X0Dash
 
 
 class MeshScreen(Screen[None]):
@@ -21,7 +17,7 @@ class MeshScreen(Screen[None]):
         self._held: list[MeshUpdate] = []
 
     @property
-    def dash(self) -> X0Dash:
+    def dash(self) -> Dashboard:
         return self.app  # type: ignore[return-value]
 
     def header(self) -> MeshHeader:
