@@ -21,13 +21,16 @@ from litestar.exceptions import (
     ServiceUnavailableException,
 )
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_409_CONFLICT, HTTP_413_REQUEST_ENTITY_TOO_LARGE
 
 from agent.auth import require_token
 from agent.consensus import lease as leases
 from agent.consensus.engine import RaftUnavailable
 from agent.consensus.schemas import (
+    OUTCOME_HEADER,
+    REQUEST_ID_HEADER,
+    REQUEST_ID_RE,
     Cluster,
     DrillHistory,
     DrillLease,
@@ -47,7 +50,7 @@ if TYPE_CHECKING:
 
 KEY_RE = re.compile(r"^[A-Za-z0-9_.-][A-Za-z0-9/_.-]*$")
 FORWARDED = "x-x0-forwarded"
-RELAYED_HEADERS = ("x-x0-modify-index", "x-x0-index", "www-authenticate")
+RELAYED_HEADERS = ("x-x0-modify-index", "x-x0-index", "www-authenticate", OUTCOME_HEADER.lower())
 
 
 class Conflict(HTTPException):
@@ -62,6 +65,15 @@ _ERR = {
     400: ResponseSpec(data_container=ErrorBody, description="Bad key or parameter; the detail names the rule"),
     503: ResponseSpec(data_container=ErrorBody, description="No leader / no quorum / timed out: the detail says"),
 }
+_WRITE_503 = ResponseSpec(
+    data_container=ErrorBody,
+    description=(
+        f"No leader / no quorum / timed out: the detail says. Header {OUTCOME_HEADER}: `not-applied` (refused "
+        "before reaching the Raft log, or overwritten there: it never applies) or `unknown` (it reached the log "
+        "and the answer was lost: it may still apply; read the key back, or retry with the same "
+        f"{REQUEST_ID_HEADER})"
+    ),
+)
 _AUTH = {
     401: ResponseSpec(data_container=ErrorBody, description="Missing or wrong bearer token"),
     403: ResponseSpec(data_container=ErrorBody, description="No X0_API_TOKEN configured on this agent"),
@@ -87,6 +99,15 @@ def check_key(key: str) -> str:
     return key
 
 
+def check_request_id(request_id: str | None) -> str | None:
+    # Checked here, not by a Parameter pattern: Litestar's message would name the argument, not the header.
+    if request_id is not None and not re.match(REQUEST_ID_RE, request_id):
+        raise ClientException(
+            detail=f"invalid {REQUEST_ID_HEADER}: 1..64 of [A-Za-z0-9_.:-] (got {request_id[:80]!r})"
+        )
+    return request_id
+
+
 class _Timer:
     def __init__(self, consensus: ConsensusService, op: str) -> None:
         self.c, self.op, self.t0 = consensus, op, time.perf_counter()
@@ -104,7 +125,30 @@ def _unavailable(detail: str) -> ServiceUnavailableException:
     return ServiceUnavailableException(detail=detail)
 
 
-async def _relay(consensus: ConsensusService, request: Request[Any, Any, Any], timer: _Timer) -> Response[bytes]:
+def _write_unavailable(exc: RaftUnavailable) -> ServiceUnavailableException:
+    if exc.outcome_unknown:
+        return ServiceUnavailableException(
+            detail=f"{exc}; the write may still be applied: read the key back before retrying",
+            headers={OUTCOME_HEADER: "unknown"},
+        )
+    return ServiceUnavailableException(detail=f"{exc}; not applied", headers={OUTCOME_HEADER: "not-applied"})
+
+
+RequestId = Annotated[
+    str | None,
+    HeaderParameter(
+        name=REQUEST_ID_HEADER,
+        description=(
+            "your id for this write (1-64 of [A-Za-z0-9_.:-]): a retry with the same id applies at most once "
+            "(the last 4,096 ids are remembered), so a write answered 503 with an unknown outcome can be retried"
+        ),
+    ),
+]
+
+
+async def _relay(
+    consensus: ConsensusService, request: Request[Any, Any, Any], timer: _Timer, request_id: str | None = None
+) -> Response[bytes]:
     """A client forwards the request to a voter and hands back its answer."""
     if request.headers.get(FORWARDED):
         timer.done("unavailable")
@@ -112,11 +156,16 @@ async def _relay(consensus: ConsensusService, request: Request[Any, Any, Any], t
     body = await request.body() if request.method in ("PUT", "POST") else None
     try:
         r = await consensus.forward(
-            request.method, request.url.path, params=dict(request.query_params), content=body
+            request.method,
+            request.url.path,
+            params=dict(request.query_params),
+            content=body,
+            request_id=request_id,
         )
     except RaftUnavailable as exc:
         timer.done("unavailable")
-        raise _unavailable(str(exc)) from None
+        writing = request.method in ("PUT", "DELETE")
+        raise (_write_unavailable(exc) if writing else _unavailable(str(exc))) from None
     outcome = {200: "ok", 404: "not_found", 409: "conflict", 400: "invalid", 413: "invalid", 503: "unavailable"}
     timer.done(outcome.get(r.status_code, "forwarded_error"))
     headers = {k: v for k, v in r.headers.items() if k.lower() in RELAYED_HEADERS}
@@ -231,6 +280,7 @@ class KvController(Controller):
             **_AUTH,
             409: ResponseSpec(data_container=ErrorBody, description="cas did not match; detail names the index"),
             413: ResponseSpec(data_container=ErrorBody, description="Value over 64 KiB or store over 64 MiB"),
+            503: _WRITE_503,
         },
     )
     async def write(
@@ -239,10 +289,12 @@ class KvController(Controller):
         key: FromPath[str],
         consensus: NamedDependency[ConsensusService],
         cas: Cas = None,
+        request_id: RequestId = None,
     ) -> KvWrite | Response[bytes]:
         timer = _Timer(consensus, "put" if cas is None else "cas")
         try:
             key = check_key(key)
+            check_request_id(request_id)
         except ClientException:
             timer.done("invalid")
             raise
@@ -252,11 +304,11 @@ class KvController(Controller):
             raise TooLarge(detail=f"value is {len(value)} bytes: the limit is {MAX_VALUE_BYTES} bytes (64 KiB)")
         _check_served(consensus, timer)
         if consensus.is_client():
-            return await _relay(consensus, request, timer)
+            return await _relay(consensus, request, timer, request_id)
         from agent.consensus.service import KvConflict, KvFull
 
         try:
-            modify, index = await consensus.put(key, value, cas)
+            modify, index = await consensus.put(key, value, cas, request_id)
         except KvConflict as exc:
             timer.done("conflict")
             raise Conflict(detail=str(exc)) from None
@@ -265,7 +317,7 @@ class KvController(Controller):
             raise TooLarge(detail=str(exc)) from None
         except RaftUnavailable as exc:
             timer.done("unavailable")
-            raise _unavailable(str(exc)) from None
+            raise _write_unavailable(exc) from None
         timer.done("ok")
         return KvWrite(key=key, modify_index=modify, index=index)
 
@@ -274,7 +326,12 @@ class KvController(Controller):
         guards=[require_token],
         status_code=200,
         summary="Delete a key",
-        responses={**_ERR, **_AUTH, 409: ResponseSpec(data_container=ErrorBody, description="cas did not match")},
+        responses={
+            **_ERR,
+            **_AUTH,
+            409: ResponseSpec(data_container=ErrorBody, description="cas did not match"),
+            503: _WRITE_503,
+        },
     )
     async def remove(
         self,
@@ -282,26 +339,28 @@ class KvController(Controller):
         key: FromPath[str],
         consensus: NamedDependency[ConsensusService],
         cas: Cas = None,
+        request_id: RequestId = None,
     ) -> KvDelete | Response[bytes]:
         timer = _Timer(consensus, "delete")
         try:
             key = check_key(key)
+            check_request_id(request_id)
         except ClientException:
             timer.done("invalid")
             raise
         _check_served(consensus, timer)
         if consensus.is_client():
-            return await _relay(consensus, request, timer)
+            return await _relay(consensus, request, timer, request_id)
         from agent.consensus.service import KvConflict
 
         try:
-            deleted, index = await consensus.delete(key, cas)
+            deleted, index = await consensus.delete(key, cas, request_id)
         except KvConflict as exc:
             timer.done("conflict")
             raise Conflict(detail=str(exc)) from None
         except RaftUnavailable as exc:
             timer.done("unavailable")
-            raise _unavailable(str(exc)) from None
+            raise _write_unavailable(exc) from None
         timer.done("ok")
         return KvDelete(key=key, deleted=deleted, index=index)
 

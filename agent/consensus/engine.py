@@ -60,7 +60,16 @@ ROLES = {0: "follower", 1: "candidate", 2: "leader"}
 
 
 class RaftUnavailable(Exception):
-    """The group cannot commit now; `str()` names why (API: 503)."""
+    """The group cannot commit now; `str()` names why (API: 503).
+
+    `outcome_unknown`: the command reached a Raft log before the answer was lost (timed out waiting for commit,
+    or the leader changed while it was in flight), so it may still be applied, once (the request id dedups
+    retries); False means it was refused before reaching any log (no leader, not the leader, queue full) or
+    was overwritten there (discarded), and never applies."""
+
+    def __init__(self, reason: str, *, outcome_unknown: bool = False) -> None:
+        super().__init__(reason)
+        self.outcome_unknown = outcome_unknown
 
 
 def derive_password(secret: str) -> str:
@@ -239,6 +248,7 @@ class RaftEngine:
         budget = self.write_timeout if budget_s is None else budget_s
         deadline = loop.time() + budget
         last_err: int | None = None
+        in_flight = False  # an earlier attempt may sit in some log: a later refusal does not undo it
         while True:
             fut: asyncio.Future[tuple[Any, int]] = loop.create_future()
 
@@ -252,24 +262,35 @@ class RaftEngine:
                 except RuntimeError:
                     pass
 
-            method(*args, callback=done)
             remaining = deadline - loop.time()
+            if remaining <= 0:  # never hand pysyncobj a command nobody waits for: it could apply unanswered
+                raise RaftUnavailable(
+                    f"timed out after {budget:g} s before reaching Raft ({self.why_unavailable()})",
+                    outcome_unknown=in_flight,
+                )
+            method(*args, callback=done)
             try:
                 async with asyncio.timeout(max(0.0, remaining)):
                     res, err = await fut
             except TimeoutError:
-                raise RaftUnavailable(self.why_unavailable(budget)) from None
+                raise RaftUnavailable(
+                    f"timed out after {budget:g} s waiting for commit ({self.why_unavailable()})",
+                    outcome_unknown=True,
+                ) from None
             if err == FAIL_REASON.SUCCESS:
                 return res
             last_err = err
+            # pysyncobj answers LEADER_CHANGED to a command a follower forwarded when the leader changes before
+            # it replies with the log index: the old leader may have appended and replicated it.
+            in_flight = in_flight or err in (FAIL_REASON.LEADER_CHANGED, FAIL_REASON.UNKNOWN_OUTCOME)
             if err not in _RETRYABLE:
-                raise RaftUnavailable(f"request denied by Raft (reason {err})")
+                raise RaftUnavailable(f"request denied by Raft (reason {err})", outcome_unknown=in_flight)
             pause = min(RETRY_PAUSE, deadline - loop.time())
             if pause <= 0:
                 reason = self.why_unavailable()
                 if last_err == FAIL_REASON.QUEUE_FULL:
                     reason = "Raft command queue full"
-                raise RaftUnavailable(reason)
+                raise RaftUnavailable(reason, outcome_unknown=in_flight)
             await asyncio.sleep(pause)
 
     async def _batched(self, op: tuple[Any, ...]) -> Any:
@@ -284,13 +305,14 @@ class RaftEngine:
             async with asyncio.timeout(self.write_timeout + 1.0):
                 return await asyncio.shield(fut)
         except TimeoutError:
-            raise RaftUnavailable(self.why_unavailable(self.write_timeout)) from None
+            raise RaftUnavailable(self.why_unavailable(self.write_timeout), outcome_unknown=True) from None
 
     async def _drain(self) -> None:
         """Group commit: one entry in flight at a time; what arrives meanwhile goes in the next one. Adds no
         delay to a lone request, and turns 32 concurrent requests into a few entries instead of 32 (each entry
         costs a pickled, encrypted message to every follower and back). A batch gives up at its earliest
-        request's deadline, so no request is applied after it was answered 503 for lack of a leader."""
+        request's deadline; a request answered 503 is applied later only if the answer said its outcome is
+        unknown (it had reached a log), and then once (request ids)."""
         loop = asyncio.get_running_loop()
         while self._pending:
             n, size = 0, 0
@@ -302,12 +324,13 @@ class RaftEngine:
             try:
                 results = await self._call(self.state.apply_batch, [op for op, _, _ in batch], budget_s=budget)
             except Exception as exc:  # RaftUnavailable, or a pysyncobj error: every waiter gets an answer
-                reason = (
-                    str(exc) if isinstance(exc, RaftUnavailable) else f"Raft error: {type(exc).__name__}: {exc}"
-                )
+                if isinstance(exc, RaftUnavailable):
+                    reason, unknown = str(exc), exc.outcome_unknown
+                else:
+                    reason, unknown = f"Raft error: {type(exc).__name__}: {exc}", True
                 for _, fut, _ in batch:
                     if not fut.done():
-                        fut.set_exception(RaftUnavailable(reason))
+                        fut.set_exception(RaftUnavailable(reason, outcome_unknown=unknown))
                 continue
             self._since_compaction += size
             if self._since_compaction > COMPACT_AFTER_BYTES and self._obj is not None:

@@ -10,6 +10,13 @@ Role = Literal["leader", "follower", "candidate", "client", "joining", "disabled
 ROLES: tuple[Role, ...] = ("leader", "follower", "candidate", "client", "joining", "disabled")
 MemberState = Literal["self", "leader", "connected", "disconnected", "client"]
 
+# A client's id for one write: a retry with the same id applies at most once (the last 4,096 ids are remembered).
+REQUEST_ID_HEADER = "X-X0-Request-Id"
+REQUEST_ID_RE = r"^[A-Za-z0-9_.:-]{1,64}$"
+# On a 503 to a write: `not-applied` (refused before reaching a Raft log, or overwritten there: it never applies)
+# or `unknown` (it reached a log and the answer was lost: it may still apply; read the key back before retrying).
+OUTCOME_HEADER = "X-X0-Outcome"
+
 
 class ClusterMember(msgspec.Struct, kw_only=True):
     node_id: str

@@ -37,7 +37,7 @@ import msgspec
 
 from agent.consensus import voters as vt
 from agent.consensus.engine import RaftEngine, RaftStatus, RaftUnavailable
-from agent.consensus.schemas import Cluster, ClusterMember, Role
+from agent.consensus.schemas import OUTCOME_HEADER, REQUEST_ID_HEADER, Cluster, ClusterMember, Role
 from agent.consensus.store import Entry
 from agent.members import Members
 from agent.settings import Settings
@@ -538,19 +538,33 @@ class ConsensusService:
         return [u for u in (self._url(n) for n in ids) if u is not None]
 
     async def forward(
-        self, method: str, path: str, *, params: dict[str, str] | None = None, content: bytes | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        content: bytes | None = None,
+        request_id: str | None = None,
     ) -> httpx.Response:
         """Send a /kv request to a voter (leader first); the first answer that is not a connection failure or a
-        503 wins, within the write timeout. Raises RaftUnavailable when none answers."""
+        503 wins, within the write timeout. Raises RaftUnavailable when none answers.
+
+        A write carries one request id to every voter it tries, so trying the next voter after a timeout cannot
+        apply it twice; and once an attempt may have reached a voter, failing in the end says the outcome is
+        unknown, whatever the last voter answered."""
         if self._http is None:
             raise RaftUnavailable(self.detail)
-        headers = {}
+        headers = {"X-X0-Forwarded": self.node_id}
         if self.settings.api_token:
             headers["Authorization"] = f"Bearer {self.settings.api_token}"
+        mutating = method in ("PUT", "POST", "DELETE")
+        if mutating:
+            headers[REQUEST_ID_HEADER] = request_id or uuid.uuid4().hex
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.raft_write_timeout
         last = "no voter known"
         last_503: httpx.Response | None = None
+        unknown = False
         while True:
             urls = self.forward_targets()
             if not urls:
@@ -566,22 +580,39 @@ class ConsensusService:
                         f"{url}{path}",
                         params=params,
                         content=content,
-                        headers={**headers, "X-X0-Forwarded": self.node_id},
+                        headers=headers,
                         timeout=max(0.05, remaining),
                     )
                 except httpx.HTTPError as exc:
                     last = f"{url}: {type(exc).__name__}"
+                    # Never connected: not sent. Anything later (a read timeout, a reset): maybe applied.
+                    sent = not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+                    unknown = unknown or (mutating and sent)
                     continue
                 if r.status_code == 503:
                     last_503 = r
+                    unknown = unknown or (mutating and r.headers.get(OUTCOME_HEADER) != "not-applied")
                     continue
                 return r
             if loop.time() >= deadline:
-                if last_503 is not None:
+                if last_503 is not None and not unknown:
                     return last_503
-                raise RaftUnavailable(f"no voter reachable within {self.settings.raft_write_timeout:g} s ({last})")
+                if last_503 is not None:
+                    last = str(self._detail_of(last_503) or "a voter answered 503")
+                raise RaftUnavailable(
+                    f"no voter answered within {self.settings.raft_write_timeout:g} s ({last})",
+                    outcome_unknown=unknown,
+                )
             await self._refresh_client(force=True)
             await asyncio.sleep(0.05)
+
+    @staticmethod
+    def _detail_of(r: httpx.Response) -> Any:
+        try:
+            body = r.json()
+        except ValueError:
+            return None
+        return body.get("detail") if isinstance(body, dict) else None
 
     # --- KV operations (voters: engine; clients: forwarded) -------------------------------------------------
 
@@ -625,18 +656,20 @@ class ConsensusService:
             await engine.barrier()
         return engine.state.list(prefix, limit)
 
-    async def put(self, key: str, value: bytes, cas: int | None = None) -> tuple[int, int]:
+    async def put(
+        self, key: str, value: bytes, cas: int | None = None, request_id: str | None = None
+    ) -> tuple[int, int]:
         engine = self._require_engine()
-        status, a, index = await engine.put(key, value, cas, uuid.uuid4().hex)
+        status, a, index = await engine.put(key, value, cas, request_id or uuid.uuid4().hex)
         if status == "conflict":
             raise KvConflict(key, cas if cas is not None else -1, a)
         if status == "full":
             raise KvFull(f"the store holds {a} bytes: this write would exceed its 64 MiB limit")
         return a, index
 
-    async def delete(self, key: str, cas: int | None = None) -> tuple[bool, int]:
+    async def delete(self, key: str, cas: int | None = None, request_id: str | None = None) -> tuple[bool, int]:
         engine = self._require_engine()
-        status, a, index = await engine.delete(key, cas, uuid.uuid4().hex)
+        status, a, index = await engine.delete(key, cas, request_id or uuid.uuid4().hex)
         if status == "conflict":
             raise KvConflict(key, cas if cas is not None else -1, a)
         return bool(a), index
@@ -714,7 +747,8 @@ class ConsensusService:
         if r.status_code >= 400 or not isinstance(body, dict):
             detail = body.get("detail") if isinstance(body, dict) else None
             if r.status_code == 503:
-                raise RaftUnavailable(str(detail or "a voter answered 503"))
+                unknown = r.headers.get(OUTCOME_HEADER) == "unknown"
+                raise RaftUnavailable(str(detail or "a voter answered 503"), outcome_unknown=unknown)
             raise KvForwardError(r.status_code, str(detail or r.text[:200]))
         return body
 

@@ -43,6 +43,8 @@ class Run:
     http: httpx.Client
     formed_at: float
     acked: dict[str, bytes] = field(default_factory=dict)
+    # Writes answered 503, by key: (node written to, X-X0-Outcome, detail).
+    refused: dict[str, tuple[str, str | None, str]] = field(default_factory=dict)
     n: int = 0
 
     def write(self, node_id: str, key: str | None = None) -> httpx.Response:
@@ -52,7 +54,21 @@ class Run:
         r = put(self.http, self.mesh, node_id, key, value)
         if r.status_code == 200:
             self.acked[key] = value
+        elif r.status_code == 503:
+            self.refused[key] = (node_id, r.headers.get("x-x0-outcome"), r.json()["detail"])
         return r
+
+    def check_nothing_half_applied(self, node_id: str) -> None:
+        """A write answered 503 `not-applied` is on no replica; one answered `unknown` (it had reached a log
+        when its answer was lost: contracts §7) may be, with the value written."""
+        held = replica(self.http, self.mesh, node_id, "t/")
+        assert all(outcome in ("not-applied", "unknown") for _, outcome, _ in self.refused.values()), self.refused
+        applied = {k: self.refused[k] for k in held if k in self.refused}
+        assert not any(outcome == "not-applied" for _, outcome, _ in applied.values()), applied
+        assert all(k in self.acked or k in self.refused for k in held), sorted(set(held) - set(self.acked))
+        for key in applied:
+            r = get(self.http, self.mesh, node_id, key, stale="true")
+            assert value_of(r).startswith(f"{self.refused[key][0]}:".encode()), (key, r.text)
 
     def leader(self, timeout: float = 10.0, not_: str | None = None, among: list[str] | None = None) -> str:
         return wait_leader(self.http, self.mesh, among or NODES, timeout, not_=not_)
@@ -158,6 +174,25 @@ def test_concurrent_cas_writers_exactly_one_wins_per_index(run: Run) -> None:
     run.acked["t/cas-new"] = b"first"
 
 
+def test_a_retry_with_the_same_request_id_applies_once(run: Run) -> None:
+    key = "t/request-id"
+    h = {**auth(run.mesh), "X-X0-Request-Id": "pytest-retry-1"}
+    first = run.http.put(f"{run.mesh.node('node-a').agent_url}/kv/{key}", content=b"one", headers=h)
+    # The retry lands on another node (forwarded to the leader by Raft) with another body: the first result wins.
+    again = run.http.put(f"{run.mesh.node('node-b').agent_url}/kv/{key}", content=b"two", headers=h)
+    assert first.status_code == again.status_code == 200, (first.text, again.text)
+    assert again.json()["modify_index"] == first.json()["modify_index"]
+    assert value_of(get(run.http, run.mesh, "node-c", key)) == b"one"
+    run.acked[key] = b"one"
+    bad = run.http.put(
+        f"{run.mesh.node('node-a').agent_url}/kv/{key}",
+        content=b"x",
+        headers={**auth(run.mesh), "X-X0-Request-Id": "not ok!"},
+    )
+    assert bad.status_code == 400 and "x-x0-request-id" in bad.text.lower(), bad.text
+    assert value_of(get(run.http, run.mesh, "node-a", key)) == b"one"
+
+
 def _drill_on_leader(run: Run, kind: str) -> None:
     """The leader takes the drill lease and cuts itself off; its writes time out with 503 (never 200) while
     the other two elect a leader and keep acknowledging; after the revert every replica converges."""
@@ -197,8 +232,7 @@ def _drill_on_leader(run: Run, kind: str) -> None:
     )
     run.leader(timeout=30)
     run.check_all_acked(timeout=30)
-    # Nothing half-applied: no write answered 503 shows up anywhere.
-    assert all(k in run.acked for k in replica(run.http, run.mesh, old, "t/"))
+    run.check_nothing_half_applied(old)
     # The lease is released by the drill's node once it reaches the leader again, and the drill is in the
     # mesh's history on every node.
     wait_until(
