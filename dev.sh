@@ -50,9 +50,12 @@ python_env() {
         "$PY" -m venv "$VENV"
     fi
     stamp="$VENV/.x0-installed"
-    if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-        "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-        "$VENV/bin/python" -m pip install -q -e ".[test]"
+    if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ requirements.lock -nt "$stamp" ]; then
+        # Exactly the releases of requirements.lock (pip, setuptools and uv included), each file checked against
+        # its hash; `just deps-upgrade` renews the lock. Then the project itself, built by that locked setuptools
+        # (--no-build-isolation): an isolated build would fetch a setuptools that no hash checks.
+        "$VENV/bin/python" -m pip install -q --require-hashes -r requirements.lock
+        "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
         touch "$stamp"
     fi
 }

@@ -11,6 +11,14 @@ test *args:
     ruff check .
     python -m pytest -q -ra {{args}}
 
+# What dev.sh and CI install (hash-checked); also to run after editing pyproject.toml's dependencies.
+# re-resolve requirements.lock: all to the newest releases allowed, or only those named (`just deps-upgrade httpx`)
+deps-upgrade *packages:
+    uv pip compile -q pyproject.toml --all-extras --group pyproject.toml:tooling --universal --python-version 3.11 \
+        --generate-hashes --custom-compile-command "just deps-upgrade" -o requirements.lock \
+        {{ if packages == "" { "--upgrade" } else { "--upgrade-package " + replace(packages, " ", " --upgrade-package ") } }}
+    @git diff -U0 -- requirements.lock | grep -E '^[-+][A-Za-z0-9]' || echo "requirements.lock: no release changed"
+
 # lint only
 lint:
     ruff check .
