@@ -119,11 +119,14 @@ class DrillLeaseCoordinator:
                         pass  # expired and taken by someone else, or released by an operator
                     released = True
                 if not recorded:
+                    # Create-only: x0dash may have filed this drill already, with its report; ours must not
+                    # replace it (a retry of ours may come long after, out of a partition).
                     await self.consensus.append_value(
                         leases.HISTORY_PREFIX,
                         leases.history_key(record),
                         msgspec.json.encode(record),
                         leases.HISTORY_KEEP,
+                        create_only=True,
                     )
                     recorded = True
                 return

@@ -348,8 +348,11 @@ class RaftEngine:
     async def delete(self, key: str, cas: int | None, rid: str) -> Result:
         return await self._batched(("delete", key, cas, rid))  # type: ignore[no-any-return]
 
-    async def append_trim(self, prefix: str, key: str, value: bytes, keep: int, rid: str) -> Result:
-        return await self._batched(("append", prefix, key, value, keep, rid))  # type: ignore[no-any-return]
+    async def append_trim(
+        self, prefix: str, key: str, value: bytes, keep: int, rid: str, create_only: bool = False
+    ) -> Result:
+        op = ("append", prefix, key, value, keep, rid) + ((True,) if create_only else ())
+        return await self._batched(op)  # type: ignore[no-any-return]
 
     async def barrier(self) -> int:
         """Commit a no-op and wait until this replica applied it (linearizable read point). Reads that arrive

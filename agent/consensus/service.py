@@ -674,9 +674,10 @@ class ConsensusService:
             raise KvConflict(key, cas if cas is not None else -1, a)
         return bool(a), index
 
-    async def append_trim(self, prefix: str, key: str, value: bytes, keep: int) -> int:
+    async def append_trim(self, prefix: str, key: str, value: bytes, keep: int, create_only: bool = False) -> int:
+        """Returns the key's modify index (with `create_only` and the key present: the existing one's)."""
         engine = self._require_engine()
-        status, a, _ = await engine.append_trim(prefix, key, value, keep, uuid.uuid4().hex)
+        status, a, _ = await engine.append_trim(prefix, key, value, keep, uuid.uuid4().hex, create_only)
         if status == "full":
             raise KvFull("the store is full")
         return int(a)
@@ -731,12 +732,20 @@ class ConsensusService:
                 out.append((k, v.value))
         return out
 
-    async def append_value(self, prefix: str, key: str, value: bytes, keep: int) -> None:
+    async def append_value(
+        self, prefix: str, key: str, value: bytes, keep: int, create_only: bool = False
+    ) -> None:
+        """Add a record under `prefix`, keeping the newest `keep`. `create_only`: a record already under `key`
+        stays (no error)."""
         if not self.is_client():
-            await self.append_trim(prefix, key, value, keep)
+            await self.append_trim(prefix, key, value, keep, create_only)
             return
         # Clients: a plain put; the next voter-side append trims.
-        await self.write_value(key, value)
+        try:
+            await self.write_value(key, value, cas=0 if create_only else None)
+        except KvConflict:
+            if not create_only:
+                raise
 
     @staticmethod
     def _forwarded_json(r: httpx.Response) -> dict[str, Any]:

@@ -94,9 +94,14 @@ class KvState(SyncObjConsumer):
                 _, key, cas, rid = op
                 out.append(self._once(rid, lambda k=key, c=cas: self.apply_delete(k, c)))
             elif kind == "append":
-                _, prefix, key, value, keep, rid = op
+                # A 7th field (create_only) is newer than the journals written before it: absent means False.
+                _, prefix, key, value, keep, rid, *rest = op
+                only = bool(rest and rest[0])
                 out.append(
-                    self._once(rid, lambda p=prefix, k=key, v=value, n=keep: self.apply_append_trim(p, k, v, n))
+                    self._once(
+                        rid,
+                        lambda p=prefix, k=key, v=value, n=keep, c=only: self.apply_append_trim(p, k, v, n, c),
+                    )
                 )
             else:  # "barrier"
                 out.append(self.index)
@@ -151,8 +156,12 @@ class KvState(SyncObjConsumer):
         self.size -= len(key.encode()) + len(old.value)
         return ("ok", True, self.index)
 
-    def apply_append_trim(self, prefix: str, key: str, value: bytes, keep: int) -> Result:
-        result = self.apply_put(key, value, None)
+    def apply_append_trim(
+        self, prefix: str, key: str, value: bytes, keep: int, create_only: bool = False
+    ) -> Result:
+        """Put `key` and drop the oldest keys under `prefix` beyond `keep`. `create_only`: leave an existing key
+        as it is (answered "conflict"): an agent's plain record of a drill never replaces the one x0dash filed."""
+        result = self.apply_put(key, value, 0 if create_only else None)
         if result[0] != "ok":
             return result
         under = self._prefixed(prefix)

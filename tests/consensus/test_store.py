@@ -49,6 +49,20 @@ def test_append_trim_keeps_the_newest() -> None:
     assert [k for k, _ in rows] == ["h/002", "h/003", "h/004"] and not truncated
 
 
+def test_a_create_only_append_keeps_the_record_already_filed() -> None:
+    """x0dash files a drill's record with its report; the agent's own record of the same drill, written
+    create-only (a 7th op field), leaves it; a journal's older 6-field append still overwrites as it did."""
+    s = KvState()
+    filed = s.apply_batch([("append", "h/", "h/1-drl", b"x0dash report", 3, "r1")], _doApply=True)
+    assert filed[0][0] == "ok"
+    agent = s.apply_batch([("append", "h/", "h/1-drl", b"agent", 3, "r2", True)], _doApply=True)
+    assert agent[0] == ("conflict", filed[0][1], s.index) and s.read("h/1-drl")[0].value == b"x0dash report"
+    fresh = s.apply_batch([("append", "h/", "h/2-drl", b"agent", 3, "r3", True)], _doApply=True)
+    assert fresh[0][0] == "ok" and s.read("h/2-drl")[0].value == b"agent"
+    old_format = s.apply_batch([("append", "h/", "h/2-drl", b"x0dash", 3, "r4")], _doApply=True)
+    assert old_format[0][0] == "ok" and s.read("h/2-drl")[0].value == b"x0dash"
+
+
 def test_snapshot_roundtrip_keeps_state_and_a_working_lock() -> None:
     s = KvState()
     s.apply_put("a", b"1", None)
