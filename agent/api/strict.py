@@ -7,6 +7,9 @@
   the field.
 - Schema: a msgspec Struct that forbids unknown fields gets `additionalProperties: false` in the document
   (`mark_closed_objects`); Litestar leaves it out.
+- Other answers: a handler that may also answer raw bytes (`GET /kv/{key}?raw=true`) says so in its
+  `opt={"also_answers": media type}`; Litestar documents only the typed JSON answer, so the document gets the
+  other media type on the 200 too (a client, or schemathesis' content-type check, would otherwise flag it).
 - OPTIONS: Litestar builds a path's automatic OPTIONS answer before all of that path's handlers are registered
   (`OPTIONS /drills` said `GET, OPTIONS` without POST); `AllowHeader` answers with the route's real methods.
 """
@@ -20,6 +23,7 @@ import msgspec
 from litestar import Litestar, Request
 from litestar.exceptions import ValidationException
 from litestar.handlers import HTTPRouteHandler
+from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, Schema
 from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -83,6 +87,26 @@ def mark_closed_objects(app: Litestar) -> None:
                     sch = media.schema
                     if getattr(sch, "one_of", None) and any(_is_empty(x) for x in sch.one_of):
                         sch.any_of, sch.one_of = sch.one_of, None
+    _document_other_media(app)
+
+
+def _document_other_media(app: Litestar) -> None:
+    paths = app.openapi_schema.paths or {}
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        for handler in route.route_handlers:
+            media = handler.opt.get("also_answers")
+            item = paths.get(route.path_format)
+            if not media or item is None:
+                continue
+            for method in handler.http_methods:
+                op = getattr(item, method.lower(), None)
+                ok = (op.responses or {}).get("200") if op is not None else None
+                if ok is not None and ok.content is not None:
+                    ok.content[media] = OpenAPIMediaType(
+                        schema=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
+                    )
 
 
 def _is_empty(schema: object) -> bool:

@@ -225,8 +225,9 @@ class KvController(Controller):
 
     @get(
         "/{key:path}",
-        summary="Read a key (linearizable unless stale=true)",
+        summary="Read a key (linearizable unless stale=true; raw=true: the value bytes, application/octet-stream)",
         responses={**_ERR, 404: ResponseSpec(data_container=ErrorBody, description="No such key")},
+        opt={"also_answers": "application/octet-stream"},  # raw=true (agent.api.strict documents it)
     )
     async def read(
         self,

@@ -121,6 +121,17 @@ def test_writes_on_any_node_are_read_back_on_every_node(run: Run) -> None:
     assert raw.content == run.acked[key] and int(raw.headers["x-x0-modify-index"]) >= 1
 
 
+def test_the_api_document_says_what_kv_answers(run: Run) -> None:
+    """raw=true's bytes, the request id a write takes, and what a 503 to a write means are in the OpenAPI
+    document the agent serves (the fuzzer in tests/hardening checks answers against it)."""
+    paths = run.http.get(f"{run.mesh.node('node-a').agent_url}/schema/openapi.json").json()["paths"]
+    one = paths["/kv/{key}"]
+    assert set(one["get"]["responses"]["200"]["content"]) == {"application/json", "application/octet-stream"}
+    for method in ("put", "delete"):
+        assert "X-X0-Request-Id" in [p["name"] for p in one[method]["parameters"] if p["in"] == "header"]
+        assert "X-X0-Outcome" in one[method]["responses"]["503"]["description"]
+
+
 def test_bad_keys_sizes_and_tokens_are_refused_and_change_nothing(run: Run) -> None:
     url = run.mesh.node("node-b").agent_url
     h = auth(run.mesh)
