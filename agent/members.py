@@ -176,11 +176,8 @@ def parse_members(data: bytes) -> Members:
             links = topology.validate_links(raw.links, ids)
     except ValueError as exc:
         raise MembersError(f"invalid links: {exc}") from None
-    adjacent: dict[str, list[str]] = {}
     dialled: dict[str, list[str]] = {}
     for a, b in links:
-        adjacent.setdefault(a, []).append(b)
-        adjacent.setdefault(b, []).append(a)
         dialled.setdefault(a, []).append(b)
     return Members(
         mesh=raw.mesh,
@@ -190,7 +187,7 @@ def parse_members(data: bytes) -> Members:
         by_key=by_key,
         by_address=by_address,
         by_listen=by_listen,
-        adjacent={k: tuple(v) for k, v in adjacent.items()},
+        adjacent=topology.adjacency(links),
         dialled={k: tuple(v) for k, v in dialled.items()},
         invalid=invalid,
     )

@@ -109,6 +109,15 @@ def validate_links(links: Iterable[Sequence[str]], ids: Iterable[str]) -> list[L
     return out
 
 
+def adjacency(links: Iterable[Link]) -> dict[str, tuple[str, ...]]:
+    """Every node's planned peers (either side of a link, in link order), built in one pass over the links."""
+    out: dict[str, list[str]] = {}
+    for a, b in links:
+        out.setdefault(a, []).append(b)
+        out.setdefault(b, []).append(a)
+    return {k: tuple(v) for k, v in out.items()}
+
+
 def neighbours(links: Iterable[Link], node: str) -> list[str]:
     """Planned peers of `node` (either side of a link), in link order."""
     out: list[str] = []

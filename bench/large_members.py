@@ -8,8 +8,9 @@ MAPE-K on). Phases, all in one run:
 1. baseline: the mesh's own 3-member file; node-a's /health is read 20 times a second (a new connection each
    time, 1 s timeout: a probe or a scraper) while the agents' CPU is sampled.
 2. large: the file gets N members (the 3 real nodes plus N-3 that do not exist, listening nowhere on 127.1.x.y,
-   ids after node-*, so node-a and node-b dial all of them) and no `links`, like the Nomad template writes it:
-   the full plan. Same measurement.
+   ids after node-*) and no `links`, like the Nomad template writes it: the default plan (auto: the expander
+   above 8 members, at most 4 links a node), or with `--topology full` the full plan (node-a and node-b dial
+   all of them: the worst case, issue 11's original report). Same measurement.
 3. restored: the original file again; same measurement, then after a settle time every daemon is asked, through
    its admin socket, whether it still has any of the fake peers configured (`removePeer` succeeds only for a
    configured peer; those are removed by this check).
@@ -110,7 +111,7 @@ def measure(name: str, url: str, seconds: float, pids: dict[str, int]) -> Phase:
     return Phase(name, lat, timeouts, non_200, cpu)
 
 
-def large_doc(original: dict, n: int) -> dict:
+def large_doc(original: dict, n: int, topology: str | None) -> dict:
     members = list(original["members"])
     for i in range(n - len(members)):
         # Distinct hosts in 127.1/16 on port 9: nothing listens there, every dial is refused at once.
@@ -121,7 +122,10 @@ def large_doc(original: dict, n: int) -> dict:
                 "listen_uri": f"tls://127.1.{i // 250}.{i % 250 + 1}:9",
             }
         )
-    return {"mesh": original.get("mesh"), "members": members}  # no "links": the full plan, as Nomad writes it
+    doc = {"mesh": original.get("mesh"), "members": members}  # no "links", as Nomad writes it
+    if topology is not None:
+        doc["topology"] = topology
+    return doc
 
 
 def write_atomically(path: Path, doc: dict) -> None:
@@ -155,6 +159,13 @@ def main(argv: list[str] | None = None) -> int:
         default="on",
         help="off: X0_MAPEK_ENABLED=false, to separate the agent's own refresh from MAPE-K's per-tick probing",
     )
+    p.add_argument(
+        "--topology",
+        choices=("auto", "full", "expander", "ring", "chain"),
+        default=None,
+        help="the large file's topology (default: none written, so the members file's default, auto); "
+        "full: every member dials every other, the worst case",
+    )
     args = p.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="x0t-members-bench-") as tmp:
@@ -174,10 +185,10 @@ def main(argv: list[str] | None = None) -> int:
             pids = {n.id: mesh.agent_pid(n.id) or 0 for n in mesh.nodes}
             url = mesh.node("node-a").agent_url + "/health"
             base = measure("baseline (3 members)", url, args.seconds, pids)
-            big = large_doc(original, args.members)
+            big = large_doc(original, args.members, args.topology)
             fake_uris = [m["listen_uri"] for m in big["members"][len(original["members"]) :]]
             write_atomically(path, big)
-            large = measure(f"large ({args.members} members)", url, args.seconds, pids)
+            large = measure(f"large ({args.members}, {args.topology or 'default'})", url, args.seconds, pids)
             write_atomically(path, original)
             restored = measure("restored (3 members)", url, args.seconds, pids)
             time.sleep(max(0.0, args.settle - args.seconds))

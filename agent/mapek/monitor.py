@@ -9,6 +9,9 @@
 - `dial`: a TCP connect to the peering port of members this node dials (planned peers and stand-ins) whose link
   is down or silent: can our daemon dial it right now? That is the trigger for a forced redial. Between ticks
   the loop re-checks those ports every 0.25 s (`ports_answering`), so a redial follows the peer's return at once.
+  At most DIAL_IN_FLIGHT probes are open at a time and a re-check round takes at most WATCH_ROUND ports (in
+  rotation): a 1,000-member full plan has ~1,000 down links, and opening every probe in one step of the event loop
+  held it 0.1-0.2 s a time, several times a second (issue 11 item 1: /health p99 350 ms).
 Who is probed, how often, and what it costs per node is SWIM's business: the watched set (`watch_set`: planned
 neighbours and stand-ins) every probe interval plus one other member in rotation.
 """
@@ -25,6 +28,12 @@ from urllib.parse import urlsplit
 from agent.mapek.knowledge import Knowledge, LinkSample, MemberView, Observation, Probe
 from agent.mapek.swim.protocol import ProbeResult
 from agent.yggdrasil.models import DaemonSnapshot, PeerLink
+
+# Dial probes open at once (sockets, and connect calls made in one step of the event loop).
+DIAL_IN_FLIGHT = 64
+# Waiting ports re-checked per `ports_answering` round; beyond it the rest wait for the next rounds (and every
+# tick probes all of them anyway).
+WATCH_ROUND = 64
 
 
 def merge_links(links: Iterable[PeerLink], member_of: Callable[[PeerLink], str | None]) -> dict[str, LinkSample]:
@@ -114,6 +123,7 @@ class MapekMonitor:
         self._snap_at: float | None = None
         self._links: dict[str, LinkSample] | None = None
         self._before: dict[str, LinkSample] | None = None
+        self._watch_from = 0  # rotation of `ports_answering` over the waiting ports
 
     async def aclose(self) -> None:
         return None  # it holds nothing open: the snapshot is the agent's, the dial probes close their sockets
@@ -153,16 +163,31 @@ class MapekMonitor:
 
     async def dial_probes(self, kn: Knowledge, only: Sequence[str] | None = None) -> list[Probe]:
         targets = dial_targets(kn) if only is None else list(only)
-        jobs = []
+        jobs: list[tuple[str, str]] = []
         for m in targets:
             member = kn.members.by_id.get(m)
             if member is not None and member.listen_uri:
-                jobs.append(self._dial_probe(m, member.listen_uri))
-        return list(await asyncio.gather(*jobs)) if jobs else []
+                jobs.append((m, member.listen_uri))
+        if not jobs:
+            return []
+        done: list[Probe | None] = [None] * len(jobs)
+        todo = iter(enumerate(jobs))
+
+        async def worker() -> None:
+            for k, (m, uri) in todo:  # one shared iterator: each job is taken by exactly one worker
+                done[k] = await self._dial_probe(m, uri)
+
+        await asyncio.gather(*(worker() for _ in range(min(DIAL_IN_FLIGHT, len(jobs)))))
+        return [p for p in done if p is not None]
 
     async def ports_answering(self, kn: Knowledge) -> list[str]:
-        """Dial targets whose last recorded port probe failed and whose port answers now."""
+        """Dial targets whose last recorded port probe failed and whose port answers now (at most WATCH_ROUND of
+        them per call, in rotation)."""
         waiting = [m for m in dial_targets(kn) if (st := kn.state(m)).dial is not None and not st.dial.ok]
+        if len(waiting) > WATCH_ROUND:
+            start = self._watch_from % len(waiting)
+            self._watch_from = start + WATCH_ROUND
+            waiting = (waiting[start:] + waiting[:start])[:WATCH_ROUND]
         return [p.member for p in await self.dial_probes(kn, waiting) if p.ok]
 
     async def _dial_probe(self, member: str, listen_uri: str) -> Probe:

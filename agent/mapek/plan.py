@@ -19,7 +19,7 @@ recorded as skipped, with the reason; the same skip is recorded at most once per
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import msgspec
 
@@ -72,7 +72,7 @@ def failed_members(kn: Knowledge, now: float) -> dict[str, str]:
 
 
 def repair_links(
-    links: Sequence[topology.Link],
+    adjacent: Mapping[str, Collection[str]],
     ids: Iterable[str],
     failed: Iterable[str],
     degree: int,
@@ -80,43 +80,64 @@ def repair_links(
 ) -> list[topology.Link]:
     """Stand-in links that give every live member min(degree, its planned degree) live links again.
 
+    `adjacent`: each member's planned peers (`Members.adjacent`, `topology.adjacency(links)`; no duplicates).
     Deterministic in its inputs, so every node that sees the same failed set plans the same pairs. Members are
     served in id order; each picks, among live non-neighbours not yet linked to it, first one that also lacks
     links (one link then repairs both ends), then one that shared a failed neighbour with it (the link goes
     around the lost node), then the lowest id. `excluded` members (e.g. other daemon version) are never picked.
     Returns (dialer, acceptor) pairs with the lower id dialling.
+
+    It runs on the event loop every tick, so it never walks the whole link list (a 1,000-member full plan has
+    499,500 links: that walk blocked the loop ~0.5 s a tick, issue 11 item 1): a member's live degree is only
+    counted when its planned degree minus every failed member could fall below its target, and neighbour sets
+    are built only for the members the search looks at.
     """
     failed_set, excluded_set = set(failed), set(excluded)
+    if not failed_set:
+        return []  # every member still has all of its planned links
     alive = sorted(i for i in ids if i not in failed_set)
-    adj: dict[str, set[str]] = {i: set() for i in alive}
-    planned_all: dict[str, set[str]] = {}
-    for a, b in links:
-        planned_all.setdefault(a, set()).add(b)
-        planned_all.setdefault(b, set()).add(a)
-        if a in adj and b in adj:
-            adj[a].add(b)
-            adj[b].add(a)
-    target = {i: min(degree, len(planned_all.get(i, ()))) for i in alive}
-    deg = {i: len(adj[i]) for i in alive}
+    sets: dict[str, frozenset[str]] = {}
+
+    def planned(i: str) -> frozenset[str]:
+        s = sets.get(i)
+        if s is None:
+            s = sets[i] = frozenset(adjacent.get(i, ()))
+        return s
+
+    target: dict[str, int] = {}
+    deg: dict[str, int] = {}  # live links; for a member that can never lack one, any value >= its target
+    for i in alive:
+        n = len(adjacent.get(i, ()))
+        target[i] = min(degree, n)
+        deg[i] = n if n - len(failed_set) >= target[i] else len(planned(i) - failed_set)
+    added: dict[str, set[str]] = {}
     extra: list[topology.Link] = []
     for i in alive:
-        if i in excluded_set:
+        if i in excluded_set or deg[i] >= target[i]:
             continue
-        lost_i = planned_all.get(i, set()) & failed_set
+        lost_i = planned(i) & failed_set
+        mine = added.setdefault(i, set())
         while deg[i] < target[i]:
-            candidates = [j for j in alive if j != i and j not in adj[i] and j not in excluded_set]
-            if not candidates:
+            # min over the candidates of (does not lack links, shares no lost neighbour, id): `alive` is in id
+            # order, so the first candidate of the best class is the answer.
+            best: str | None = None
+            best_key = (2, 2)
+            for c in alive:
+                if c == i or c in excluded_set or c in mine or c in planned(i):
+                    continue
+                lacks = 0 if deg[c] < target[c] else 1
+                if lacks > best_key[0] or (lacks == best_key[0] and best_key[1] == 0):
+                    continue  # cannot beat the best so far
+                around = 0 if lost_i and not planned(c).isdisjoint(lost_i) else 1
+                if (lacks, around) < best_key:
+                    best, best_key = c, (lacks, around)
+                    if best_key == (0, 0):
+                        break
+            if best is None:
                 break
-            j = min(
-                candidates,
-                key=lambda c: (
-                    0 if deg[c] < target[c] else 1,
-                    0 if planned_all.get(c, set()) & lost_i else 1,
-                    c,
-                ),
-            )
-            adj[i].add(j)
-            adj[j].add(i)
+            j = best
+            mine.add(j)
+            added.setdefault(j, set()).add(i)
             deg[i] += 1
             deg[j] += 1
             extra.append((topology.default_dialer(i, j), j if topology.default_dialer(i, j) == i else i))
@@ -172,7 +193,7 @@ def plan(findings: Sequence[Finding], kn: Knowledge, now: float) -> Plan:
         )
         candidates.append(PlannedAction(action="redial", target=m, uri=uri, reason=why, for_subject=m))
 
-    repair = repair_links(members.links, members.ids, failed, kn.degree, excluded=mismatched)
+    repair = repair_links(members.adjacent, members.ids, failed, kn.degree, excluded=mismatched)
     lost_mine = tuple(sorted(n for n in kn.neighbours() if n in failed))
     desired = desired_temporaries(repair, me)
     accepting = {t: lost_mine for t, dials in desired.items() if not dials}

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import random
 
 import pytest
 
 from agent.mapek.knowledge import Thresholds
 from agent.mapek.plan import repair_links
+from agent.topology import adjacency, plan_links
 
 from .sim import SimNode, members
 
@@ -19,36 +21,102 @@ CHAIN = [["node-a", "node-b"], ["node-b", "node-c"]]
 
 
 def test_repair_chain_middle_lost_links_the_ends_lower_id_dials() -> None:
-    assert repair_links([("a", "b"), ("b", "c")], ["a", "b", "c"], {"b"}, 2) == [("a", "c")]
+    assert repair_links(adjacency([("a", "b"), ("b", "c")]), ["a", "b", "c"], {"b"}, 2) == [("a", "c")]
 
 
 def test_repair_full_mesh_has_no_stand_in_to_add() -> None:
     links = [("a", "b"), ("a", "c"), ("b", "c")]
-    assert repair_links(links, ["a", "b", "c"], {"c"}, 2) == []
+    assert repair_links(adjacency(links), ["a", "b", "c"], {"c"}, 2) == []
 
 
 def test_repair_ring_goes_around_the_lost_node() -> None:
     ids = ["a", "b", "c", "d", "e"]
     ring = [("a", "b"), ("b", "c"), ("c", "d"), ("d", "e"), ("a", "e")]
-    assert repair_links(ring, ids, {"c"}, 2) == [("b", "d")]
+    assert repair_links(adjacency(ring), ids, {"c"}, 2) == [("b", "d")]
     # k=1 only keeps one live link per node: nobody in the ring drops below 1.
-    assert repair_links(ring, ids, {"c"}, 1) == []
+    assert repair_links(adjacency(ring), ids, {"c"}, 1) == []
 
 
 def test_repair_prefers_a_partner_that_also_lacks_links() -> None:
     ids = ["a", "b", "c", "d", "e"]
     chain = [("a", "b"), ("b", "c"), ("c", "d"), ("d", "e")]
     # b lost c; candidates d (lost c too) and e (fine): d is chosen, one link repairs both.
-    assert repair_links(chain, ids, {"c"}, 2) == [("b", "d")]
+    assert repair_links(adjacency(chain), ids, {"c"}, 2) == [("b", "d")]
 
 
 def test_repair_is_the_same_from_every_view_and_skips_excluded() -> None:
     ids = ["a", "b", "c", "d"]
     chain = [("a", "b"), ("b", "c"), ("c", "d")]
-    one = repair_links(chain, ids, {"b"}, 2)
-    two = repair_links(list(reversed(chain)), list(reversed(ids)), ["b"], 2)
+    one = repair_links(adjacency(chain), ids, {"b"}, 2)
+    two = repair_links(adjacency(list(reversed(chain))), list(reversed(ids)), ["b"], 2)
     assert one == two == [("a", "c")]
-    assert repair_links(chain, ids, {"b"}, 2, excluded={"c"}) == [("a", "d")]
+    assert repair_links(adjacency(chain), ids, {"b"}, 2, excluded={"c"}) == [("a", "d")]
+
+
+def reference_repair(links, ids, failed, degree, excluded=()):
+    """repair_links as it was before it ran per tick on 1,000-member plans (a walk of every link, a scan of every
+    candidate): the specification the faster one must keep, pair for pair, so mixed agents agree."""
+    failed_set, excluded_set = set(failed), set(excluded)
+    alive = sorted(i for i in ids if i not in failed_set)
+    adj = {i: set() for i in alive}
+    planned_all = {}
+    for a, b in links:
+        planned_all.setdefault(a, set()).add(b)
+        planned_all.setdefault(b, set()).add(a)
+        if a in adj and b in adj:
+            adj[a].add(b)
+            adj[b].add(a)
+    target = {i: min(degree, len(planned_all.get(i, ()))) for i in alive}
+    deg = {i: len(adj[i]) for i in alive}
+    extra = []
+    for i in alive:
+        if i in excluded_set:
+            continue
+        lost_i = planned_all.get(i, set()) & failed_set
+        while deg[i] < target[i]:
+            candidates = [j for j in alive if j != i and j not in adj[i] and j not in excluded_set]
+            if not candidates:
+                break
+            j = min(
+                candidates,
+                key=lambda c: (0 if deg[c] < target[c] else 1, 0 if planned_all.get(c, set()) & lost_i else 1, c),
+            )
+            adj[i].add(j)
+            adj[j].add(i)
+            deg[i] += 1
+            deg[j] += 1
+            extra.append((min(i, j), max(i, j)))
+    return extra
+
+
+@pytest.mark.parametrize("topo", ["chain", "ring", "expander", "full"])
+def test_repair_plans_the_same_pairs_as_the_reference_walk(topo: str) -> None:
+    rng = random.Random(f"repair-{topo}")
+    for trial in range(60):
+        n = rng.randint(2, 40)
+        ids = [f"n{i:02d}" for i in range(n)]
+        links = plan_links(ids, topo)
+        if trial % 3 == 0 and n > 3:  # and some explicit, irregular link lists
+            links = [link for link in links if rng.random() < 0.7] or links[:1]
+        failed = {i for i in ids if rng.random() < rng.choice((0.1, 0.3, 0.6, 0.9))}
+        excluded = {i for i in ids if rng.random() < 0.1}
+        degree = rng.randint(1, 4)
+        want = reference_repair(links, ids, failed, degree, excluded)
+        assert repair_links(adjacency(links), ids, failed, degree, excluded) == want, (topo, trial)
+
+
+def test_repair_of_a_1000_member_full_plan_with_997_lost() -> None:
+    """issue 11's members bench: 499,500 planned links, all but the 3 real members lost."""
+    ids = [f"m{i:04d}" for i in range(1000)]
+    links = plan_links(ids, "full")
+    adj = adjacency(links)
+    failed = set(ids[3:])
+    # Three live members, each still linked to the other two: nothing to add, at degree 2 or 3.
+    assert repair_links(adj, ids, failed, 2) == [] == reference_repair(links, ids, failed, 2)
+    assert repair_links(adj, ids, failed, 3) == []
+    # Losing one more live member too: the stand-ins are the reference's.
+    failed |= {"m0001"}
+    assert repair_links(adj, ids, failed, 2) == reference_repair(links, ids, failed, 2)
 
 
 # --- stand-ins through the whole tick ------------------------------------------------------------------
