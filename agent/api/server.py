@@ -14,12 +14,18 @@ failed accept. `HardenedHttpToolsProtocol` (uvicorn's httptools protocol plus th
 - limits on the URL and header sizes, answered 414 / 431 with the API's JSON error body, and every malformed
   request answered 400 with that body too (uvicorn sends text/plain);
 - the descriptors it may use: `fd_budget` raises the soft RLIMIT_NOFILE to the hard limit and keeps
-  `FD_RESERVE` descriptors out of the cap, for the admin socket, MAPE-K's probes, the daemon, logs and nft.
+  `FD_RESERVE` descriptors out of the cap, for the admin socket, MAPE-K's probes, the daemon, logs and nft;
+- memory back after a flood: once connections reached the cap and fell back to a few, the garbage is collected
+  and the C heap's free pages returned to the system (glibc `malloc_trim`): thousands of connections' buffers
+  otherwise stayed in the process, RSS 10-12 MB above its level before the floods (bench/http_floods.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
+import gc
 import logging
 import resource
 from collections import OrderedDict
@@ -35,6 +41,28 @@ log = logging.getLogger("x0.http")
 
 FD_RESERVE = 256  # descriptors HTTP connections may never take: admin socket, probes, daemon, logs, nft
 EVICT_MIN_AGE_S = 0.05
+# After a flood (connections at the cap), memory is given back once at most this many stay open, this long after.
+RELEASE_BELOW = 8
+RELEASE_DELAY_S = 1.0
+
+
+def _malloc_trim() -> bool:
+    """Return the C heap's free pages to the system (glibc); False where there is no malloc_trim."""
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        trim = None
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+def release_memory() -> str:
+    """Collect garbage and trim the C heap; returns what was done, for the log."""
+    found = gc.collect()
+    return f"{found} objects collected" + (", C heap trimmed" if _malloc_trim() else "")
 
 
 @dataclass(frozen=True)
@@ -54,6 +82,8 @@ class ServerCounters:
     rejected: int = 0
     timed_out: int = 0
     refused_requests: int = 0
+    peak: int = 0  # most connections open at once since memory was last released
+    releases: int = 0
 
 
 def fd_budget(requested: int) -> tuple[int, int]:
@@ -110,6 +140,7 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
             transport.close()
             return
         super().connection_made(transport)
+        self.counters.peak = max(self.counters.peak, len(self.connections))
         self._made = self.loop.time()
         self._arm()
         if len(self.connections) > self.limits.max_connections:
@@ -139,6 +170,16 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport is None:  # rejected in connection_made: never registered
             return
         super().connection_lost(exc)
+        if self.counters.peak >= self.limits.max_connections and len(self.connections) <= RELEASE_BELOW:
+            peak, self.counters.peak = self.counters.peak, 0  # once per flood
+            self.loop.call_later(RELEASE_DELAY_S, self._release, peak)
+
+    def _release(self, peak: int) -> None:
+        if len(self.connections) > RELEASE_BELOW:
+            self.counters.peak = max(self.counters.peak, peak)  # the flood is back: release after it
+            return
+        self.counters.releases += 1
+        log.info("connection flood over (%d open at its peak): %s", peak, release_memory())
 
     def data_received(self, data: bytes) -> None:
         if self.parser is None:
