@@ -34,7 +34,10 @@ from tests.localmesh.support import wait_until
 pytestmark = [pytest.mark.root, pytest.mark.yggdrasil, pytest.mark.slow]
 
 NODES = ["node-a", "node-b", "node-c"]
-FAULT_S = 6  # drill duration: well past an election (<= 1.4 s timeout + a vote) and the 2 s write timeout
+# Drill duration: an election (<= 1.4 s timeout + a vote) and the 2 s write timeout, plus the overlay's own
+# recovery: Raft rides Yggdrasil, and when the cut node was the root of its spanning tree the other two reach each
+# other again only once the tree re-forms; under a loaded whole-suite run a new leader once took over 6 s.
+FAULT_S = 12
 
 
 @dataclass
@@ -228,11 +231,11 @@ def _drill_on_leader(run: Run, kind: str) -> None:
         assert f"pytest {kind}" in r2.json()["detail"] and old in r2.json()["detail"]
     minority: list[int] = []
     majority: list[int] = []
-    while time.monotonic() - started < FAULT_S - 2.5:
+    while time.monotonic() - started < 4:
         minority.append(run.write(old).status_code)
         majority.append(run.write(others[len(majority) % 2]).status_code)
     assert minority and 200 not in minority and set(minority) == {503}, minority
-    new = run.leader(not_=old, among=others, timeout=FAULT_S)
+    new = run.leader(not_=old, among=others, timeout=max(1.0, FAULT_S - 1 - (time.monotonic() - started)))
     assert new in others
     assert run.write(new).status_code == 200
     # Back: the old leader follows the new one, and the replicas agree.
