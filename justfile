@@ -48,6 +48,14 @@ kv-bench *args:
 heal-bench *args:
     python bench/heal_bench.py {{args}}
 
+# heal at scale (root): formation, idle CPU per agent/daemon, drills (first detection, full awareness, worst repair) at N = 3, 10, 20; e.g. `just scale-bench --sizes 3,20 --runs 1`
+scale-bench *args:
+    python bench/scale_bench.py {{args}}
+
+# SWIM and MAPE-K of the agents at 20, 100 and 1,000 members on a simulated network: awareness time and messages per node vs N (the README table)
+swim-sim *args:
+    python bench/swim_sim.py {{args}}
+
 # remove what crashed local meshes left behind (namespaces, veths, bridges, processes, sockets)
 mesh-cleanup:
     x0-agent local-mesh --cleanup

@@ -118,3 +118,28 @@ async def test_a_failing_tick_does_not_end_self_healing(caplog: pytest.LogCaptur
     assert not loop.running
     await loop.stop()
     assert monitor.closed
+
+
+@pytest.mark.parametrize("n", [20, 200])
+def test_per_member_series_are_bounded_by_the_degree_not_the_mesh_size(n: int) -> None:
+    """Issue 10 item 6: an agent exports per-member detail only for its planned neighbours and members with an
+    open incident, so its series count does not grow with the mesh."""
+    from agent import topology
+
+    ids = [f"node-{i:03d}" for i in range(n)]
+    links = topology.plan_links(ids, "expander")
+    me = ids[0]
+    a = SimNode(me, members(ids, links=[list(link) for link in links]))
+    up = set(topology.neighbours(links, me))
+    a.tick(up=up)
+    detail = {ln.split('member="')[1].split('"')[0] for ln in metric(a, "x0_member_")}
+    assert detail == up  # every probed member is alive: only the neighbours have series
+    # incarnation, reachable and rtt by path (overlay, underlay): a constant per neighbour
+    assert len(metric(a, "x0_member_")) <= 5 * len(up)
+    far = ids[n // 2]
+    assert far not in up
+    for _ in range(3):
+        r = a.tick(up=up, overlay={far: False})
+    assert "member_unreachable" in r.kinds(far)
+    detail = {ln.split('member="')[1].split('"')[0] for ln in metric(a, "x0_member_")}
+    assert detail == up | {far}  # ... plus a member while it has an open incident
