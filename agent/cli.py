@@ -38,6 +38,10 @@ configuration (environment; full table in docs/contracts.md §1):
   X0_MONITOR_INTERVAL      seconds between daemon snapshots (default 1.0)
   X0_ADMIN_TIMEOUT         seconds per admin-socket call (default 2.0)
   X0_API_TOKEN             bearer token for mutating endpoints (unset: they are refused)
+  X0_TLS_CERT, X0_TLS_KEY  PEM certificate chain and key: serve https (both or neither)
+  X0_TLS_CA                PEM CA trusted for other agents' https (forwarded writes), beside the system store
+  X0_ALLOW_CLEAR_UNDERLAY  accept mutations in clear HTTP over the underlay (default false: only over https,
+                           the Yggdrasil overlay or loopback; set it for a mesh on one host only)
   X0_HTTP_MAX_CONNECTIONS  open HTTP connections at most (default 512; idle ones are evicted first)
   X0_HTTP_REQUEST_TIMEOUT  seconds a connection has to complete a request (default 10)
   X0_MAPEK_ENABLED, X0_MAPEK_INTERVAL, X0_MAPEK_DEGREE   self-healing loop
@@ -178,12 +182,21 @@ def serve() -> int:
         # Connection cap, request deadline, URL/header limits and JSON errors (agent.api.server).
         http=protocol_class(limits),
         timeout_keep_alive=int(limits.keep_alive),
+        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
+        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
     )
+    try:
+        config.load()  # builds the TLS context now: a bad certificate or key is a configuration error
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        print(f"x0-agent: invalid configuration: X0_TLS_CERT/X0_TLS_KEY: {exc}", file=sys.stderr)
+        sock.close()
+        return EXIT_CONFIG
     server = uvicorn.Server(config)
     logging.getLogger("x0.agent").info(
-        "x0-agent %s node %s listening on %s (at most %d connections of %d descriptors; admin %s%s)",
+        "x0-agent %s node %s listening on %s %s (at most %d connections of %d descriptors; admin %s%s)",
         __version__,
         settings.node_id,
+        "https" if settings.tls_cert else "http",
         where,
         cap,
         fd_limit,

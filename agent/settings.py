@@ -49,6 +49,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     monitor_interval: float = 1.0
     admin_timeout: float = 2.0
     api_token: str | None = None
+    # Mutations (they carry the token) over plain HTTP on the underlay: refused unless allowed (agent.auth).
+    allow_clear_underlay: bool = False
+    # Serve HTTPS with this certificate chain and key (PEM); both or neither.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # CA (PEM) the agent trusts when it calls other agents over https (forwarded writes), beside the system's.
+    tls_ca: Path | None = None
     # HTTP server limits (agent.api.server): open connections, seconds to complete a request.
     http_max_connections: int = 512
     http_request_timeout: float = 10.0
@@ -112,6 +119,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             binary = _resolve_binary(get("YGGDRASIL_BIN"))
 
         members_raw = get("MESH_MEMBERS")
+        tls_cert, tls_key = _tls_files(get("X0_TLS_CERT"), get("X0_TLS_KEY"))
         return cls(
             node_id=node_id,
             listen_host=listen_host,
@@ -130,6 +138,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             monitor_interval=_float(get("X0_MONITOR_INTERVAL"), "X0_MONITOR_INTERVAL", 1.0, 0.05, 60.0),
             admin_timeout=_float(get("X0_ADMIN_TIMEOUT"), "X0_ADMIN_TIMEOUT", 2.0, 0.05, 60.0),
             api_token=get("X0_API_TOKEN"),
+            allow_clear_underlay=_bool(get("X0_ALLOW_CLEAR_UNDERLAY"), "X0_ALLOW_CLEAR_UNDERLAY", False),
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_ca=_readable_file(get("X0_TLS_CA"), "X0_TLS_CA"),
             http_max_connections=_int(get("X0_HTTP_MAX_CONNECTIONS"), "X0_HTTP_MAX_CONNECTIONS", 512, 16, 100000),
             http_request_timeout=_float(
                 get("X0_HTTP_REQUEST_TIMEOUT"), "X0_HTTP_REQUEST_TIMEOUT", 10.0, 0.5, 600.0
@@ -191,6 +203,27 @@ def _directory(raw: str | None, name: str, default: Path) -> Path:
     path = Path(raw) if raw is not None else default
     if path.exists() and not path.is_dir():
         raise SettingsError(name, f"not a directory: {path}")
+    return path
+
+
+def _tls_files(cert: str | None, key: str | None) -> tuple[Path | None, Path | None]:
+    """Both or neither; each a readable file. The pair itself is checked when the server loads it."""
+    if cert is None and key is None:
+        return None, None
+    if cert is None or key is None:
+        missing, given = ("X0_TLS_CERT", "X0_TLS_KEY") if cert is None else ("X0_TLS_KEY", "X0_TLS_CERT")
+        raise SettingsError(missing, f"required with {given} (HTTPS needs the certificate chain and its key)")
+    return _readable_file(cert, "X0_TLS_CERT"), _readable_file(key, "X0_TLS_KEY")
+
+
+def _readable_file(raw: str | None, name: str) -> Path | None:
+    if raw is None:
+        return None
+    path = Path(raw)
+    if not path.is_file():
+        raise SettingsError(name, f"no such file: {path}")
+    if not os.access(path, os.R_OK):
+        raise SettingsError(name, f"not readable: {path}")
     return path
 
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import ssl
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 import msgspec
 
+from agent.auth import ALLOW_CLEAR_ENV, may_send_token
 from dashboard import wire
 
 T = TypeVar("T")
@@ -50,6 +52,29 @@ def _error_detail(resp: httpx.Response) -> str:
         return text[:200] or resp.reason_phrase
 
 
+TLS_CA_ENV = "X0_TLS_CA"
+
+
+def clear_token_refusal(url: str, allow_clear: bool) -> str | None:
+    """Why the token may not be sent to `url`, or None. The agents' rule (agent.auth), applied before sending:
+    over https, to an overlay address (Yggdrasil encrypts it), to loopback, or when explicitly allowed."""
+    if may_send_token(url, allow_clear):
+        return None
+    return (
+        f"not sending the API token in clear over the underlay to {urlsplit(url).netloc}: run the agents with TLS "
+        f"(X0_TLS_CERT/X0_TLS_KEY; x0dash then uses https, trusting $X0_TLS_CA) or reach them over the overlay; "
+        f"for a mesh on one host set {ALLOW_CLEAR_ENV}=true"
+    )
+
+
+def _https(url: str) -> str:
+    return "https" + url[len("http") :]
+
+
+def _origin(url: str) -> str:
+    return url.split("/", 3)[2] if "://" in url else url
+
+
 class AgentClient:
     """httpx clients for all agents, one small pool per agent. `timeout` bounds every request.
 
@@ -58,18 +83,32 @@ class AgentClient:
     (measured: 400 concurrent GETs took 9.6 s through one pool, 600 took 0.75 s through per-agent pools).
     """
 
-    def __init__(self, *, timeout: float = 1.5, token: str | None = None, per_agent_connections: int = 8) -> None:
+    def __init__(
+        self,
+        *,
+        timeout: float = 1.5,
+        token: str | None = None,
+        per_agent_connections: int = 8,
+        allow_clear: bool = False,
+        ca_file: str | None = None,
+    ) -> None:
         self.timeout = timeout
         self.token = token
+        # Send the token over plain HTTP to underlay addresses (a mesh on one host only): see clear_token_refusal.
+        self.allow_clear = allow_clear
+        # Origins given as http:// whose agent answered https instead (it serves TLS): used as https from then on.
+        self._tls_origins: set[str] = set()
         self._limits = httpx.Limits(
             max_connections=per_agent_connections, max_keepalive_connections=per_agent_connections
         )
         # Creating an SSL context per client is slow and costs memory; agents share one.
         self._ssl = ssl.create_default_context()
+        if ca_file:  # the agents' own CA or self-signed certificate, beside the system's
+            self._ssl.load_verify_locations(cafile=ca_file)
         self._clients: dict[str, httpx.AsyncClient] = {}
 
     def _client(self, url: str) -> httpx.AsyncClient:
-        origin = url.split("/", 3)[2] if "://" in url else url
+        origin = _origin(url)
         client = self._clients.get(origin)
         if client is None:
             client = self._clients[origin] = httpx.AsyncClient(
@@ -104,16 +143,28 @@ class AgentClient:
         auth: bool = False,
         ok_statuses: tuple[int, ...] = (200,),
     ) -> T:
-        url = base_url.rstrip("/") + path
+        url = self._url(base_url, path)
         headers = None
         if auth:
             if not self.token:
                 raise AgentError(
                     "auth", "no API token known for this mesh (X0_API_TOKEN / inventory api_token)", url=url
                 )
+            refusal = clear_token_refusal(url, self.allow_clear)
+            if refusal is not None and await self._offers_tls(url):
+                url, refusal = _https(url), None
+            if refusal is not None:
+                raise AgentError("auth", refusal, url=url)
             headers = {"authorization": f"Bearer {self.token}"}
         try:
-            resp = await self._client(url).request(method, url, params=params, json=json, headers=headers)
+            try:
+                resp = await self._client(url).request(method, url, params=params, json=json, headers=headers)
+            except (httpx.RemoteProtocolError, httpx.ReadError):
+                # Plain HTTP to an agent serving TLS: it drops the connection. Use https if it answers there.
+                if not (url.startswith("http://") and await self._offers_tls(url)):
+                    raise
+                url = _https(url)
+                resp = await self._client(url).request(method, url, params=params, json=json, headers=headers)
         except httpx.TimeoutException as exc:
             raise AgentError(
                 "timeout", f"no answer within {self.timeout:g} s ({type(exc).__name__})", url=url
@@ -133,6 +184,26 @@ class AgentClient:
             return _decoder(type_).decode(resp.content)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise AgentError("garbage", f"not an x0-agent reply: {exc}", url=url, status=resp.status_code) from exc
+
+    def _url(self, base_url: str, path: str) -> str:
+        url = base_url.rstrip("/") + path
+        if url.startswith("http://") and _origin(url) in self._tls_origins:
+            return _https(url)
+        return url
+
+    async def _offers_tls(self, url: str) -> bool:
+        """Does the agent behind this http:// URL answer https (GET /health, any status)? Remembered per origin."""
+        origin = _origin(url)
+        if origin in self._tls_origins:
+            return True
+        parts = urlsplit(url)
+        probe = f"https://{parts.netloc}/health"
+        try:
+            await self._client(probe).get(probe)
+        except httpx.HTTPError:
+            return False
+        self._tls_origins.add(origin)
+        return True
 
     # Read API ---------------------------------------------------------------------------------------------
     async def health(self, base_url: str) -> wire.Health:
@@ -168,7 +239,7 @@ class AgentClient:
         return reply.actions
 
     async def metrics_text(self, base_url: str) -> str:
-        url = base_url.rstrip("/") + "/metrics"
+        url = self._url(base_url, "/metrics")
         try:
             resp = await self._client(url).get(url, headers={"accept": "text/plain"})
         except httpx.TimeoutException as exc:

@@ -70,7 +70,11 @@ headless drills:
   agent, POST /drills/history), where every x0dash's history view (D) finds it; stderr says whether it was
   filed or why not (the exit status is the drill's verdict either way).
 
-environment: X0_API_TOKEN (bearer token for drills when the source does not know it), X0DASH_REPORTS.
+environment: X0_API_TOKEN (bearer token for drills when the source does not know it), X0DASH_REPORTS,
+X0_TLS_CA (PEM file of the agents' CA or self-signed certificate, trusted for https), X0_ALLOW_CLEAR_UNDERLAY=true
+(send the token over plain HTTP to underlay addresses: a mesh on one host only; a local mesh's inventory says so
+itself). The token is otherwise sent only over https (used by itself when an agent serves TLS), to overlay
+(200::/7) or loopback addresses.
 """
 
 

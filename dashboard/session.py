@@ -18,7 +18,8 @@ from collections.abc import Callable
 
 import msgspec
 
-from dashboard.agent_client import AgentClient
+from agent.auth import ALLOW_CLEAR_ENV
+from dashboard.agent_client import TLS_CA_ENV, AgentClient
 from dashboard.events import Event, view_events
 from dashboard.models import AgentData, MeshView, merge
 from dashboard.poller import Poller, PollResult
@@ -56,7 +57,7 @@ class MeshSession:
         self.provider = provider
         self.clock = clock
         self.down_after = down_after
-        self.client = AgentClient(timeout=timeout)
+        self.client = AgentClient(timeout=timeout, ca_file=os.environ.get(TLS_CA_ENV) or None)
         self.poller = Poller(self.client, clock=clock, metrics_every=metrics_every)
         self.view: MeshView | None = None
         self.snapshot: SourceSnapshot | None = None
@@ -78,6 +79,12 @@ class MeshSession:
         await asyncio.to_thread(self.provider.start)
         self.started = True
         self.client.token = self._token()
+        self.client.allow_clear = self._allow_clear()
+
+    def _allow_clear(self) -> bool:
+        # The source says the mesh is on one host (a local mesh's inventory), or the operator does.
+        env = os.environ.get(ALLOW_CLEAR_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+        return env or self.provider.allow_clear_underlay
 
     def _token(self) -> str | None:
         # The source's token (inventory, Nomad variable) wins; X0_API_TOKEN is for sources that do not know it.
@@ -132,6 +139,7 @@ class MeshSession:
             )
         if not self.client.token:
             self.client.token = self._token()
+        self.client.allow_clear = self._allow_clear()
         return snap
 
     async def update(self) -> MeshUpdate:

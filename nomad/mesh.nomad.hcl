@@ -111,6 +111,12 @@ variable "topology" {
   description = "Planned links the agents derive from the members (docs/contracts.md §2): auto (full up to 8 nodes, expander above: at most 4 links per node, diameter ~log N), full, ring, chain or expander."
 }
 
+variable "allow_clear_underlay" {
+  type        = bool
+  default     = false
+  description = "Let the agents accept mutating requests (they carry the API token) in clear HTTP over the underlay (X0_ALLOW_CLEAR_UNDERLAY). Keep false on a real cluster: give the agents a TLS certificate (tls_cert/tls_key in the job's Nomad variable, see nomad/README.md) instead."
+}
+
 variable "yggdrasil_resources" {
   type        = object({ cpu = number, memory = number })
   default     = { cpu = 100, memory = 96 }
@@ -319,6 +325,34 @@ job "x0-mesh" {
         X0_RAFT_DIR = "$${NOMAD_ALLOC_DIR}/data/raft"
         LOG_LEVEL       = var.log_level
         X0_NODE_NAME    = var.node_name
+        # Off by default: the token never crosses the underlay in clear (docs/contracts.md §1).
+        X0_ALLOW_CLEAR_UNDERLAY = var.allow_clear_underlay ? "true" : "false"
+      }
+
+      # HTTPS for the agent API when the job's Nomad variable holds tls_cert and tls_key (PEM; e.g. written from
+      # Vault's PKI by an operator, or a template with Vault's pkiCert in place of nomadVar), and tls_ca to trust
+      # (the issuing CA: other agents forwarding writes and x0dash with X0_TLS_CA). Rendered into secrets/ (0600
+      # by default); empty files when the items are absent, and then the env template below does not point at them.
+      template {
+        destination = "secrets/agent.crt"
+        change_mode = "restart"
+        data        = <<-EOT
+          {{ if nomadVarExists "${local.token_var}" }}{{ with nomadVar "${local.token_var}" }}{{ if .tls_cert }}{{ .tls_cert }}{{ end }}{{ end }}{{ end }}
+        EOT
+      }
+      template {
+        destination = "secrets/agent.key"
+        change_mode = "restart"
+        data        = <<-EOT
+          {{ if nomadVarExists "${local.token_var}" }}{{ with nomadVar "${local.token_var}" }}{{ if .tls_key }}{{ .tls_key }}{{ end }}{{ end }}{{ end }}
+        EOT
+      }
+      template {
+        destination = "secrets/agent-ca.crt"
+        change_mode = "restart"
+        data        = <<-EOT
+          {{ if nomadVarExists "${local.token_var}" }}{{ with nomadVar "${local.token_var}" }}{{ if .tls_ca }}{{ .tls_ca }}{{ end }}{{ end }}{{ end }}
+        EOT
       }
 
       # NODE_ID and the API token. Its inputs (node name, the token variable) never change with membership, so
@@ -330,7 +364,10 @@ job "x0-mesh" {
         change_mode = "restart"
         data        = <<-EOT
           NODE_ID={{ env "X0_NODE_NAME" | ${local.node_id} }}
-          {{ if nomadVarExists "${local.token_var}" }}{{ with nomadVar "${local.token_var}" }}{{ if .api_token }}X0_API_TOKEN={{ .api_token }}{{ end }}{{ end }}{{ end }}
+          {{ if nomadVarExists "${local.token_var}" }}{{ with nomadVar "${local.token_var}" }}{{ if .api_token }}X0_API_TOKEN={{ .api_token }}{{ end }}
+          {{ if and .tls_cert .tls_key }}X0_TLS_CERT={{ env "NOMAD_SECRETS_DIR" }}/agent.crt
+          X0_TLS_KEY={{ env "NOMAD_SECRETS_DIR" }}/agent.key{{ end }}
+          {{ if .tls_ca }}X0_TLS_CA={{ env "NOMAD_SECRETS_DIR" }}/agent-ca.crt{{ end }}{{ end }}{{ end }}
         EOT
       }
 
@@ -349,6 +386,8 @@ job "x0-mesh" {
         }
         data = <<-EOT
           {{- $n := 0 -}}
+          {{- $scheme := "http" -}}
+          {{- if nomadVarExists "${local.token_var}" }}{{ with nomadVar "${local.token_var}" }}{{ if and .tls_cert .tls_key }}{{ $scheme = "https" }}{{ end }}{{ end }}{{ end -}}
           {"mesh": {{ env "NOMAD_JOB_ID" | toJSON }}, "topology": "${var.topology}", "members": [
           {{- range $a := nomadService "${local.agent_service}" -}}
             {{- $raw := "" -}}
@@ -357,7 +396,7 @@ job "x0-mesh" {
             {{- if and $id (not (scratch.Key $id)) -}}
               {{- scratch.Set $id true -}}
               {{- if $n }}, {{ end }}{{ $n = add $n 1 -}}
-              {"node_id": {{ $id | toJSON }}, "agent_url": {{ if $a.Address | regexMatch ":" }}{{ printf "http://[%s]:%d" $a.Address $a.Port | toJSON }}{{ else }}{{ printf "http://%s:%d" $a.Address $a.Port | toJSON }}{{ end }}, "host": {{ $a.Node | toJSON }}
+              {"node_id": {{ $id | toJSON }}, "agent_url": {{ if $a.Address | regexMatch ":" }}{{ printf "%s://[%s]:%d" $scheme $a.Address $a.Port | toJSON }}{{ else }}{{ printf "%s://%s:%d" $scheme $a.Address $a.Port | toJSON }}{{ end }}, "host": {{ $a.Node | toJSON }}
               {{- range $a.Tags }}{{ if . | regexMatch "^x0-raft-port=[0-9]+$" }}, "raft_address": {{ printf "%s:%s" $a.Address (. | regexReplaceAll "^x0-raft-port=" "") | toJSON }}{{ end }}{{ end }}
               {{- range $y := nomadService "${local.peer_service}" }}{{ if eq $y.AllocID $a.AllocID -}}
                 , "listen_uri": {{ if $y.Address | regexMatch ":" }}{{ printf "tls://[%s]:%d" $y.Address $y.Port | toJSON }}{{ else }}{{ printf "tls://%s:%d" $y.Address $y.Port | toJSON }}{{ end }}

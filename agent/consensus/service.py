@@ -25,6 +25,7 @@ import json
 import logging
 import random
 import shutil
+import ssl
 import time
 import uuid
 from collections.abc import Sequence
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import msgspec
 
+from agent.auth import ALLOW_CLEAR_ENV, may_send_token
 from agent.consensus import voters as vt
 from agent.consensus.engine import RaftEngine, RaftStatus, RaftUnavailable
 from agent.consensus.schemas import OUTCOME_HEADER, REQUEST_ID_HEADER, Cluster, ClusterMember, Role
@@ -135,7 +137,10 @@ class ConsensusService:
             )
             log.error("%s", self.detail)
             return
-        self._http = httpx.AsyncClient(trust_env=False, timeout=PROBE_TIMEOUT_S)
+        verify: ssl.SSLContext | bool = True
+        if self.settings.tls_ca is not None:  # agents serving https with the mesh's own CA (X0_TLS_CA)
+            verify = ssl.create_default_context(cafile=str(self.settings.tls_ca))
+        self._http = httpx.AsyncClient(trust_env=False, timeout=PROBE_TIMEOUT_S, verify=verify)
         self._set_role("client", "waiting for the members file")
         self._task = asyncio.get_running_loop().create_task(self._run(), name="x0-consensus")
 
@@ -555,11 +560,11 @@ class ConsensusService:
         if self._http is None:
             raise RaftUnavailable(self.detail)
         headers = {"X-X0-Forwarded": self.node_id}
-        if self.settings.api_token:
-            headers["Authorization"] = f"Bearer {self.settings.api_token}"
         mutating = method in ("PUT", "POST", "DELETE")
         if mutating:
             headers[REQUEST_ID_HEADER] = request_id or uuid.uuid4().hex
+            if self.settings.api_token:  # reads need no token: it travels only with writes
+                headers["Authorization"] = f"Bearer {self.settings.api_token}"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.raft_write_timeout
         last = "no voter known"
@@ -570,10 +575,20 @@ class ConsensusService:
             if not urls:
                 await self._refresh_client(force=True)
                 urls = self.forward_targets()
+            refused = 0
             for url in urls:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
+                if "Authorization" in headers and not may_send_token(url, self.settings.allow_clear_underlay):
+                    # The voter would refuse it (agent.auth), and the token must not cross the underlay in clear.
+                    refused += 1
+                    last = (
+                        f"{url}: not forwarding the API token in clear over the underlay (give the agents "
+                        f"X0_TLS_CERT/X0_TLS_KEY and https agent URLs, overlay addresses in the members file, or "
+                        f"{ALLOW_CLEAR_ENV}=true for a mesh on one host)"
+                    )
+                    continue
                 try:
                     r = await self._http.request(
                         method,
@@ -594,6 +609,8 @@ class ConsensusService:
                     unknown = unknown or (mutating and r.headers.get(OUTCOME_HEADER) != "not-applied")
                     continue
                 return r
+            if urls and refused == len(urls) and not unknown:
+                raise RaftUnavailable(last)  # nothing was sent: not applied, and waiting will not change it
             if loop.time() >= deadline:
                 if last_503 is not None and not unknown:
                     return last_503

@@ -66,6 +66,9 @@ def inventory_doc(
         "mesh": mesh,
         "mode": mode,
         "api_token": api_token,
+        # One host: the agents accept the token in clear on the underlay (X0_ALLOW_CLEAR_UNDERLAY), and x0dash
+        # may send it so (dashboard.agent_client.clear_token_refusal).
+        "allow_clear_underlay": True,
         "members_file": str(members_file),
         "prometheus_sd_file": str(sd_file),
         "mesh_dir": str(mesh_dir),

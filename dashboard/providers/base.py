@@ -73,6 +73,12 @@ class Provider(abc.ABC):
         """Bearer token for the agents' mutating endpoints (drills), when the source knows it."""
         return None
 
+    @property
+    def allow_clear_underlay(self) -> bool:
+        """The source says the mesh is on one host, so the token may go to its agents in clear (a local mesh's
+        inventory). Never true for a real cluster."""
+        return False
+
     def start(self) -> None:  # noqa: B027 - optional hook
         """Prepare (e.g. start a local mesh). Raise ProviderError with an operator-facing message."""
 

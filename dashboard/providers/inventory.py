@@ -83,11 +83,16 @@ class InventoryProvider(Provider):
         self._links: list[tuple[str, str]] = []
         self._stamp: tuple[float, int] | None = None
         self._warnings: list[str] = []
+        self._allow_clear = False
         self._mesh_dir: str | None = None  # a local mesh's run dir (its nodes' logs), when the inventory says
 
     @property
     def api_token(self) -> str | None:
         return self._token
+
+    @property
+    def allow_clear_underlay(self) -> bool:
+        return self._allow_clear
 
     @property
     def label(self) -> str:
@@ -100,6 +105,7 @@ class InventoryProvider(Provider):
         self._mesh, self._nodes, self._links, self._token = parse_inventory(doc)
         mesh_dir = doc.get("mesh_dir") if isinstance(doc, dict) else None
         self._mesh_dir = mesh_dir if isinstance(mesh_dir, str) else None
+        self._allow_clear = isinstance(doc, dict) and doc.get("allow_clear_underlay") is True
         self._stamp = (st.st_mtime, st.st_size)
         self._warnings = []
         if self._token and stat.S_IMODE(st.st_mode) & 0o077:

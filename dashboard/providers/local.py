@@ -54,6 +54,10 @@ class LocalProvider(Provider):
         return token if isinstance(token, str) else None
 
     @property
+    def allow_clear_underlay(self) -> bool:
+        return self._inventory.get("allow_clear_underlay") is True
+
+    @property
     def inventory_path(self) -> Path | None:
         """The running mesh's inventory file (what `x0dash serve --local`'s browser tabs read)."""
         return None if self._mesh is None else self._mesh.inventory_path

@@ -314,7 +314,8 @@ async def test_a_filing_the_agents_refuse_is_not_retried_and_says_why(mesh: obje
     recorded = from_json(REPORT_FILE.read_bytes())
     # A fault the source made (no agent drill id): nothing to wait for before filing.
     report = msgspec.structs.replace(recorded, fault=msgspec.structs.replace(recorded.fault, drill_id=None))
-    async with AgentClient(timeout=3, token="not-the-mesh-token-" * 2) as client:
+    # The mesh is on this host (its inventory allows the token in clear on the bridge), as x0dash reads it.
+    async with AgentClient(timeout=3, token="not-the-mesh-token-" * 2, allow_clear=True) as client:
         filed = await file_report(client, nodes, report, sleep=sleep)
     assert not filed.ok and filed.detail.startswith("refused by node-a: HTTP 401"), filed
     assert naps == []  # a refusal is not retried (an operator fixes the token; waiting would not)
@@ -331,7 +332,7 @@ async def test_the_mesh_wide_lease_of_a_source_made_drill(mesh: object, tmp_path
 
     token = json.loads(mesh.inventory_path.read_text())["api_token"]
     urls = [mesh.node(n).agent_url for n in ("node-a", "node-c")]
-    async with AgentClient(timeout=3, token=token) as client:
+    async with AgentClient(timeout=3, token=token, allow_clear=True) as client:  # a mesh on this host
         taken, note = await lease.take(
             client, urls, holder="x0dash@ops:4242", kind="node-loss", node_id="node-b", ttl_s=60
         )
