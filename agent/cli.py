@@ -44,6 +44,8 @@ configuration (environment; full table in docs/contracts.md §1):
                            the Yggdrasil overlay or loopback; set it for a mesh on one host only)
   X0_HTTP_MAX_CONNECTIONS  open HTTP connections at most (default 512; idle ones are evicted first)
   X0_HTTP_REQUEST_TIMEOUT  seconds a connection has to complete a request (default 10)
+  X0_PEER_ADMISSION        supervised daemon admits only the members' keys (AllowedPublicKeys; default true)
+  X0_DAEMON_LOG            daemon log to report refused peers from, when the agent does not run the daemon
   X0_MAPEK_ENABLED, X0_MAPEK_INTERVAL, X0_MAPEK_DEGREE   self-healing loop
 
 example:

@@ -293,6 +293,18 @@ class AgentMetrics:
             registry=r,
         )
 
+        # Peer admission (agent.admission).
+        self.admission_refused = Counter(
+            "x0_peer_admission_refused",
+            "Inbound links the daemon refused: the dialler's key is not a member's (AllowedPublicKeys)",
+            registry=r,
+        )
+        self.admission_keys = Gauge(
+            "x0_peer_admission_keys",
+            "Keys the daemon admits (AllowedPublicKeys); 0: it admits every key (not enforced here)",
+            registry=r,
+        )
+
         # Consensus (agent.consensus): x0_raft_*, x0_kv_*.
         self.raft = ConsensusMetrics(r)
 

@@ -49,6 +49,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     monitor_interval: float = 1.0
     admin_timeout: float = 2.0
     api_token: str | None = None
+    # Peer admission (agent.admission): the supervised daemon admits only the members' keys; False: everyone.
+    peer_admission: bool = True
+    # The daemon's log to report refused peers from when the agent does not run the daemon itself.
+    daemon_log: Path | None = None
     # Mutations (they carry the token) over plain HTTP on the underlay: refused unless allowed (agent.auth).
     allow_clear_underlay: bool = False
     # Serve HTTPS with this certificate chain and key (PEM); both or neither.
@@ -138,6 +142,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             monitor_interval=_float(get("X0_MONITOR_INTERVAL"), "X0_MONITOR_INTERVAL", 1.0, 0.05, 60.0),
             admin_timeout=_float(get("X0_ADMIN_TIMEOUT"), "X0_ADMIN_TIMEOUT", 2.0, 0.05, 60.0),
             api_token=get("X0_API_TOKEN"),
+            peer_admission=_bool(get("X0_PEER_ADMISSION"), "X0_PEER_ADMISSION", True),
+            daemon_log=Path(get("X0_DAEMON_LOG")) if get("X0_DAEMON_LOG") else None,
             allow_clear_underlay=_bool(get("X0_ALLOW_CLEAR_UNDERLAY"), "X0_ALLOW_CLEAR_UNDERLAY", False),
             tls_cert=tls_cert,
             tls_key=tls_key,

@@ -26,9 +26,10 @@ import msgspec
 
 from agent import __version__, views
 from agent.members import MembersWatcher
-from agent.mesh.schemas import Health, HealthCheck, MeshPeers, MeshRoutes, MeshStatus
+from agent.mesh.schemas import Health, HealthCheck, MeshPeers, MeshRoutes, MeshStatus, RefusedPeer
 from agent.metrics import AgentMetrics, MetricsView
 from agent.settings import Settings
+from agent.yggdrasil.address import address_for_key
 from agent.yggdrasil.client import AdminClient
 from agent.yggdrasil.errors import AdminError
 from agent.yggdrasil.models import DaemonSnapshot
@@ -37,6 +38,7 @@ from agent.yggdrasil.models import DaemonSnapshot
 MEMBER_PROBLEMS_SHOWN = 5
 
 if TYPE_CHECKING:
+    from agent.admission import PeerAdmission
     from agent.supervisor import DaemonSupervisor
 
 
@@ -64,6 +66,7 @@ class AgentState:
         self.metrics = AgentMetrics(view=self._metrics_view_now)
         self.supervisor: DaemonSupervisor | None = None
         self.peering: PeeringHandle | None = None
+        self.admission: PeerAdmission | None = None  # set at start (agent.api.app)
         # Set by agent.consensus when it starts (None: consensus not loaded, e.g. tests with other extensions).
         self.consensus: ConsensusHandle | None = None
 
@@ -202,6 +205,19 @@ class AgentState:
             matched = views.match_peers(snap, ctx)
             self._planned = views.planned_status(matched, ctx)
             self._peers = views.peers_view(snap, ctx)
+            if self.admission is not None:
+                self._peers.admission = self.admission.detail
+                self._peers.refused = [
+                    RefusedPeer(
+                        key=p.key,
+                        address=address_for_key(p.key),
+                        remote=p.remote,
+                        attempts=p.attempts,
+                        first_at=p.first_at,
+                        last_at=p.last_at,
+                    )
+                    for p in self.admission.recent()
+                ]
             self._routes = views.routes_view(snap, ctx)
         else:
             self._planned = views.planned_status([], ctx)

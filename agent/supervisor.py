@@ -58,6 +58,7 @@ class DaemonSupervisor:
         self.last_exit_mono: float | None = None
         self.last_start_error: str | None = None
         self.held_until_mono: float | None = None
+        self._restart_now = False  # restart() asked: the next exit is not a crash, start again without delay
         self._next_start_mono: float | None = None
         self._wake = asyncio.Event()
         self._closing = False
@@ -98,6 +99,14 @@ class DaemonSupervisor:
             await asyncio.to_thread(self.process.stop)
         self._wake.set()
         self._on_change()
+
+    async def restart(self, reason: str) -> None:
+        """Stop the daemon gracefully and start it again at once (a config it reads only at start changed)."""
+        if self.state != "running":
+            return  # it reads the new config whenever it starts next
+        log.info("restarting yggdrasil: %s", reason)
+        self._restart_now = True
+        await asyncio.to_thread(self.process.stop)
 
     def start(self) -> None:
         """Start the daemon now: ends a hold or skips the rest of a restart delay. No-op while it runs."""
@@ -177,6 +186,10 @@ class DaemonSupervisor:
                     break
                 if self.held_until_mono is not None:
                     log.info("yggdrasil stopped for a drill (exit %s)", code)
+                    self._on_change()
+                    continue
+                if self._restart_now:
+                    self._restart_now = False
                     self._on_change()
                     continue
                 self.state = "restarting"

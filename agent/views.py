@@ -161,7 +161,8 @@ def peers_view(snapshot: DaemonSnapshot, ctx: MeshContext) -> MeshPeers:
                 node_id=m.node_id, key=ctx.key_of(m.node_id), listen_uri=m.listen_uri, reason=status.reason
             )
         )
-    return MeshPeers(node_id=ctx.node_id, peers=peers, missing=missing)
+    # Admission is filled in by the state (agent.admission follows the daemon's log, not the snapshot).
+    return MeshPeers(node_id=ctx.node_id, peers=peers, missing=missing, admission="not reported", refused=[])
 
 
 def routes_view(snapshot: DaemonSnapshot, ctx: MeshContext) -> MeshRoutes:

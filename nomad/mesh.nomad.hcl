@@ -327,6 +327,9 @@ job "x0-mesh" {
         X0_NODE_NAME    = var.node_name
         # Off by default: the token never crosses the underlay in clear (docs/contracts.md §1).
         X0_ALLOW_CLEAR_UNDERLAY = var.allow_clear_underlay ? "true" : "false"
+        # The yggdrasil task's stdout (Nomad's log file in the shared alloc dir): the agent reports the peers its
+        # daemon refused from it (docs/contracts.md §1).
+        X0_DAEMON_LOG = "$${NOMAD_ALLOC_DIR}/logs/yggdrasil.stdout.0"
       }
 
       # HTTPS for the agent API when the job's Nomad variable holds tls_cert and tls_key (PEM; e.g. written from

@@ -26,6 +26,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.types import ControllerRouterHandler
 
 from agent import __version__
+from agent.admission import PeerAdmission
 from agent.api.errors import EXCEPTION_HANDLERS
 from agent.api.middleware import RequestTimer
 from agent.api.strict import AllowHeader, mark_closed_objects, strict_body
@@ -38,7 +39,7 @@ from agent.monitor import Monitor
 from agent.peering import Peering
 from agent.settings import Settings
 from agent.state import AgentState
-from agent.supervisor import DaemonSupervisor
+from agent.supervisor import DaemonSupervisor, daemon_log_path
 
 log = logging.getLogger("x0.agent")
 
@@ -92,6 +93,15 @@ class _Background:
         if agent.members.check():
             agent.record_members_change()
         agent.peering = Peering(agent)
+        enforce = settings.yggdrasil_config is not None and settings.peer_admission
+        agent.admission = PeerAdmission(
+            agent,
+            log_path=settings.daemon_log
+            or (daemon_log_path(settings.yggdrasil_config) if settings.yggdrasil_config is not None else None),
+            config_path=settings.yggdrasil_config if enforce else None,
+        )
+        # Before the daemon's first start: it never runs open while the members' keys are known.
+        await asyncio.to_thread(agent.admission.sync_config)
         if settings.yggdrasil_config is not None:
 
             def on_daemon_change() -> None:
@@ -108,6 +118,7 @@ class _Background:
             self._spawn(agent.supervisor.run(), "x0-supervisor")
         self._spawn(self.monitor.run(), "x0-monitor")
         self._spawn(agent.peering.run(), "x0-peering")
+        self._spawn(agent.admission.run(), "x0-admission")
         for ext in self.extensions:
             await ext.start(agent)
             self.started.append(ext)

@@ -72,10 +72,24 @@ class MissingPeer(msgspec.Struct, kw_only=True):
     reason: str  # e.g. "no link", "link down: <last_error>"
 
 
+class RefusedPeer(msgspec.Struct, kw_only=True):
+    """A daemon that dialled this node with a key that is not a member's: its daemon refused the link."""
+
+    key: str
+    address: str | None  # the overlay address that key owns
+    remote: str | None  # ip:port it dialled from, as the daemon logged it (0.4.7)
+    attempts: int
+    first_at: float  # unix s
+    last_at: float
+
+
 class MeshPeers(msgspec.Struct, kw_only=True):
     node_id: str
     peers: list[PeerView]
     missing: list[MissingPeer]
+    # Peer admission (agent.admission): what this node's daemon admits, and the keys it refused in the last hour.
+    admission: str
+    refused: list[RefusedPeer]
 
 
 class RouteView(msgspec.Struct, kw_only=True):

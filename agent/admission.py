@@ -1,0 +1,200 @@
+"""Peer admission: the daemon admits exactly the members' keys, and the agent reports the ones it refused.
+
+- Enforcing (`YGGDRASIL_CONFIG`, the agent supervises the daemon): `AllowedPublicKeys` in the daemon's config is
+  kept equal to the other members' keys (agent.yggdrasil.admission.admitted_keys). The daemon reads it only at
+  start (no admin call sets it, and SIGHUP kills 0.4.7), so a change of the members' keys rewrites the config and
+  restarts the daemon: its links drop for about a second, then peering re-adds them. Written before the first
+  start too, so a daemon never runs open while the keys are known.
+- Reporting (supervised: the daemon log the supervisor writes; otherwise `X0_DAEMON_LOG`, e.g. Nomad's
+  `alloc/logs/yggdrasil.stdout.0`): the log is followed from its end, each refusal counted in
+  `x0_peer_admission_refused_total`, listed in GET /mesh/peers `refused` (key, its overlay address, where it
+  dialled from, attempts, first and last time) and logged once per key per minute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from agent.yggdrasil import admission as pure
+from agent.yggdrasil.address import address_for_key
+from agent.yggdrasil.daemon_config import write_config
+
+if TYPE_CHECKING:
+    from agent.state import AgentState
+
+log = logging.getLogger("x0.admission")
+
+POLL_S = 1.0
+# Bytes read from the log per poll at most: a daemon flooded by a scanner must not stall the agent.
+READ_CAP = 1 << 20
+WARN_EVERY_S = 60.0
+# /mesh/peers lists keys refused within this window.
+SHOW_FOR_S = 3600.0
+
+
+class LogFollower:
+    """New complete lines of a file, from its end when first opened; starts over when the file is replaced or
+    truncated (a restarted Nomad task, logrotate): another inode, a shorter file, or other first bytes (a new
+    file can get the old one's inode number)."""
+
+    HEAD = 128
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._ino: int | None = None
+        self._head = b""
+        self._offset = 0
+        self._partial = b""
+
+    def read_lines(self) -> list[str]:
+        try:
+            st = os.stat(self.path)
+            if st.st_size == self._offset and st.st_ino == self._ino:
+                return []
+            with open(self.path, "rb") as fh:
+                head = fh.read(self.HEAD)
+                if self._ino is None:  # first sight: history before the agent started is not news
+                    self._ino, self._head, self._offset = st.st_ino, head, st.st_size
+                    return []
+                known = self._head[: len(head)]
+                if st.st_ino != self._ino or st.st_size < self._offset or head[: len(known)] != known:
+                    self._ino, self._offset, self._partial = st.st_ino, 0, b""
+                self._head = head
+                fh.seek(self._offset)
+                data = fh.read(READ_CAP)
+        except OSError:
+            if self._ino is None:
+                self._ino = -1  # not there yet: when it appears, all of it is new
+            return []
+        self._offset += len(data)
+        chunks = (self._partial + data).split(b"\n")
+        self._partial = chunks.pop()[-4096:]  # an unfinished line; bounded if the writer never ends it
+        return [c.decode("utf-8", "replace") for c in chunks]
+
+
+class PeerAdmission:
+    def __init__(self, agent: AgentState, *, log_path: Path | None, config_path: Path | None) -> None:
+        self.agent = agent
+        self.config_path = config_path  # None: not enforcing (the daemon's config is not ours)
+        self.follower = LogFollower(log_path) if log_path is not None else None
+        self.refusals = pure.RefusalLog()
+        self.admitted: tuple[str, ...] | None = None  # what the daemon's config admits; None: everyone
+        self.detail = "not started"
+        self._members_gen = -1
+        self._warned: dict[str, float] = {}
+        self._running: tuple[str, ...] = ()  # what the running daemon admits (read from its config at its start)
+        self._epoch = 0
+
+    # --- enforcing ---------------------------------------------------------------------------------------------
+
+    def sync_config(self) -> bool:
+        """Make the config's AllowedPublicKeys the members' keys. True when the file changed."""
+        self._members_gen = self.agent.members.generation
+        if self.config_path is None:
+            self.detail = "not enforced here: the daemon's config is not the agent's (set YGGDRASIL_CONFIG)"
+            return False
+        want = pure.admitted_keys(self.agent.members.members, self.agent.settings.node_id)
+        try:
+            config = json.loads(self.config_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            self.detail = f"cannot read {self.config_path}: {exc}"
+            return False
+        if not isinstance(config, dict):
+            self.detail = f"{self.config_path} is not a JSON object"
+            return False
+        have = pure.configured_keys(config)
+        target = want or ()
+        if want is None:
+            self.detail = "open: no other member's public key is known, so every key is admitted"
+        else:
+            self.detail = f"admits the {len(want)} other members' keys"
+            missing = pure.keyless(self.agent.members.members, self.agent.settings.node_id)
+            if missing:
+                names = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+                self.detail += f"; members without a known key cannot dial in: {names}"
+        if have == target:
+            self._set_admitted(want)
+            return False
+        config[pure.CONFIG_KEY] = list(target)
+        try:
+            write_config(config, self.config_path)
+        except OSError as exc:
+            self.detail = f"cannot write {self.config_path}: {exc}"
+            return False
+        self._set_admitted(want)
+        log.info("daemon config %s: %s", self.config_path, self.detail)
+        return True
+
+    def _set_admitted(self, keys: tuple[str, ...] | None) -> None:
+        self.admitted = keys
+        self.agent.metrics.admission_keys.set(len(keys or ()))
+
+    def _note_daemon_start(self) -> None:
+        """The daemon read its config when it (re)started: remember what it admits."""
+        supervisor = self.agent.supervisor
+        if supervisor is None or self.config_path is None or supervisor.epoch == self._epoch:
+            return
+        self._epoch = supervisor.epoch
+        try:
+            self._running = pure.configured_keys(json.loads(self.config_path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, AttributeError):
+            self._running = ()
+
+    async def _follow_members(self) -> None:
+        await asyncio.to_thread(self._note_daemon_start)
+        if self.agent.members.generation == self._members_gen:
+            return
+        await asyncio.to_thread(self.sync_config)
+        supervisor = self.agent.supervisor
+        members = self.agent.members.members
+        if (
+            supervisor is not None
+            and self.config_path is not None
+            and supervisor.epoch == self._epoch
+            and pure.restart_needed(members, self.agent.settings.node_id, self._running)
+        ):
+            await supervisor.restart("a planned neighbour's public key is not admitted yet (AllowedPublicKeys)")
+
+    # --- reporting ---------------------------------------------------------------------------------------------
+
+    def _read_log(self) -> list[pure.Refusal]:
+        if self.follower is None:
+            return []
+        return [r for r in map(pure.parse_refusal, self.follower.read_lines()) if r is not None]
+
+    def _report(self, refusals: list[pure.Refusal]) -> None:
+        now = time.time()
+        for peer in self.refusals.extend(refusals, now):
+            self.agent.metrics.admission_refused.inc()
+            if now - self._warned.get(peer.key, 0.0) >= WARN_EVERY_S:
+                self._warned[peer.key] = now
+                log.warning(
+                    "refused a peer that is not a member: key %s (address %s) from %s, %d attempt(s) so far",
+                    peer.key,
+                    address_for_key(peer.key) or "?",
+                    peer.remote or "an unknown address",
+                    peer.attempts,
+                )
+        if len(self._warned) > 4 * pure.MAX_REFUSED_KEYS:
+            self._warned = {k: t for k, t in self._warned.items() if now - t < WARN_EVERY_S}
+        if refusals:
+            self.agent.notify()
+
+    def recent(self) -> list[pure.RefusedPeer]:
+        return self.refusals.recent(time.time() - SHOW_FOR_S)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self._follow_members()
+                refusals = await asyncio.to_thread(self._read_log)
+                self._report(refusals)
+            except Exception:  # one bad poll must not end admission reporting for the agent's lifetime
+                log.exception("peer admission poll failed")
+            await asyncio.sleep(POLL_S)

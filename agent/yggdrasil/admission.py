@@ -1,0 +1,111 @@
+"""Peer admission, pure: which keys a node's daemon admits, and the daemon's own word that it refused one.
+
+Yggdrasil's `AllowedPublicKeys` (0.4.7 and 0.5.x alike) applies to inbound links only: a daemon whose key is not
+listed gets its handshake closed, and the listener logs (0.4.7 `src/core/link.go`, 0.5 `src/core/link.go`)
+
+    Link handler tls://127.0.0.1:41984 error (127.0.0.1:41984): node public key "a14a…" is not in AllowedPublicKeys
+
+Outbound links need no rule: the agent dials only members. An empty list admits everyone.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import msgspec
+
+from agent.members import Members
+
+CONFIG_KEY = "AllowedPublicKeys"
+_REFUSED = re.compile(
+    r"(?:error \((?P<remote>[^()\s]+)\): )?"
+    r'node public key "?(?P<key>[0-9a-fA-F]{64})"? is not in AllowedPublicKeys'
+)
+# Distinct refused keys remembered (a scan with fresh keys must not grow the agent's memory).
+MAX_REFUSED_KEYS = 64
+
+
+class Refusal(msgspec.Struct, frozen=True):
+    key: str
+    remote: str | None
+
+
+def parse_refusal(line: str) -> Refusal | None:
+    """The refused key (and the dialler's ip:port on 0.4.7) from one daemon log line, or None."""
+    m = _REFUSED.search(line)
+    if m is None:
+        return None
+    return Refusal(key=m.group("key").lower(), remote=m.group("remote"))
+
+
+def admitted_keys(members: Members, node_id: str) -> tuple[str, ...] | None:
+    """The keys this node's daemon should admit: every other member's known key, sorted. None when no other
+    member's key is known (a Nomad members file): the daemon then admits everyone. A member whose key is not
+    known cannot dial in (`keyless` names them): admission never opens because one key is missing."""
+    keys = {m.public_key for m in members.members if m.node_id != node_id and m.public_key is not None}
+    return tuple(sorted(keys)) if keys else None
+
+
+def keyless(members: Members, node_id: str) -> list[str]:
+    return [m.node_id for m in members.members if m.node_id != node_id and m.public_key is None]
+
+
+def restart_needed(members: Members, node_id: str, running: tuple[str, ...]) -> bool:
+    """Must the daemon restart (the only way it re-reads AllowedPublicKeys) to admit what members need now?
+
+    `running`: the keys the running daemon admits (empty: everyone). Only when a planned neighbour's key is
+    missing, or the daemon is open while every key is known: a joining node then restarts its few neighbours'
+    daemons (the expander's degree), not the whole mesh. A key that left stays admitted until the daemon's next
+    start (peering removes that member's links meanwhile), and a non-neighbour's key may wait for it too."""
+    want = admitted_keys(members, node_id)
+    if want is None:
+        return False  # opening up can wait for the next start
+    if not running:
+        return True
+    keys = {members.by_id[n].public_key for n in members.neighbours(node_id) if n in members.by_id}
+    keys.discard(None)
+    return not keys <= set(running)
+
+
+def configured_keys(config: Mapping[str, Any]) -> tuple[str, ...]:
+    raw = config.get(CONFIG_KEY) or []
+    return tuple(sorted(str(k).lower() for k in raw)) if isinstance(raw, list) else ()
+
+
+class RefusedPeer(msgspec.Struct, kw_only=True):
+    key: str
+    remote: str | None  # ip:port it dialled from, as the daemon saw it (0.4.7 logs it)
+    attempts: int
+    first_at: float  # unix s
+    last_at: float
+
+
+class RefusalLog:
+    """Refused keys seen in the daemon's log, bounded: past MAX_REFUSED_KEYS the least recent is forgotten."""
+
+    def __init__(self, limit: int = MAX_REFUSED_KEYS) -> None:
+        self.limit = limit
+        self._by_key: dict[str, RefusedPeer] = {}
+        self.total = 0
+
+    def record(self, refusal: Refusal, now: float) -> RefusedPeer:
+        self.total += 1
+        peer = self._by_key.pop(refusal.key, None)
+        if peer is None:
+            peer = RefusedPeer(key=refusal.key, remote=refusal.remote, attempts=0, first_at=now, last_at=now)
+        peer.attempts += 1
+        peer.last_at = now
+        peer.remote = refusal.remote or peer.remote
+        self._by_key[refusal.key] = peer  # re-inserted: dict order = least recent first
+        while len(self._by_key) > self.limit:
+            del self._by_key[next(iter(self._by_key))]
+        return peer
+
+    def recent(self, since: float) -> list[RefusedPeer]:
+        """Keys refused at or after `since`, most recent first."""
+        return [p for p in reversed(self._by_key.values()) if p.last_at >= since]
+
+    def extend(self, refusals: Iterable[Refusal], now: float) -> list[RefusedPeer]:
+        return [self.record(r, now) for r in refusals]
