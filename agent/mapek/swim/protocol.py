@@ -408,11 +408,12 @@ class Swim:
         return self._count(out)
 
     def _rotation_pick(self, count: int) -> list[str]:
-        pool = [m for m in self.members if m not in self.watched]
         picked: list[str] = []
-        for _ in range(min(count, len(pool))):
+        # watched is a subset of members (set_watched): the pool's size without building it; the pool itself
+        # only when the rotation is used up, so a pick is O(count), not O(members), amortized.
+        for _ in range(min(count, len(self.members) - len(self.watched))):
             if not self._rotation:
-                self._rotation = pool[:]
+                self._rotation = [m for m in self.members if m not in self.watched]
                 self.rng.shuffle(self._rotation)
             m = self._rotation.pop()
             if m not in self._probing:
