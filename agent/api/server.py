@@ -23,9 +23,6 @@ failed accept. `HardenedHttpToolsProtocol` (uvicorn's httptools protocol plus th
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
-import gc
 import logging
 import resource
 from collections import OrderedDict
@@ -35,6 +32,7 @@ from typing import Any, ClassVar
 import msgspec
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from agent.memory import release_memory
 from agent.mesh.schemas import ErrorBody
 
 log = logging.getLogger("x0.http")
@@ -44,25 +42,6 @@ EVICT_MIN_AGE_S = 0.05
 # After a flood (connections at the cap), memory is given back once at most this many stay open, this long after.
 RELEASE_BELOW = 8
 RELEASE_DELAY_S = 1.0
-
-
-def _malloc_trim() -> bool:
-    """Return the C heap's free pages to the system (glibc); False where there is no malloc_trim."""
-    name = ctypes.util.find_library("c")
-    try:
-        trim = ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):
-        trim = None
-    if trim is None:
-        return False
-    trim(0)
-    return True
-
-
-def release_memory() -> str:
-    """Collect garbage and trim the C heap; returns what was done, for the log."""
-    found = gc.collect()
-    return f"{found} objects collected" + (", C heap trimmed" if _malloc_trim() else "")
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from typing import Any
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf
 
 from agent.consensus.store import KvState, Result
+from agent.memory import release_memory
 
 log = logging.getLogger("x0.consensus")
 
@@ -45,7 +46,10 @@ STATUS_EVERY = 0.05
 RETRY_PAUSE = 0.05
 MAX_BATCH = 256  # ops per log entry
 MAX_BATCH_BYTES = 1024 * 1024  # and about this many value bytes (a lone larger op still goes alone)
-COMPACT_AFTER_BYTES = 4 * 1024 * 1024  # value bytes written since the last forced log compaction
+# Compact the log once the values applied since the last compaction reach this, or a quarter of the store if
+# more (each compaction writes the whole store: amortized O(1) per byte written).
+COMPACT_AFTER_BYTES = 2 * 1024 * 1024
+RELEASE_AFTER_S = 0.5  # after forcing a compaction: pysyncobj serializes on its next ticks
 _RETRYABLE = {
     FAIL_REASON.MISSING_LEADER,
     FAIL_REASON.NOT_LEADER,
@@ -121,7 +125,7 @@ class RaftEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: list[tuple[tuple[Any, ...], asyncio.Future[Any], float]] = []
         self._draining: asyncio.Task[None] | None = None
-        self._since_compaction = 0
+        self._release_at: float | None = None  # give memory back then (after a log compaction)
 
     # --- lifecycle ------------------------------------------------------------------------------------------
 
@@ -173,8 +177,22 @@ class RaftEngine:
 
     # --- status (pysyncobj's thread) ------------------------------------------------------------------------
 
+    def _compact(self, obj: SyncObj, now: float) -> None:
+        """pysyncobj compacts after 5000 entries or 300 s; by bytes too, on every voter (the applied values
+        counted by the state machine), or a store of large values stays twice in memory (state + log) until
+        then. Once compacted, the freed log goes back to the system (glibc keeps freed heap pages otherwise)."""
+        if self.state.logged_bytes >= max(COMPACT_AFTER_BYTES, self.state.size // 4):
+            self.state.logged_bytes = 0
+            obj.forceLogCompaction()
+            self._release_at = now + RELEASE_AFTER_S
+        elif self._release_at is not None and now >= self._release_at:
+            self._release_at = None
+            log.info("raft log compacted: %s", release_memory())
+
     def _on_tick(self) -> None:
         now = time.monotonic()
+        if self._obj is not None:
+            self._compact(self._obj, now)
         if now - self._last_status < STATUS_EVERY:
             return
         self._last_status = now
@@ -332,12 +350,6 @@ class RaftEngine:
                     if not fut.done():
                         fut.set_exception(RaftUnavailable(reason, outcome_unknown=unknown))
                 continue
-            self._since_compaction += size
-            if self._since_compaction > COMPACT_AFTER_BYTES and self._obj is not None:
-                # pysyncobj compacts after 5000 entries or 300 s; by bytes too, or a store of large values keeps
-                # every value twice in memory (state + log) until then.
-                self._since_compaction = 0
-                self._obj.forceLogCompaction()
             for (_, fut, _), result in zip(batch, results, strict=True):
                 if not fut.done():
                     fut.set_result(result)

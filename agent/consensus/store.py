@@ -51,6 +51,9 @@ class KvState(SyncObjConsumer):
         self.size = 0
         self.recent: OrderedDict[str, Result] = OrderedDict()
         self._lock = threading.Lock()
+        # Value bytes applied since the engine last compacted the Raft log: every voter's log holds them a second
+        # time until it compacts (agent.consensus.engine). Not state: left out of snapshots.
+        self.logged_bytes = 0
 
     # pysyncobj pickles the consumer's dict for snapshots: a lock cannot be pickled, so leave it out and make a
     # new one when a snapshot is loaded.
@@ -58,6 +61,7 @@ class KvState(SyncObjConsumer):
         with self._lock:
             data = super()._serialize()
             data.pop("_lock", None)
+            data.pop("logged_bytes", None)
             return dict(data)
 
     def _deserialize(self, data: dict[str, Any]) -> None:
@@ -65,11 +69,13 @@ class KvState(SyncObjConsumer):
         with lock:
             super()._deserialize(data)
             self._lock = lock
+            self.logged_bytes = 0
 
     # --- replicated commands (run on every voter, in log order) ------------------------------------------
 
     @replicated
     def put(self, key: str, value: bytes, cas: int | None, rid: str) -> Result:
+        self.logged_bytes += len(value)
         return self._once(rid, lambda: self.apply_put(key, value, cas))
 
     @replicated
@@ -78,6 +84,7 @@ class KvState(SyncObjConsumer):
 
     @replicated
     def append_trim(self, prefix: str, key: str, value: bytes, keep: int, rid: str) -> Result:
+        self.logged_bytes += len(value)
         return self._once(rid, lambda: self.apply_append_trim(prefix, key, value, keep))
 
     @replicated
@@ -85,6 +92,7 @@ class KvState(SyncObjConsumer):
         """Group commit: many requests in one log entry (agent.consensus.engine batches what arrives while the
         previous entry is in flight). Each op keeps its own request id, result and order."""
         out: list[Any] = []
+        self.logged_bytes += sum(len(x) for op in ops for x in op if isinstance(x, bytes))
         for op in ops:
             kind = op[0]
             if kind == "put":
