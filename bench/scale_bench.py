@@ -31,6 +31,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -87,6 +88,7 @@ class Size:
     formation_s: float | None = None  # links up and every member reachable for every agent
     agents_cpu: float | None = None  # % of one core, all agents together
     daemons_cpu: float | None = None
+    daemons_alone_cpu: float | None = None  # --daemons-alone: the same daemons, agents stopped
     monitor_ms: float | None = None  # mean over agents of the mean monitor phase per tick
     ticks_per_s: float | None = None
     drills: list[Drill] = field(default_factory=list)
@@ -208,6 +210,24 @@ class Bench:
 
         size.agents_cpu = pct(a0, a1)
         size.daemons_cpu = pct(d0, d1)
+        if self.args.daemons_alone:
+            # The same daemons with their agents stopped (SIGSTOP): what Yggdrasil costs by itself, apart from the
+            # overlay traffic the agents send through it (SWIM, Raft) and their admin calls.
+            live = [p for p in agent_pids.values() if p is not None]
+            for p in live:
+                os.kill(p, signal.SIGSTOP)
+            try:
+                await asyncio.sleep(2.0)
+                d0 = {i: cpu_ticks(p) for i, p in daemon_pids.items()}
+                t0 = time.monotonic()
+                await asyncio.sleep(self.args.idle_s)
+                d1 = {i: cpu_ticks(p) for i, p in daemon_pids.items()}
+                elapsed = time.monotonic() - t0
+                size.daemons_alone_cpu = pct(d0, d1)
+            finally:
+                for p in live:
+                    os.kill(p, signal.SIGCONT)
+            await asyncio.sleep(self.args.settle_s)
         per_tick = []
         rates = []
         for i in ids:
@@ -277,7 +297,12 @@ class Bench:
             await self.idle(mesh, size)
             print(
                 f"[N={nodes}] idle: agents {_f(size.agents_cpu)} %, daemons {_f(size.daemons_cpu)} %, "
-                f"monitor {_f(size.monitor_ms)} ms/tick",
+                f"monitor {_f(size.monitor_ms)} ms/tick"
+                + (
+                    f"; daemons with the agents stopped {_f(size.daemons_alone_cpu)} %"
+                    if size.daemons_alone_cpu is not None
+                    else ""
+                ),
                 flush=True,
             )
             target = mesh.node_ids[max(0, nodes // 2 - 1)]
@@ -486,6 +511,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--short-faults", default="1,5", help="short case: blackhole durations (default 1,5 s)")
     p.add_argument("--repeat", type=int, default=5, help="repeat case: drills 3 s apart (default 5)")
     p.add_argument("--idle-s", type=float, default=30.0, help="idle CPU window (default 30 s)")
+    p.add_argument(
+        "--daemons-alone",
+        action="store_true",
+        help="after the idle window, measure the daemons again for --idle-s with their agents stopped (SIGSTOP)",
+    )
     p.add_argument("--settle-s", type=float, default=5.0, help="wait after formation before idle (default 5 s)")
     p.add_argument("--steady-timeout", type=float, default=90.0, help="x0dash --steady-timeout (default 90 s)")
     p.add_argument("--run-dir", default=None, help="where meshes keep their files (default: a temp dir)")
