@@ -88,8 +88,9 @@ class MeshPeers(msgspec.Struct, kw_only=True):
     peers: list[PeerView]
     missing: list[MissingPeer]
     # Peer admission (agent.admission): what this node's daemon admits, and the keys it refused in the last hour.
-    admission: str
-    refused: list[RefusedPeer]
+    # Always sent; the defaults let x0dash read an agent older than these fields (a rolling upgrade).
+    admission: str = "not reported"
+    refused: list[RefusedPeer] = []
 
 
 class RouteView(msgspec.Struct, kw_only=True):

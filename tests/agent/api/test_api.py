@@ -23,6 +23,9 @@ from agent.state import AgentState
 from agent.yggdrasil.errors import AdminUnavailable
 from agent.yggdrasil.models import DaemonSnapshot, PeerLink, RouteEntry, SelfInfo
 
+# Response fields added after the first release: optional in the schema so x0dash reads older agents.
+ADDED_LATER = {"MeshPeers": {"admission", "refused"}}
+
 KA, KB, KC = "a" * 64, "b" * 64, "c" * 64
 
 
@@ -151,6 +154,17 @@ async def test_temporary_and_learned_key_hooks(client: AsyncTestClient) -> None:
     assert (await client.get("/mesh/peers")).json()["peers"][0]["temporary"] is False
 
 
+async def test_mesh_peers_always_says_admission(client: AsyncTestClient) -> None:
+    agent_of(client).record_snapshot(snapshot())
+    raw = (await client.get("/mesh/peers")).json()
+    assert set(ADDED_LATER["MeshPeers"]) <= set(raw)
+    assert isinstance(raw["admission"], str) and raw["admission"] and raw["refused"] == []
+    # An older agent's reply (without them) still decodes, as x0dash reads it during a rolling upgrade.
+    older = {k: v for k, v in raw.items() if k not in ADDED_LATER["MeshPeers"]}
+    decoded = msgspec.json.decode(json.dumps(older), type=schemas.MeshPeers)
+    assert decoded.refused == [] and decoded.admission == "not reported"
+
+
 async def test_openapi_lists_routes_and_response_schemas(client: AsyncTestClient) -> None:
     r = await client.get("/schema/openapi.json")
     assert r.status_code == 200
@@ -187,7 +201,10 @@ async def test_openapi_lists_routes_and_response_schemas(client: AsyncTestClient
     ]:
         struct = getattr(schemas, name)
         assert set(components[name]["properties"]) == set(struct.__struct_fields__), name
-        assert set(components[name]["required"]) == set(struct.__struct_fields__), name
+        # Fields added after the first release carry defaults so that x0dash can read older agents: the only
+        # ones the schema may leave optional (the server always sends them: test_mesh_peers_always_says_admission).
+        later = ADDED_LATER.get(name, set())
+        assert set(components[name]["required"]) == set(struct.__struct_fields__) - later, name
     assert "text/plain" in next(iter(paths["/metrics"]["get"]["responses"]["200"]["content"]))
 
 
