@@ -92,3 +92,34 @@ async def test_poll_and_drill_step_right_after_a_screen_is_pushed() -> None:
         drills = await until_screen(pilot, DrillScreen, "composed", lambda s: True)
         assert drills.query_one("#target").value == "node-b"
         assert [r.what for r in drills.query_one(DrillTimeline).rows] == ["fault applied"]
+
+
+async def test_a_poll_landing_while_the_overview_is_torn_down_is_dropped_not_fatal() -> None:
+    """The other end of the screen's life (seen once in a whole-suite run: test_all_agents_down died at exit with
+    `NoMatches: EventLog` while the header was still there): widgets half removed while the app closes."""
+    import pytest
+    from textual.css.query import NoMatches
+
+    app, update = recorded_app()
+    seen: dict[str, object] = {}
+
+    async def auto_pilot(pilot: Pilot) -> None:
+        app.post_message(MeshUpdated(update))
+        screen = await until_screen(
+            pilot, OverviewScreen, "3 nodes", lambda s: len(s.query_one(NodeTable).node_ids) == 3
+        )
+        await screen.query_one(EventLog).remove()
+        # Outside a teardown a missing widget is a bug: it still raises.
+        with pytest.raises(NoMatches):
+            screen.receive(update)
+        screen._pruning = True  # what Textual sets on a screen whose widgets it is removing
+        try:
+            screen.receive(update)  # dropped
+            seen["dropped"] = True
+        finally:
+            screen._pruning = False
+        app.exit(0)
+
+    await app.run_async(headless=True, size=(140, 42), auto_pilot=auto_pilot)
+    assert app_error(app) is None, f"x0dash died on a poll during teardown: {app_error(app)!r}"
+    assert seen == {"dropped": True}
