@@ -1,10 +1,12 @@
 """Peer admission: the daemon admits exactly the members' keys, and the agent reports the ones it refused.
 
 - Enforcing (`YGGDRASIL_CONFIG`, the agent supervises the daemon): `AllowedPublicKeys` in the daemon's config is
-  kept equal to the other members' keys (agent.yggdrasil.admission.admitted_keys). The daemon reads it only at
-  start (no admin call sets it, and SIGHUP kills 0.4.7), so a change of the members' keys rewrites the config and
-  restarts the daemon: its links drop for about a second, then peering re-adds them. Written before the first
-  start too, so a daemon never runs open while the keys are known.
+  kept equal to the other members' known keys (agent.yggdrasil.admission.admitted_keys), written before the first
+  start, so a daemon never runs open while keys are known. The daemon reads it only at start (no admin call sets
+  it, and SIGHUP kills 0.4.7): the file follows every change of the members' keys, but the daemon is restarted
+  (its links drop for about a second, then peering re-adds them) only when a planned neighbour's key is not
+  admitted by the running daemon (`restart_needed`), so a joining node restarts its few neighbours' daemons, not
+  the mesh's; a key that left is dropped at the daemon's next start.
 - Reporting (supervised: the daemon log the supervisor writes; otherwise `X0_DAEMON_LOG`, e.g. Nomad's
   `alloc/logs/yggdrasil.stdout.0`): the log is followed from its end, each refusal counted in
   `x0_peer_admission_refused_total`, listed in GET /mesh/peers `refused` (key, its overlay address, where it
