@@ -15,6 +15,10 @@ import httpx
 from agent.localmesh import LocalMesh, MeshOptions, naming, netns, procs, registry
 from agent.yggdrasil.client import AdminClient
 
+# POST /drills answers once the mesh-wide drill lease is taken through Raft, which may take the whole
+# X0_RAFT_WRITE_TIMEOUT (2 s) under load, then sets the fault up: clients give it this long.
+DRILL_POST_S = 10.0
+
 
 def http_client() -> httpx.Client:
     # trust_env=False: a proxy from the environment must never carry requests meant for our namespaces.

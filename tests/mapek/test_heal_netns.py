@@ -19,7 +19,7 @@ import pytest
 
 from agent.drills import faults
 from agent.localmesh import LocalMesh, MeshOptions, NodeHandle
-from tests.localmesh.support import http_client, peers_up, wait_until
+from tests.localmesh.support import DRILL_POST_S, http_client, peers_up, wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.yggdrasil, pytest.mark.slow]
 
@@ -120,7 +120,11 @@ def drill_tables(mesh: LocalMesh, node_id: str) -> list[str]:
 
 
 def post_drill(client: httpx.Client, node: NodeHandle, kind: str, duration: float) -> dict[str, Any]:
-    r = client.post(f"{node.agent_url}/drills", json={"kind": kind, "duration_s": duration}, headers=AUTH)
+    # POST /drills first takes the mesh-wide lease through Raft (up to X0_RAFT_WRITE_TIMEOUT, 2 s, when Raft is
+    # slow under load): the client's usual 2 s would time out on a legitimate answer (seen in a suite pass).
+    r = client.post(
+        f"{node.agent_url}/drills", json={"kind": kind, "duration_s": duration}, headers=AUTH, timeout=DRILL_POST_S
+    )
     assert r.status_code == 202, r.text
     return r.json()
 
