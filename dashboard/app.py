@@ -225,7 +225,9 @@ class X0Dash(App[int]):
 
     def _drill_changed(self) -> None:
         for screen in self.screen_stack:
-            if isinstance(screen, DrillScreen) and screen.composed:  # else its on_mount shows the drill
+            # Not composed yet: its on_mount shows the drill. Torn down (a report filed as the app exits): nothing
+            # to draw on (a whole-suite pass died here with NoMatches '#drill-status').
+            if isinstance(screen, DrillScreen) and screen.composed and not screen.torn_down():
                 screen.drill_changed()
             if isinstance(screen, MeshScreen):
                 screen.receive(None)

@@ -36,19 +36,19 @@ class MeshScreen(Screen[None]):
         held update are kept (the event log must not lose any); the rest is read from the app, which is current.
         """
         if self.composed:
-            if not self.children or self._torn_down():
+            if not self.children or self.torn_down():
                 return  # torn down (the app is exiting; a filing or a poll finished meanwhile): nothing to draw
             try:
                 self.show_update(update)
             except NoMatches:
                 # Widgets removed between the check and the query: only legitimate while the app tears the
                 # screen down (seen once in a whole-suite run: EventLog gone, header still there).
-                if not self._torn_down():
+                if not self.torn_down():
                     raise
         elif update is not None:
             self._held.append(update)
 
-    def _torn_down(self) -> bool:
+    def torn_down(self) -> bool:
         """The screen or the app is closing (Textual's own flags: there is no public one for a closing screen)."""
         flags = ("_closing", "_closed", "_pruning")
         return not self.is_attached or any(getattr(n, f, False) for n in (self, self.app) for f in flags)

@@ -116,6 +116,7 @@ async def test_a_poll_landing_while_the_overview_is_torn_down_is_dropped_not_fat
         try:
             screen.receive(update)  # dropped
             seen["dropped"] = True
+            assert screen.torn_down()
         finally:
             screen._pruning = False
         app.exit(0)
@@ -123,3 +124,25 @@ async def test_a_poll_landing_while_the_overview_is_torn_down_is_dropped_not_fat
     await app.run_async(headless=True, size=(140, 42), auto_pilot=auto_pilot)
     assert app_error(app) is None, f"x0dash died on a poll during teardown: {app_error(app)!r}"
     assert seen == {"dropped": True}
+
+
+async def test_a_drill_change_while_the_drills_screen_is_torn_down_is_dropped() -> None:
+    """A report filed as the app exits calls the drills screen (a whole-suite pass died with NoMatches
+    '#drill-status' there): torn down, it is skipped; outside a teardown a missing widget still raises."""
+    import pytest
+    from textual.css.query import NoMatches
+
+    app, update = recorded_app()
+    async with app.run_test(size=(140, 42)) as pilot:
+        app.apply_update(MeshUpdated(update))
+        app.open_drills("node-b")
+        drills = await until_screen(pilot, DrillScreen, "composed", lambda s: True)
+        await drills.query_one("#drill-status").remove()
+        with pytest.raises(NoMatches):
+            app._drill_changed()
+        drills._pruning = True
+        try:
+            app._drill_changed()  # skipped, no exception
+        finally:
+            drills._pruning = False
+    assert app_error(app) is None
