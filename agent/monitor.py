@@ -80,6 +80,10 @@ class Monitor:
         self._fast_until = time.monotonic() + FAST_WINDOW_S
         self._poke.set()
 
+    def refresh_now(self) -> None:
+        """Take a snapshot now (someone needs one fresher than the interval gives); the interval runs from it."""
+        self._poke.set()
+
     async def check_members(self) -> None:
         if await self.state.members.check_async():
             log.info("members file changed: %d members", len(self.state.members.members.members))

@@ -89,6 +89,8 @@ class AgentState:
         # the link drops that follow are intentional (not flapping).
         self.own_drill_until = 0.0
         self.announce_drill: Callable[[float], Awaitable[None]] | None = None
+        # Set by the agent's monitor: take a snapshot now instead of at the next interval (`fresh_snapshot`).
+        self.request_snapshot: Callable[[], None] | None = None
 
         self.generation = 0
         self._changed = asyncio.Event()
@@ -174,6 +176,20 @@ class AgentState:
         except TimeoutError:
             pass
         return self.generation
+
+    async def fresh_snapshot(self, newer_than: float, within: float) -> DaemonSnapshot | None:
+        """Ask the monitor for a snapshot now and wait (at most `within` s) for one taken after `newer_than`
+        (unix s); returns it, or None when none came (no monitor, the daemon does not answer, or too slow)."""
+        deadline = time.monotonic() + within
+        if self.request_snapshot is None:
+            return None
+        self.request_snapshot()
+        while (snap := self.snapshot) is None or snap.taken_at <= newer_than:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            await self.wait_changed(self.generation, within=left)
+        return snap
 
     # --- readers ------------------------------------------------------------------------------------------
 

@@ -93,6 +93,7 @@ class _Background:
         if agent.members.check():
             agent.record_members_change()
         agent.peering = Peering(agent)
+        agent.request_snapshot = self.monitor.refresh_now
         enforce = settings.yggdrasil_config is not None and settings.peer_admission
         agent.admission = PeerAdmission(
             agent,

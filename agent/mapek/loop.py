@@ -184,7 +184,9 @@ class MapekLoop:
             agent.announce_drill = self._announce_drill
         else:
             self.swim_error = swim.error
-        monitor = MapekMonitor(self._read, member_of, self.swim, timeout=self.thresholds.probe_timeout_s)
+        monitor = MapekMonitor(
+            self._read, member_of, self.swim, timeout=self.thresholds.probe_timeout_s, fresh=agent.fresh_snapshot
+        )
         self.attach(agent, monitor, Executor(admin))
         self._task = asyncio.get_running_loop().create_task(self._run(), name="x0-mapek")
         self._watch = asyncio.get_running_loop().create_task(self._watch_ports(monitor), name="x0-mapek-watch")

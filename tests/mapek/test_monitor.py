@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
+import time
 
-from agent.mapek.knowledge import Knowledge, Probe, Temporary
-from agent.mapek.monitor import DIAL_IN_FLIGHT, WATCH_ROUND, MapekMonitor, dial_targets, merge_links, watch_set
+from agent.mapek.analyze import analyze
+from agent.mapek.knowledge import Knowledge, MemberView, Probe, Temporary
+from agent.mapek.monitor import (
+    DIAL_IN_FLIGHT,
+    FRESH_WAIT_S,
+    WATCH_ROUND,
+    DaemonRead,
+    MapekMonitor,
+    dial_targets,
+    merge_links,
+    watch_set,
+)
+from agent.mapek.swim.protocol import ProbeResult
 from agent.members import parse_members
-from agent.yggdrasil.models import PeerLink
+from agent.settings import Settings
+from agent.state import AgentState
+from agent.yggdrasil.models import DaemonSnapshot, PeerLink, SelfInfo
 
 from .sim import members
 
@@ -119,3 +134,104 @@ async def test_dial_probes_of_a_large_plan_are_bounded_and_rotated() -> None:
     finally:
         for sock in [*listeners.values(), closed]:
             sock.close()
+
+
+# --- a listing older than a failed probe -------------------------------------------------------------------------
+
+
+class FailedProbes:
+    """The membership layer's side: the probe results a tick takes (SWIM itself is tested in test_swim.py)."""
+
+    def __init__(self, results: list[ProbeResult]) -> None:
+        self.results = results
+
+    def take_results(self) -> list[ProbeResult]:
+        out, self.results = self.results, []
+        return out
+
+    def view(self) -> dict[str, MemberView]:
+        return {}
+
+    def cut_off(self) -> bool:
+        return False
+
+
+def _snapshot(up: list[str], taken_at: float) -> DaemonSnapshot:
+    return DaemonSnapshot(
+        api_version="0.4",
+        self_info=SelfInfo(key="k-a", address="200::a", subnet="300::/64"),
+        peers=[PeerLink(key=f"k-{m}", up=True, bytes_recvd=10) for m in up],
+        routes=[],
+        taken_at=taken_at,
+    )
+
+
+def _state_with(snapshot: DaemonSnapshot, fresh_peers: list[str] | None) -> tuple[AgentState, list[float]]:
+    """A real AgentState holding `snapshot`; its snapshot hook records, as the agent's monitor does, a snapshot
+    listing `fresh_peers` a moment later (None: the daemon never answers)."""
+    agent = AgentState(Settings(node_id="node-a", raft_enabled=False))
+    agent.record_snapshot(snapshot)
+    asked: list[float] = []
+
+    def request() -> None:
+        asked.append(time.time())
+        if fresh_peers is not None:
+            asyncio.get_running_loop().call_later(
+                0.02, lambda: agent.record_snapshot(_snapshot(fresh_peers, time.time()))
+            )
+
+    agent.request_snapshot = request
+    return agent, asked
+
+
+def _monitor(agent: AgentState, results: list[ProbeResult]) -> MapekMonitor:
+    def read() -> DaemonRead:
+        return DaemonRead(snapshot=agent.snapshot, ok=True)
+
+    def member_of(link: PeerLink) -> str | None:
+        return link.key.removeprefix("k-")
+
+    return MapekMonitor(read, member_of, FailedProbes(results), timeout=0.7, fresh=agent.fresh_snapshot)
+
+
+async def test_a_failed_probe_of_a_listed_peer_is_judged_on_a_snapshot_taken_after_it() -> None:
+    """node-b's daemon was killed: the probe failed, but the snapshot (taken before the kill) still lists the
+    link. CI failed test_kill_daemon_drill_detected_and_healed so: node-a judged node-b silent on that old listing.
+    The monitor asks for a snapshot now, and the link is seen down (peer_lost, not peer_silent)."""
+    kn = Knowledge("node-a", members(["node-a", "node-b", "node-c"]))
+    agent, asked = _state_with(_snapshot(["node-b", "node-c"], time.time() - 0.5), fresh_peers=["node-c"])
+    monitor = _monitor(agent, [])
+    await monitor.observe(kn)  # the tick before: the snapshot is news, nothing failed
+    assert asked == []
+    kn.observe(await monitor.observe(kn))
+    failed = ProbeResult("node-b", "mesh", False, time.time() - 0.7, error="no ack within 0.70 s")
+    monitor.membership = FailedProbes([failed])
+    obs = await monitor.observe(kn)
+    assert len(asked) == 1
+    assert "node-b" not in obs.links and obs.links["node-c"].up
+    assert obs.links_before is not None and obs.links_before["node-b"].up  # the old listing is the one before
+    assert [f.kind for f in analyze(obs, kn) if f.subject == "node-b"] == ["peer_lost"]
+
+
+async def test_no_snapshot_is_asked_for_without_a_failed_probe_of_a_listed_peer() -> None:
+    kn = Knowledge("node-a", members(["node-a", "node-b", "node-c"]))
+    agent, asked = _state_with(_snapshot(["node-c"], time.time() - 0.5), fresh_peers=["node-c"])
+    results = [
+        ProbeResult("node-c", "mesh", True, time.time() - 0.3, rtt_s=0.01),  # answered
+        ProbeResult("node-b", "mesh", False, time.time() - 0.7, error="no ack"),  # not listed: already down
+        ProbeResult("node-c", "underlay", False, time.time() - 0.7, error="no ack"),  # not the mesh path
+    ]
+    obs = await _monitor(agent, results).observe(kn)
+    assert asked == []
+    assert set(obs.links) == {"node-c"}
+
+
+async def test_a_daemon_that_gives_no_fresh_snapshot_leaves_the_old_one_after_a_bounded_wait() -> None:
+    kn = Knowledge("node-a", members(["node-a", "node-b"]))
+    agent, asked = _state_with(_snapshot(["node-b"], time.time() - 0.5), fresh_peers=None)
+    failed = ProbeResult("node-b", "mesh", False, time.time() - 0.7, error="no ack")
+    started = time.monotonic()
+    obs = await _monitor(agent, [failed]).observe(kn)
+    waited = time.monotonic() - started
+    assert len(asked) == 1 and obs.links["node-b"].up
+    assert FRESH_WAIT_S <= waited < FRESH_WAIT_S + 1.0
