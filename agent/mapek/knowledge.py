@@ -327,8 +327,9 @@ class Knowledge:
                     st.underlay_fail_since = None
                     if p.daemon_up is None:
                         st.daemon_up = True
-                    slow = p.rtt_s is not None and p.rtt_s > th.latency_degraded_s
-                    st.slow_probes = st.slow_probes + 1 if slow else 0
+                    if p.rtt_s is not None:  # a ping the member sent us proves it answers, not how fast
+                        slow = p.rtt_s > th.latency_degraded_s
+                        st.slow_probes = st.slow_probes + 1 if slow else 0
                 elif st.overlay_fail_since is None:
                     st.overlay_fail_since = p.at
             elif p.path == "underlay":

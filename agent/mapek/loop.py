@@ -467,7 +467,8 @@ class MapekLoop:
         return Membership(
             enabled=True,
             detail=f"SWIM over UDP port {swim.port}: {len(s.watched)} watched every {c.probe_interval_s:g} s, "
-            f"{c.rotation} other per interval in rotation; {c.indirect_checks} indirect probes",
+            f"{c.rotation} other every {c.rotation_every} intervals in rotation; "
+            f"{c.indirect_checks} indirect probes",
             incarnation=s.inc,
             local_health=s.local_health,
             not_alive=[

@@ -14,6 +14,7 @@ import pytest
 from agent.mapek.swim.protocol import (
     ALIVE,
     DEAD,
+    PASSIVE_MARGIN,
     SUSPECT,
     Ack,
     Gossip,
@@ -223,3 +224,74 @@ def test_per_member_traffic_stays_flat_from_20_to_100_members() -> None:
         sim.run_until(20.0)
         rates[n] = sum(t.messages for t in sim.sent.values()) / n / 10.0
     assert rates[100] < 1.25 * rates[20], rates
+
+
+def _pair(seed: int = 7) -> dict[str, Swim]:
+    a, b = swim("a", ["a", "b"]), swim("b", ["a", "b"])
+    a.rng, b.rng = random.Random(seed), random.Random(seed + 1)
+    a.set_watched(["b"], 0.0)
+    b.set_watched(["a"], 0.0)
+    return {"a": a, "b": b}
+
+
+def _pair_run(
+    nodes: dict[str, Swim], until: float, *, dead: str | None = None, dead_at: float = 0.0, latency: float = 0.005
+) -> dict[str, list[float]]:
+    """Drive two members watching each other until `until`, delivering mesh datagrams after `latency`; `dead`
+    sends and hears nothing from `dead_at` on. Returns the times each sent a ping."""
+    inflight: list[tuple[float, str, str, object]] = []  # (deliver at, to, from, message)
+    pings: dict[str, list[float]] = {k: [] for k in nodes}
+    now = 0.0
+
+    def gone(k: str, at: float) -> bool:
+        return k == dead and at >= dead_at
+
+    def send(src: str, sends: list[Send], at: float) -> None:
+        for s in sends:
+            if s.path != "mesh" or gone(src, at):
+                continue
+            if isinstance(s.message, Ping):
+                pings[src].append(at)
+            inflight.append((at + latency, s.to, src, s.message))
+
+    while now < until:
+        due = {k: n.next_due() for k, n in nodes.items() if not gone(k, now)}
+        now = min([*due.values(), *(d for d, *_ in inflight)])
+        for k, t in due.items():
+            if t <= now:
+                send(k, nodes[k].tick(now), now)
+        for item in [i for i in inflight if i[0] <= now]:
+            inflight.remove(item)
+            _, to, src, msg = item
+            if not gone(to, now):
+                send(to, nodes[to].receive(now, src, "mesh", msg), now)  # type: ignore[arg-type]
+    return pings
+
+
+def test_each_watched_link_is_probed_once_per_interval_by_whichever_end_leads() -> None:
+    """Both ends watch the link; a ping received from the other end counts as our probe of it (an ok result) and
+    defers ours. Before, both ends probed every interval: twice the pings, and they were most of the daemons' idle
+    CPU at 20 nodes (bench/scale_bench.py)."""
+    nodes = _pair()
+    pings = _pair_run(nodes, 20.0)
+    intervals = 20.0 / CFG.probe_interval_s
+    total = len(pings["a"]) + len(pings["b"])
+    assert intervals * 0.9 <= total <= intervals * 1.1, pings  # was ~2 x intervals
+    for me, other in (("a", "b"), ("b", "a")):
+        results = [r for r in nodes[me].take_results() if r.member == other]
+        assert len(results) >= intervals * 0.9 and all(r.ok for r in results)
+        assert nodes[me].state(other) == "alive"
+
+
+def test_when_the_leading_end_goes_quiet_the_other_probes_within_a_little_more_than_an_interval() -> None:
+    pings = _pair_run(_pair(), 10.0)
+    leader = max(pings, key=lambda k: len(pings[k]))
+    follower = "b" if leader == "a" else "a"
+    assert len(pings[follower]) <= 2  # it only pinged until the leader's pings came first
+    nodes = _pair()  # the same run again (same seeds), the leader gone at 10 s
+    pings = _pair_run(nodes, 12.0, dead=leader, dead_at=10.0)
+    last = max(t for t in pings[leader] if t < 10.0)
+    first = min(t for t in pings[follower] if t > last)
+    assert first - last <= CFG.probe_interval_s * (1 + 2 * PASSIVE_MARGIN) + 0.01
+    failed = [r for r in nodes[follower].take_results() if r.member == leader and not r.ok]
+    assert failed and failed[0].at == first

@@ -22,9 +22,11 @@ What differs from memberlist, on purpose:
   from), and is not suspected before `startup_grace_s`. Dead members keep being probed: a member that is back
   answers, learns it was declared dead, and refutes.
 - Who is probed: the *watched* members (this node's planned neighbours and stand-ins, a fixed number) every
-  probe interval, plus `rotation` other members per interval in a shuffled round robin (SWIM's time-bounded
-  completeness). Both are O(1) per node; watching the neighbours bounds first detection by one interval plus
-  the timeouts instead of SWIM's expected e/(e-1) intervals.
+  probe interval, plus `rotation` other members every `rotation_every` intervals in a shuffled round robin
+  (SWIM's time-bounded completeness). Both are O(1) per node; watching the neighbours bounds first detection by
+  one interval plus the timeouts instead of SWIM's expected e/(e-1) intervals. A link's two ends watch each
+  other, so a ping received from a watched member counts as our probe of it (an ok result, no round trip) and
+  defers ours: each link is probed once per interval, by whichever end leads.
 - Two paths: `mesh` (the Yggdrasil overlay, or the only path in a loopback mesh) carries all of the protocol;
   `underlay` pings, sent beside the indirect probes when the mesh path fails, only say whether the member's
   agent (and, from its ack, its daemon) is alive. They never carry membership updates: a blackholed member must
@@ -53,6 +55,9 @@ STATES: tuple[State, ...] = ("joining", "alive", "suspect", "dead")
 ALIVE, SUSPECT, DEAD = 0, 1, 2
 _CODE_STATE: dict[int, State] = {ALIVE: "alive", SUSPECT: "suspect", DEAD: "dead"}
 _STATE_CODE: dict[State, int] = {"alive": ALIVE, "suspect": SUSPECT, "dead": DEAD}
+# A watched member's ping defers our own probe of it by an interval plus this fraction of one (plus as much
+# again at random: two ends whose timers fire together drift apart instead of crossing pings forever).
+PASSIVE_MARGIN = 0.1
 
 
 class SwimConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -63,7 +68,10 @@ class SwimConfig(msgspec.Struct, frozen=True, kw_only=True):
     probe_timeout_s: float = 0.3  # direct ack; overlay round trips here are ~1-20 ms, loaded ~100 ms
     indirect_checks: int = 3  # k helpers asked to ping the target when the direct ping fails
     indirect_timeout_s: float = 0.4  # helpers answer a nack at 80 % of it
-    rotation: int = 1  # members outside the watched set probed per interval
+    rotation: int = 1  # members outside the watched set probed per rotation interval
+    # Every member is watched by its neighbours each probe interval already; the rotation only keeps a path and an
+    # RTT to the others and mixes the gossip, and at 20 nodes it still reaches each member ~1.3 times per second.
+    rotation_every: int = 2  # probe intervals per rotation step
     suspicion_mult: float = 4.0  # min suspicion = mult * max(1, log10(n)) * interval (memberlist)
     suspicion_max_mult: float = 6.0  # max suspicion = max_mult * min
     gossip_interval_s: float = 0.2
@@ -184,7 +192,7 @@ class MemberEntry:
     suspect_deadline: float | None = None
     suspect_started: float | None = None
     drill_until: float = 0.0
-    last_ack: float | None = None  # our own probe of it answered (directly or relayed)
+    last_ack: float | None = None  # our own probe of it answered (directly or relayed), or it pinged us
     srtt_s: float | None = None  # smoothed round trip of our direct pings
     fail_since: float | None = None  # our own probes have failed since
 
@@ -384,7 +392,7 @@ class Swim:
                 if m not in self._probing:
                     out += self._start_probe(m, now)
         if self._next_rotation <= now:
-            self._next_rotation = now + c.probe_interval_s * self._scale()
+            self._next_rotation = now + c.probe_interval_s * c.rotation_every * self._scale()
             for m in self._rotation_pick(c.rotation):
                 out += self._start_probe(m, now)
         for probe in list(self._probes.values()):
@@ -532,6 +540,19 @@ class Swim:
         inc = ack.inc if direct else ack.about_inc
         self._heard_alive(e, inc, now)
 
+    def _probed_by(self, e: MemberEntry, now: float) -> None:
+        """A watched member pinged us over the mesh: the link was just probed, from its end. That ping is our
+        evidence of it for this interval, so our own probe waits: one probe per link per interval instead of two
+        (the agents' probes were most of the daemons' idle CPU, issue 10). Our next probe is due a little more
+        than an interval from now, so the member that leads keeps leading, and the moment its pings stop ours
+        resume: detection from this end is late by at most that margin."""
+        c = self.config
+        nxt = now + c.probe_interval_s * self._scale() * (1.0 + PASSIVE_MARGIN * (1.0 + self.rng.random()))
+        if self._next_watch[e.node] < nxt:
+            self._next_watch[e.node] = nxt
+        e.last_ack = now
+        self._results.append(ProbeResult(e.node, "mesh", True, now))
+
     def _heard_alive(self, e: MemberEntry, inc: int, now: float) -> None:
         """Direct evidence the member answers at incarnation `inc`."""
         if e.state == "joining" or (e.state != "alive" and inc > e.inc):
@@ -560,6 +581,8 @@ class Swim:
                 e = self.members[sender]
                 if e.state == "joining":
                     self._heard_alive(e, message.inc, now)
+                if sender in self._next_watch:
+                    self._probed_by(e, now)
                 out.append(Send(sender, "mesh", self._ack(sender, message.seq)))
         elif isinstance(message, PingReq):
             if path == "mesh":
