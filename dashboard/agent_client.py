@@ -75,8 +75,15 @@ def _origin(url: str) -> str:
     return url.split("/", 3)[2] if "://" in url else url
 
 
+# Writes (drills, the mesh-wide lease, drill records) go through Raft on the agent: it answers within its write
+# timeout (X0_RAFT_WRITE_TIMEOUT, 2 s) plus a forward to a voter. The polls' short timeout would give up on a
+# legitimate answer: scale_bench at 20 nodes had x0dash call a drill refused ("no answer within 1.5 s") there.
+WRITE_TIMEOUT_S = 5.0
+
+
 class AgentClient:
-    """httpx clients for all agents, one small pool per agent. `timeout` bounds every request.
+    """httpx clients for all agents, one small pool per agent. `timeout` bounds every read; writes (the requests
+    that carry the token) get at least WRITE_TIMEOUT_S.
 
     One pool per agent, not one shared pool: httpcore's pool scans its connections for every request, so a single
     pool holding ~600 connections (100 agents x 6 concurrent requests) spends seconds per cycle in that scan
@@ -145,6 +152,7 @@ class AgentClient:
     ) -> T:
         url = self._url(base_url, path)
         headers = None
+        timeout = max(self.timeout, WRITE_TIMEOUT_S) if auth else self.timeout
         if auth:
             if not self.token:
                 raise AgentError(
@@ -158,17 +166,19 @@ class AgentClient:
             headers = {"authorization": f"Bearer {self.token}"}
         try:
             try:
-                resp = await self._client(url).request(method, url, params=params, json=json, headers=headers)
+                resp = await self._client(url).request(
+                    method, url, params=params, json=json, headers=headers, timeout=timeout
+                )
             except (httpx.RemoteProtocolError, httpx.ReadError):
                 # Plain HTTP to an agent serving TLS: it drops the connection. Use https if it answers there.
                 if not (url.startswith("http://") and await self._offers_tls(url)):
                     raise
                 url = _https(url)
-                resp = await self._client(url).request(method, url, params=params, json=json, headers=headers)
+                resp = await self._client(url).request(
+                    method, url, params=params, json=json, headers=headers, timeout=timeout
+                )
         except httpx.TimeoutException as exc:
-            raise AgentError(
-                "timeout", f"no answer within {self.timeout:g} s ({type(exc).__name__})", url=url
-            ) from exc
+            raise AgentError("timeout", f"no answer within {timeout:g} s ({type(exc).__name__})", url=url) from exc
         except httpx.ConnectError as exc:
             raise AgentError("refused", f"cannot connect: {exc or type(exc).__name__}", url=url) from exc
         except httpx.HTTPError as exc:
