@@ -469,7 +469,9 @@ def absorb_incidents(agent: AgentData, incidents: Iterable[wire.Incident]) -> li
     news: list[tuple[wire.Incident, str]] = []
     for inc in incidents:
         old = agent.incidents.get(inc.id)
-        if old is None:
+        # The agent merges a fault that comes back within its merge window into the same incident (same id, count
+        # + 1, detected again): that is a new opening too, or a drill's detections would be missing from the log.
+        if old is None or inc.detected_at > old.detected_at:
             news.append((inc, "opened"))
             if inc.resolved_at is not None:
                 news.append((inc, "resolved"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from dashboard.events import view_events
 from dashboard.models import absorb_incidents, merge, node_state
 
@@ -117,3 +119,17 @@ def test_absorb_incidents_reports_open_and_resolve_once() -> None:
     news = absorb_incidents(a, [incident("i1", "peer_lost", "node-b", 100.0, 102.5)])
     assert [w for _, w in news] == ["resolved"]
     assert a.cursor == 102.5
+
+
+def test_an_incident_the_agent_reopens_is_news_again() -> None:
+    """The agent merges a fault that comes back within its merge window into the same incident: same id, detected
+    again. A test of x0dash's drill view missed a blackhole's detection so: node-b's peer_silent about node-c kept
+    the id of one resolved 9 s before, and x0dash, keyed by id, logged nothing."""
+    a = agent("node-b", [])
+    absorb_incidents(a, [incident("i2", "peer_silent", "node-c", 100.0, 102.0)])
+    again = msgspec.structs.replace(incident("i2", "peer_silent", "node-c", 111.0), count=2)
+    news = absorb_incidents(a, [again])
+    assert [(i.detected_at, w) for i, w in news] == [(111.0, "opened")]
+    assert absorb_incidents(a, [again]) == []
+    news = absorb_incidents(a, [msgspec.structs.replace(again, resolved_at=117.5)])
+    assert [w for _, w in news] == ["resolved"]
