@@ -538,6 +538,8 @@ def main(argv: list[str] | None = None) -> int:
         if shutil.which(tool) is None and not os.access(f"/usr/sbin/{tool}", os.X_OK):
             p.error(f"{tool} not found")
     started = time.monotonic()
+    if args.run_dir is not None:
+        Path(args.run_dir).mkdir(parents=True, exist_ok=True)  # --keep --run-dir new/dir: made, not refused
     out = asyncio.run(bench(args))
     print()
     print(f"scale_bench: {time.monotonic() - started:.0f} s, sizes {args.sizes}, {args.runs} run(s) per drill")

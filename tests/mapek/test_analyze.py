@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from agent.mapek.analyze import analyze
+from agent.mapek.knowledge import Knowledge, LinkSample, Observation, Probe
+
 from .sim import SimNode, members
 
 FULL3 = ["node-a", "node-b", "node-c"]
@@ -55,6 +58,26 @@ def test_silent_peer_needs_failed_probe_and_no_traffic() -> None:
     r = node.tick(up={"node-b", "node-c"}, overlay={"node-c": False}, quiet={"node-c"})
     assert r.kinds("node-c") == {"peer_silent"}
     assert "listed but carries no traffic" in r.findings[0].detail
+
+
+def test_a_probe_sent_before_the_link_came_up_does_not_make_it_silent() -> None:
+    """node-a's daemon was down (a kill-daemon drill); a probe of node-c sent then timed out after the daemon and
+    the link were back. It says nothing about the new link; a probe sent on it does."""
+    kn = Knowledge("node-a", members(FULL3))
+    t = kn.started_at + 100.0
+
+    def links(n: int) -> dict[str, LinkSample]:
+        return {m: LinkSample(member=m, up=True, bytes_recvd=n) for m in ("node-b", "node-c")}
+
+    kn.observe(Observation(at=t, daemon_ok=True, links=links(10), links_before=None))
+    stale = Probe(member="node-c", path="overlay", ok=False, at=t - 2.0, error="no ack within 3.50 s")
+    obs = Observation(at=t + 0.5, daemon_ok=True, links=links(10), links_before=links(10), probes=[stale])
+    kn.observe(obs)
+    assert "peer_silent" not in {f.kind for f in analyze(obs, kn)}
+    fresh = Probe(member="node-c", path="overlay", ok=False, at=t + 0.6, error="no ack within 0.70 s")
+    obs = Observation(at=t + 1.5, daemon_ok=True, links=links(10), links_before=links(10), probes=[fresh])
+    kn.observe(obs)
+    assert {(f.kind, f.subject) for f in analyze(obs, kn)} >= {("peer_silent", "node-c")}
 
 
 def test_silent_peer_dropped_by_daemon_stays_one_incident() -> None:

@@ -64,7 +64,7 @@ class SwimConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Timings and fan-outs; the defaults fit the 2 s awareness target on a loaded 2-core machine
     (bench/scale_bench.py)."""
 
-    probe_interval_s: float = 0.4  # each watched member is pinged once per interval
+    probe_interval_s: float = 0.4  # each watched link is pinged once per interval (by one of its ends)
     probe_timeout_s: float = 0.3  # direct ack; overlay round trips here are ~1-20 ms, loaded ~100 ms
     indirect_checks: int = 3  # k helpers asked to ping the target when the direct ping fails
     indirect_timeout_s: float = 0.4  # helpers answer a nack at 80 % of it
