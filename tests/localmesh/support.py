@@ -18,6 +18,9 @@ from agent.yggdrasil.client import AdminClient
 # POST /drills answers once the mesh-wide drill lease is taken through Raft, which may take the whole
 # X0_RAFT_WRITE_TIMEOUT (2 s) under load, then sets the fault up: clients give it this long.
 DRILL_POST_S = 10.0
+# After a fault the Raft group may hold an election (a returning member's higher term deposes the leader: pysyncobj
+# has no pre-vote), and POST /drills answers 503 naming it. An operator tries again; the tests do too, this long.
+RAFT_SETTLE_S = 20.0
 
 
 def http_client() -> httpx.Client:
@@ -167,3 +170,17 @@ def check_routes_list_the_others(run: MeshRun) -> None:
     print(f"\n{run.mesh.mode}: routes name every other member by {figures} s after agent start (upper bound)")
     for node in run.mesh.nodes:
         assert run.client.get(f"{node.agent_url}/mesh/routes").json()["node_id"] == node.id
+
+
+def post_drill(
+    client: httpx.Client, agent_url: str, body: dict[str, object], headers: dict[str, str]
+) -> httpx.Response:
+    """POST /drills, again while the agent answers 503 because Raft has no leader or quorum yet; any other answer
+    (or the last 503 after RAFT_SETTLE_S) is returned to the caller to judge."""
+    deadline = time.monotonic() + RAFT_SETTLE_S
+    while True:
+        resp = client.post(f"{agent_url}/drills", json=body, headers=headers, timeout=DRILL_POST_S)
+        unavailable = resp.status_code == 503 and ("no leader" in resp.text or "no quorum" in resp.text)
+        if not unavailable or time.monotonic() > deadline:
+            return resp
+        time.sleep(0.5)

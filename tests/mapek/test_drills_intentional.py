@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from agent.localmesh import LocalMesh, MeshOptions
-from tests.localmesh.support import DRILL_POST_S, wait_until
+from tests.localmesh.support import post_drill, wait_until
 
 TOKEN = "x0-test-intentional"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -69,7 +69,7 @@ def test_back_to_back_drills_are_not_flapping(mesh: LocalMesh, client: httpx.Cli
     )
     for _ in range(3):
         body = {"kind": "partition", "duration_s": 1}
-        r = client.post(f"{c.agent_url}/drills", json=body, headers=AUTH, timeout=DRILL_POST_S)
+        r = post_drill(client, c.agent_url, body, AUTH)
         assert r.status_code == 202, r.text
         drill = r.json()
         # Every other member heard about the drill from node-c itself before its links dropped.

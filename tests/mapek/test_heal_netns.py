@@ -19,7 +19,7 @@ import pytest
 
 from agent.drills import faults
 from agent.localmesh import LocalMesh, MeshOptions, NodeHandle
-from tests.localmesh.support import DRILL_POST_S, http_client, peers_up, wait_until
+from tests.localmesh.support import http_client, peers_up, post_drill, wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.yggdrasil, pytest.mark.slow]
 
@@ -119,12 +119,8 @@ def drill_tables(mesh: LocalMesh, node_id: str) -> list[str]:
     return [line.split()[-1] for line in out.splitlines() if line.startswith("table") and "x0_" in line]
 
 
-def post_drill(client: httpx.Client, node: NodeHandle, kind: str, duration: float) -> dict[str, Any]:
-    # POST /drills first takes the mesh-wide lease through Raft (up to X0_RAFT_WRITE_TIMEOUT, 2 s, when Raft is
-    # slow under load): the client's usual 2 s would time out on a legitimate answer (seen in a suite pass).
-    r = client.post(
-        f"{node.agent_url}/drills", json={"kind": kind, "duration_s": duration}, headers=AUTH, timeout=DRILL_POST_S
-    )
+def start_drill(client: httpx.Client, node: NodeHandle, kind: str, duration: float) -> dict[str, Any]:
+    r = post_drill(client, node.agent_url, {"kind": kind, "duration_s": duration}, AUTH)
     assert r.status_code == 202, r.text
     return r.json()
 
@@ -177,7 +173,7 @@ def test_chain_node_loss_route_around_and_restore(chain: LocalMesh, client: http
 def test_blackhole_detected_and_mesh_whole_right_after(full: LocalMesh, client: httpx.Client) -> None:
     a, b, c = (full.node(n) for n in ("node-a", "node-b", "node-c"))
     wait_until("full mesh up", lambda: all_pairs_up(client, full) and settled(client, full), 15)
-    drill = post_drill(client, c, "blackhole", 10)
+    drill = start_drill(client, c, "blackhole", 10)
     assert drill["state"] == "active" and drill["node_id"] == "node-c"
     for observer in (a, b):
         took = first_incident(client, observer, "node-c", drill["started_at"], {"peer_silent", "peer_lost"})
@@ -218,7 +214,7 @@ def metric(text: str, series: str) -> float:
 def test_kill_daemon_drill_detected_and_healed(full: LocalMesh, client: httpx.Client) -> None:
     a, b = full.node("node-a"), full.node("node-b")
     wait_until("full mesh up", lambda: all_pairs_up(client, full) and settled(client, full), 15)
-    drill = post_drill(client, b, "kill-daemon", 6)
+    drill = start_drill(client, b, "kill-daemon", 6)
     took = first_incident(client, a, "node-b", drill["started_at"], {"peer_lost"})
     assert took <= 6, f"node-a noticed node-b's daemon gone only after the 6 s drill ({took:.2f} s)"
     assert client.get(f"{b.agent_url}/health").status_code == 503
@@ -240,7 +236,7 @@ def test_kill_daemon_drill_detected_and_healed(full: LocalMesh, client: httpx.Cl
 def test_partition_aborted_midway_leaves_no_rules(full: LocalMesh, client: httpx.Client) -> None:
     c = full.node("node-c")
     wait_until("full mesh up", lambda: all_pairs_up(client, full) and settled(client, full), 15)
-    drill = post_drill(client, c, "partition", 60)
+    drill = start_drill(client, c, "partition", 60)
     assert drill_tables(full, "node-c") == ["x0_drill"]
     wait_until("partition cut node-c's links", lambda: peers_up(client, c.agent_url) == [], 8)
     r = client.delete(f"{c.agent_url}/drills/{drill['id']}", headers=AUTH)
@@ -254,7 +250,7 @@ def test_partition_aborted_midway_leaves_no_rules(full: LocalMesh, client: httpx
 def test_agent_killed_mid_drill_restarted_removes_the_rules(full: LocalMesh, client: httpx.Client) -> None:
     c = full.node("node-c")
     wait_until("full mesh up", lambda: all_pairs_up(client, full) and settled(client, full), 15)
-    post_drill(client, c, "partition", 120)
+    start_drill(client, c, "partition", 120)
     pid = full.agent_pid("node-c")
     assert pid is not None
     os.kill(pid, signal.SIGKILL)  # no shutdown hook runs: the rules stay behind

@@ -21,7 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.localmesh import LocalMesh, MeshOptions
-from tests.localmesh.support import DRILL_POST_S, http_client, leftovers, wait_until
+from tests.localmesh.support import http_client, leftovers, post_drill, wait_until
 
 from .catalog import (
     PROMETHEUS_SERIES,
@@ -115,12 +115,7 @@ def live(
 
 
 def run_drill(live: Live, node_id: str, kind: str, duration_s: float) -> dict[str, Any]:
-    resp = live.client.post(
-        f"{live.agent(node_id)}/drills",
-        json={"kind": kind, "duration_s": duration_s},
-        headers=live.auth(),
-        timeout=DRILL_POST_S,
-    )
+    resp = post_drill(live.client, live.agent(node_id), {"kind": kind, "duration_s": duration_s}, live.auth())
     assert resp.status_code == 202, resp.text
     drill_id = resp.json()["id"]
 
