@@ -4,7 +4,6 @@ request only after its write timeout; x0dash's poll timeout (1.5 s) must not tur
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ import httpx
 import pytest
 
 from dashboard.agent_client import WRITE_TIMEOUT_S, AgentClient, AgentError
-from tests.agent.service.agentproc import AgentProcess, free_port, wait_for
+from tests.agent.service.agentproc import AgentProcess, daemonless_env, free_port, wait_for
 
 TOKEN = "writes-test-token-0123456789"
 RAFT_WRITE_TIMEOUT_S = 2.5  # longer than x0dash's poll timeout, shorter than its write timeout
@@ -40,21 +39,18 @@ def lonely_voter(tmp_path: Path) -> Iterator[AgentProcess]:
             }
         )
     )
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "NODE_ID": "node-a",
-        "LISTEN_HOST": "127.0.0.1",
-        "LISTEN_PORT": str(port),
-        "YGGDRASIL_ADMIN": f"unix://{tmp_path}/absent.sock",
-        "X0_ADMIN_TIMEOUT": "0.5",
-        "MESH_MEMBERS": str(members),
-        "X0_API_TOKEN": TOKEN,
-        "X0_RAFT_PORT": str(raft_ports["node-a"]),
-        "X0_RAFT_DIR": str(tmp_path / "raft"),
-        "X0_RAFT_VOTERS": "3",
-        "X0_RAFT_WRITE_TIMEOUT": str(RAFT_WRITE_TIMEOUT_S),
-        "X0_MAPEK_ENABLED": "false",
-    }
+    env = daemonless_env(
+        "node-a",
+        port,
+        tmp_path,
+        MESH_MEMBERS=str(members),
+        X0_API_TOKEN=TOKEN,
+        X0_RAFT_PORT=str(raft_ports["node-a"]),
+        X0_RAFT_DIR=str(tmp_path / "raft"),
+        X0_RAFT_VOTERS="3",
+        X0_RAFT_WRITE_TIMEOUT=str(RAFT_WRITE_TIMEOUT_S),
+        X0_MAPEK_ENABLED="false",
+    )
     agent = AgentProcess("node-a", port, env, tmp_path / "agent.log")
     agent.start()
     try:

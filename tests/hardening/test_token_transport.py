@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from agent.auth import clear_underlay_refusal
-from tests.agent.service.agentproc import AGENT_BIN, AgentProcess, free_port, wait_for
+from tests.agent.service.agentproc import AGENT_BIN, AgentProcess, daemonless_env, free_port, wait_for
 
 TOKEN = "transport-test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -87,21 +87,19 @@ def start_agents(tmp: Path, host_ip: str, names: list[str], extra: dict[str, str
     for n in names:
         d = tmp / n
         d.mkdir()
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "NODE_ID": n,
-            "LISTEN_HOST": "0.0.0.0",
-            "LISTEN_PORT": str(ports[n][0]),
-            "YGGDRASIL_ADMIN": f"unix://{d}/absent.sock",
-            "X0_ADMIN_TIMEOUT": "0.5",
-            "MESH_MEMBERS": str(members),
-            "X0_API_TOKEN": TOKEN,
-            "X0_RAFT_PORT": str(ports[n][1]),
-            "X0_RAFT_DIR": str(d / "raft"),
-            "X0_RAFT_VOTERS": "1",
-            "X0_MAPEK_ENABLED": "false",
+        env = daemonless_env(
+            n,
+            ports[n][0],
+            d,
+            LISTEN_HOST="0.0.0.0",
+            MESH_MEMBERS=str(members),
+            X0_API_TOKEN=TOKEN,
+            X0_RAFT_PORT=str(ports[n][1]),
+            X0_RAFT_DIR=str(d / "raft"),
+            X0_RAFT_VOTERS="1",
+            X0_MAPEK_ENABLED="false",
             **extra,
-        }
+        )
         agent = AgentProcess(n, ports[n][0], env, d / "agent.log")
         agents.append(agent)
         agent.start()

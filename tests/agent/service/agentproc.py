@@ -6,6 +6,7 @@ cover (an agent with no daemon at all, a bad environment).
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -20,6 +21,20 @@ import httpx
 
 T = TypeVar("T")
 AGENT_BIN = str(Path(sys.executable).with_name("x0-agent"))
+
+
+def daemonless_env(node_id: str, port: int, run_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of an agent whose daemon is absent (its admin socket path exists nowhere), listening on
+    loopback at `port`; `extra` adds or overrides variables."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "NODE_ID": node_id,
+        "LISTEN_HOST": "127.0.0.1",
+        "LISTEN_PORT": str(port),
+        "YGGDRASIL_ADMIN": f"unix://{run_dir}/absent.sock",
+        "X0_ADMIN_TIMEOUT": "0.5",
+        **extra,
+    }
 
 
 def free_port() -> int:

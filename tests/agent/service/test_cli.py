@@ -75,17 +75,10 @@ def test_agent_without_daemon_serves_503_and_names_yggdrasil(tmp_path: Path) -> 
     """Unsupervised, daemon absent: the agent still starts and says why it is unhealthy (no crash, no 500)."""
     import httpx
 
-    from tests.agent.service.agentproc import AgentProcess, wait_for
+    from tests.agent.service.agentproc import AgentProcess, daemonless_env, wait_for
 
     port = free_port()
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "NODE_ID": "node-a",
-        "LISTEN_HOST": "127.0.0.1",
-        "LISTEN_PORT": str(port),
-        "YGGDRASIL_ADMIN": f"unix://{tmp_path}/absent.sock",
-        "X0_ADMIN_TIMEOUT": "0.5",
-    }
+    env = daemonless_env("node-a", port, tmp_path)
     agent = AgentProcess("node-a", port, env, tmp_path / "agent.log")
     agent.start()
     try:
