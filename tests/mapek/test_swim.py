@@ -226,6 +226,33 @@ def test_per_member_traffic_stays_flat_from_20_to_100_members() -> None:
     assert rates[100] < 1.25 * rates[20], rates
 
 
+def test_startup_costs_each_member_the_same_few_messages_at_20_and_100_members() -> None:
+    """Every member first hears of every other at startup: that is no news of its own (the membership is static),
+    so it rides the pings and acks instead of each first word costing fanout gossip messages (O(N) per member)."""
+    sent = {}
+    for n in (20, 100):
+        sim = MeshSim(n, seed=3)
+        sim.run_until(3.0)
+        sent[n] = sum(t.messages for t in sim.sent.values()) / n
+    assert sent[100] < 1.25 * sent[20], sent
+    sim.run_until(20.0)
+    assert all(s.state(m) == "alive" for s in sim.nodes.values() for m in s.members)
+
+
+def test_news_is_pushed_at_once_and_goes_ahead_of_first_words() -> None:
+    ids = ["a", *(f"m{i:02d}" for i in range(60))]
+    a = swim("a", ids)
+    for i in range(40):
+        out = a.receive(0.5, f"m{i:02d}", "mesh", Ping(i, f"m{i:02d}", 0))
+        assert only(out, Gossip) == [], "a first word made a gossip message"
+    assert a.state("m05") == "alive" and a.pending_news == 0
+    out = a.receive(0.6, "m50", "mesh", Gossip("m50", 0, [Update("m51", SUSPECT, 0, "m50")]))
+    gossip = only(out, Gossip)
+    assert len(gossip) == CFG.gossip_fanout
+    for g in gossip:
+        assert g.message.updates[0] == Update("m51", SUSPECT, 0, "m50"), g.message.updates
+
+
 def _pair(seed: int = 7) -> dict[str, Swim]:
     a, b = swim("a", ["a", "b"]), swim("b", ["a", "b"])
     a.rng, b.rng = random.Random(seed), random.Random(seed + 1)

@@ -40,6 +40,7 @@ changes. Time is whatever clock the owner passes (monotonic in the agent, simula
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections.abc import Iterable
@@ -224,6 +225,8 @@ class _Relay:
 class _Queued:
     update: Update
     sent: int = 0
+    # First word of a member at incarnation 0: piggybacked, but never the reason for a gossip message.
+    lazy: bool = False
 
 
 @dataclass
@@ -267,7 +270,10 @@ class Swim:
         self._diags: dict[int, int] = {}  # underlay ping seq -> probe seq
         self._relays: dict[int, _Relay] = {}
         self._queue: dict[str, _Queued] = {}
-        self._buckets: list[dict[str, _Queued]] = [{}]  # by times sent
+        self._news = 0  # queued updates that are not lazy: periodic gossip runs while there are any
+        # By times sent; news and lazy updates apart, so news never waits behind a startup's lazy backlog.
+        self._buckets: list[dict[str, _Queued]] = [{}]
+        self._lazy_buckets: list[dict[str, _Queued]] = [{}]
         self._suspects: set[str] = set()
         self._next_watch: dict[str, float] = {}
         self._rotation: list[str] = []
@@ -286,7 +292,8 @@ class Swim:
             self._suspects.discard(gone)
             q = self._queue.pop(gone, None)
             if q is not None:
-                del self._buckets[q.sent][gone]
+                del self._buckets_of(q)[q.sent][gone]
+                self._news -= not q.lazy
             self._next_watch.pop(gone, None)
         for m in ids:
             if m not in self.members:
@@ -346,6 +353,11 @@ class Swim:
     @property
     def n(self) -> int:
         return len(self.members) + 1
+
+    @property
+    def pending_news(self) -> int:
+        """Queued updates that keep periodic gossip going (lazy ones only ride the messages sent anyway)."""
+        return self._news
 
     def retransmit_limit(self) -> int:
         return self.config.retransmit_mult * max(1, math.ceil(math.log10(self.n + 1)))
@@ -556,9 +568,10 @@ class Swim:
     def _heard_alive(self, e: MemberEntry, inc: int, now: float) -> None:
         """Direct evidence the member answers at incarnation `inc`."""
         if e.state == "joining" or (e.state != "alive" and inc > e.inc):
+            first_word = e.state == "joining" and inc == 0
             self._set(e, "alive", inc, now)
-            self._enqueue(Update(e.node, ALIVE, inc, "", e.drill_until))
-            self._gossip_now = True
+            self._enqueue(Update(e.node, ALIVE, inc, "", e.drill_until), lazy=first_word)
+            self._gossip_now = self._gossip_now or not first_word
         elif e.state == "alive" and inc > e.inc:
             e.inc = inc
 
@@ -717,10 +730,12 @@ class Swim:
         if e is None:
             return
         new = False
+        first_word = False
         if u.state == ALIVE:
             if e.state == "joining" or u.inc > e.inc:
                 e.drill_until = u.drill_until
                 new = e.state != "alive" or u.inc > e.inc
+                first_word = e.state == "joining" and u.inc == 0
                 self._set(e, "alive", u.inc, now)
         elif u.state == SUSPECT:
             if (e.state in ("alive", "joining") and u.inc >= e.inc) or (e.state == "suspect" and u.inc > e.inc):
@@ -735,17 +750,26 @@ class Swim:
                 self._set(e, "dead", u.inc, now, by=u.by)
                 new = True
         if new:
-            self._enqueue(u)
-            self._gossip_now = True
+            self._enqueue(u, lazy=first_word)
+            self._gossip_now = self._gossip_now or not first_word
 
     # --- dissemination ------------------------------------------------------------------------------------
 
-    def _enqueue(self, u: Update) -> None:
+    def _enqueue(self, u: Update, *, lazy: bool = False) -> None:
+        """Queue `u` for dissemination. Lazy: a member's first word at incarnation 0 (joining -> alive). With a
+        static membership every member is expected, so hearing of one is not news worth a message of its own: at
+        startup each member hears of every other, and pushing each of those at once cost every member O(N) gossip
+        messages. Lazy updates ride the pings and acks sent anyway."""
         old = self._queue.get(u.node)
         if old is not None:
-            del self._buckets[old.sent][u.node]
-        q = self._queue[u.node] = _Queued(u)
-        self._buckets[0][u.node] = q
+            del self._buckets_of(old)[old.sent][u.node]
+            self._news -= not old.lazy
+        q = self._queue[u.node] = _Queued(u, lazy=lazy)
+        self._buckets_of(q)[0][u.node] = q
+        self._news += not lazy
+
+    def _buckets_of(self, q: _Queued) -> list[dict[str, _Queued]]:
+        return self._lazy_buckets if q.lazy else self._buckets
 
     def _piggyback(self, to: str) -> list[Update]:
         out: list[Update] = []
@@ -755,10 +779,10 @@ class Swim:
             out.append(Update(to, _STATE_CODE[e.state], e.inc, e.by))
         limit = self.retransmit_limit()
         room = self.config.max_updates - len(out)
-        # Fewest-sent first, oldest first among equals; O(room), not O(queue): the queue can hold every
-        # member after a big event, and this runs for every message.
+        # News first, then lazy updates; fewest-sent first, oldest first among equals. O(room), not O(queue): the
+        # queue can hold every member after a big event, and this runs for every message.
         taken: list[_Queued] = []
-        for bucket in self._buckets:
+        for bucket in itertools.chain(self._buckets, self._lazy_buckets):
             for q in bucket.values():
                 if len(taken) >= room:
                     break
@@ -768,14 +792,16 @@ class Swim:
                 break
         for q in taken:
             out.append(q.update)
-            del self._buckets[q.sent][q.update.node]
+            buckets = self._buckets_of(q)
+            del buckets[q.sent][q.update.node]
             q.sent += 1
             if q.sent >= limit:
                 del self._queue[q.update.node]
+                self._news -= not q.lazy
             else:
-                while len(self._buckets) <= q.sent:
-                    self._buckets.append({})
-                self._buckets[q.sent][q.update.node] = q
+                while len(buckets) <= q.sent:
+                    buckets.append({})
+                buckets[q.sent][q.update.node] = q
         if len(out) < self.config.max_updates and self.config.anti_entropy > 0:
             # Anti-entropy at no extra message: a few random members we hold alive. Only alive entries, which
             # a receiver takes only when it is news to it (a member it never heard of, or a newer incarnation),
@@ -791,7 +817,7 @@ class Swim:
     def _gossip(self, now: float, *, force: bool = False) -> list[Send]:
         self._gossip_now = False
         self._next_gossip = now + self.config.gossip_interval_s
-        if not self._queue and not force:
+        if not self._news and not force:
             return []
         targets = self._random_members(self.config.gossip_fanout, now)
         return [Send(t, "mesh", Gossip(self.me, self.inc, self._piggyback(t))) for t in targets]
