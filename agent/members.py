@@ -66,6 +66,8 @@ class Members(msgspec.Struct, frozen=True, kw_only=True):
     # node id -> planned peers (either side) / members it dials, in link order.
     adjacent: dict[str, tuple[str, ...]] = {}
     dialled: dict[str, tuple[str, ...]] = {}
+    # node id -> members its failure detector probes every interval (topology.watch_sets).
+    watching: dict[str, tuple[str, ...]] = {}
     # node id -> why its listen_uri is not used (never dialled, reported in /health); the rest of the file works.
     invalid: dict[str, str] = {}
 
@@ -78,6 +80,9 @@ class Members(msgspec.Struct, frozen=True, kw_only=True):
 
     def dials(self, node_id: str) -> list[str]:
         return list(self.dialled.get(node_id, ()))
+
+    def watched(self, node_id: str) -> list[str]:
+        return list(self.watching.get(node_id, ()))
 
     def member_at(self, uri: str) -> Member | None:
         """The member whose listen URI a dialled peer URI (query ignored) is."""
@@ -179,6 +184,7 @@ def parse_members(data: bytes) -> Members:
     dialled: dict[str, list[str]] = {}
     for a, b in links:
         dialled.setdefault(a, []).append(b)
+    adjacent = topology.adjacency(links)
     return Members(
         mesh=raw.mesh,
         members=tuple(members),
@@ -187,7 +193,8 @@ def parse_members(data: bytes) -> Members:
         by_key=by_key,
         by_address=by_address,
         by_listen=by_listen,
-        adjacent=topology.adjacency(links),
+        adjacent=adjacent,
+        watching=topology.watch_sets(ids, adjacent),
         dialled={k: tuple(v) for k, v in dialled.items()},
         invalid=invalid,
     )

@@ -25,6 +25,9 @@ TOPOLOGIES: tuple[Topology, ...] = ("auto", "full", "ring", "chain", "expander")
 Link = tuple[str, str]
 EXPANDER_RINGS = 2
 AUTO_FULL_MAX = 8
+# SWIM probes a node's planned neighbours every interval; a node planned with more (a `full` plan of many members,
+# a hub in given links) watches its expander neighbours instead, so its probing stays O(1) in the mesh size.
+WATCH_MAX = 16
 
 
 def resolve(topology: Topology, n: int) -> Topology:
@@ -116,6 +119,19 @@ def adjacency(links: Iterable[Link]) -> dict[str, tuple[str, ...]]:
         out.setdefault(a, []).append(b)
         out.setdefault(b, []).append(a)
     return {k: tuple(v) for k, v in out.items()}
+
+
+def watch_sets(ids: Sequence[str], adjacent: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+    """The members each node's failure detector probes every interval: its planned neighbours, or, for a node
+    with more than WATCH_MAX of them, its neighbours in the expander over `ids` (built only when some node needs
+    it: O(N log N) once per members file)."""
+    out = {node: adjacent.get(node, ()) for node in ids}
+    if any(len(v) > WATCH_MAX for v in out.values()):
+        ring = adjacency(expander_links(ids))
+        for node, planned in out.items():
+            if len(planned) > WATCH_MAX:
+                out[node] = ring.get(node, ())
+    return out
 
 
 def neighbours(links: Iterable[Link], node: str) -> list[str]:

@@ -69,8 +69,9 @@ def merge_links(links: Iterable[PeerLink], member_of: Callable[[PeerLink], str |
 
 
 def watch_set(kn: Knowledge) -> list[str]:
-    """Members SWIM probes every interval: planned neighbours, stand-ins we dial and stand-ins that dial us."""
-    return list(dict.fromkeys([*kn.neighbours(), *kn.temporaries, *kn.accepting]))
+    """Members SWIM probes every interval: planned neighbours (at most topology.WATCH_MAX of them, or the expander
+    neighbours instead), stand-ins we dial and stand-ins that dial us."""
+    return list(dict.fromkeys([*kn.members.watched(kn.node_id), *kn.temporaries, *kn.accepting]))
 
 
 def dial_targets(kn: Knowledge) -> list[str]:

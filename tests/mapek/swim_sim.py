@@ -4,7 +4,7 @@ Every member runs the exact protocol code the agents run; only time and the netw
 arrives after a latency drawn from `latency` (seconds), or is lost. Faults: `blackhole(node)` drops the node's
 mesh traffic both ways (its underlay still answers, as in a drill), `kill(node)` drops everything, `slow(node, s)`
 delays everything the node sends and receives (a starved event loop), `restore(node)` ends any of them.
-Watched sets are the planned neighbours of `agent.topology.plan_links(ids, topology)`, as in the agent.
+Watched sets are `agent.topology.watch_sets` of `plan_links(ids, topology)`, as in the agent.
 
 Used by tests/mapek/test_swim_sim.py (small meshes) and bench/swim_sim.py (100 and 1,000 members, the README
 table: awareness time and per-node message rate against N).
@@ -55,10 +55,11 @@ class MeshSim:
         self.ids = member_ids(self.n)
         self.links = topology.plan_links(self.ids, self.topology)
         self.nodes: dict[str, Swim] = {}
+        watching = topology.watch_sets(self.ids, topology.adjacency(self.links))
         for i in self.ids:
             s = Swim(i, self.ids, self.config, now=self.now, rng=random.Random(self.rng.random()))
             s.underlay = set(self.ids) - {i}
-            s.set_watched(topology.neighbours(self.links, i), self.now)
+            s.set_watched(watching[i], self.now)
             self.nodes[i] = s
         self.faults: dict[str, Fault] = {}
         self.sent: dict[str, Traffic] = {i: Traffic() for i in self.ids}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from agent import topology
@@ -107,3 +109,22 @@ def test_auto_is_full_up_to_8_and_expander_above() -> None:
     assert plan_links(eight, "auto") == plan_links(eight, "full")
     assert plan_links(nine, "auto") == plan_links(nine, "expander") != plan_links(nine, "full")
     assert plan_links(["a", "b"], "expander") == [("a", "b")]
+
+
+def test_watch_sets_are_the_planned_neighbours_up_to_watch_max_and_stay_small_beyond() -> None:
+    small = [f"n{i:02d}" for i in range(topology.WATCH_MAX + 1)]
+    adj = topology.adjacency(plan_links(small, "full"))
+    assert topology.watch_sets(small, adj) == adj  # every node has exactly WATCH_MAX planned neighbours
+    ids = [f"n{i:04d}" for i in range(1000)]
+    hub = [("n0000", i) for i in ids[1:]]  # a hub planned with every member, the rest in a chain behind it
+    links = hub + list(itertools.pairwise(ids[1:]))
+    adj = topology.adjacency(links)
+    watch = topology.watch_sets(ids, adj)
+    assert len(watch["n0000"]) <= 2 * topology.EXPANDER_RINGS
+    assert watch["n0500"] == adj["n0500"]  # 3 planned neighbours: watched as planned
+    full = topology.adjacency(plan_links(ids[:200], "full"))
+    watch = topology.watch_sets(ids[:200], full)
+    assert max(len(v) for v in watch.values()) <= 2 * topology.EXPANDER_RINGS
+    # everyone is watched by someone, and both ends of a watched link watch it (one probe per link suffices)
+    assert {m for v in watch.values() for m in v} == set(ids[:200])
+    assert all(a in watch[b] for a, v in watch.items() for b in v)
