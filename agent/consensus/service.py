@@ -101,6 +101,7 @@ class ConsensusService:
         self.joining = False
         self.leader_id: str | None = None  # clients: as learned from a voter
         self.client_voters: dict[str, str] = {}  # clients: voter node id -> raft address, as learned
+        self._by_address: tuple[Members, dict[str, str], dict[str, str]] | None = None
         self.client_term = 0
         self.client_commit = 0
         self._client_contact: float | None = None
@@ -181,9 +182,16 @@ class ConsensusService:
         return vt.raft_address(m, self.settings.raft_port)
 
     def _node_of_address(self) -> dict[str, str]:
-        out = {addr: nid for nid, addr in self.client_voters.items()}
-        for m in self.members.members:
+        """Raft address -> node id. Built once per members file and voter list (both are replaced, never changed
+        in place): every Raft status change asks, and at 1,000 members a rebuild took most of a core."""
+        members, voters = self.members, self.client_voters
+        cached = self._by_address
+        if cached is not None and cached[0] is members and cached[1] is voters:
+            return cached[2]
+        out = {addr: nid for nid, addr in voters.items()}
+        for m in members.members:
             out[vt.raft_address(m, self.settings.raft_port)] = m.node_id
+        self._by_address = (members, voters, out)
         return out
 
     def order(self) -> list[str]:
