@@ -146,6 +146,7 @@ class MemberState:
     overlay: Probe | None = None
     underlay: Probe | None = None
     dial: Probe | None = None
+    dial_fail_since: float | None = None  # its peering port has not answered since then
     overlay_ok_at: float | None = None
     overlay_fail_since: float | None = None
     underlay_fail_since: float | None = None
@@ -340,6 +341,10 @@ class Knowledge:
                     st.underlay_fail_since = p.at
             else:
                 st.dial = p
+                if p.ok:
+                    st.dial_fail_since = None
+                elif st.dial_fail_since is None:
+                    st.dial_fail_since = p.at
             if p.ok and p.path != "dial":
                 if p.daemon_up is not None:
                     st.daemon_up = p.daemon_up

@@ -13,7 +13,8 @@
   the loop re-checks those ports every 0.25 s (`ports_answering`), so a redial follows the peer's return at once.
   At most DIAL_IN_FLIGHT probes are open at a time and a re-check round takes at most WATCH_ROUND ports (in
   rotation): a 1,000-member full plan has ~1,000 down links, and opening every probe in one step of the event loop
-  held it 0.1-0.2 s a time, several times a second (issue 11 item 1: /health p99 350 ms).
+  held it 0.1-0.2 s a time, several times a second (issue 11 item 1: /health p99 350 ms). The connects run in a
+  worker thread (agent.mapek.ports), and a port failing for long is checked less often (DIAL_STEADY_S).
 Who is probed, how often, and what it costs per node is SWIM's business: the watched set (`watch_set`: planned
 neighbours and stand-ins) every probe interval plus one other member in rotation.
 """
@@ -28,6 +29,7 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from agent.mapek.knowledge import Knowledge, LinkSample, MemberView, Observation, Probe
+from agent.mapek.ports import PortProber
 from agent.mapek.swim.protocol import ProbeResult
 from agent.yggdrasil.models import DaemonSnapshot, PeerLink
 
@@ -36,9 +38,26 @@ DIAL_IN_FLIGHT = 64
 # Waiting ports re-checked per `ports_answering` round; beyond it the rest wait for the next rounds (and every
 # tick probes all of them anyway).
 WATCH_ROUND = 64
+# A peering port that has not answered for DIAL_STEADY_S is re-checked less often: every 1/DIAL_BACKOFF_DIV of the
+# time it has been failing, at most every DIAL_BACKOFF_MAX_S. A fault of up to 30 s keeps the 0.25 s re-check (the
+# repair target is for those); a member gone for minutes, or the ~1,000 that a full plan of a large members file
+# lists but nobody runs, costs a connect every few seconds instead of four a second each.
+DIAL_STEADY_S = 30.0
+DIAL_BACKOFF_DIV = 20.0
+DIAL_BACKOFF_MAX_S = 5.0
 # How long a tick waits for the snapshot it asked for: an admin call takes ~1 ms, but the agent's monitor may be
 # inside a pass (members file check, a slow daemon); past this the tick goes on with what it has.
 FRESH_WAIT_S = 0.3
+
+
+def host_port(listen_uri: str) -> tuple[str, int] | None:
+    """(host, port) a peer URI dials, or None when it names none."""
+    try:
+        parts = urlsplit(listen_uri)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    return (host, port) if host and port else None
 
 
 def merge_links(links: Iterable[PeerLink], member_of: Callable[[PeerLink], str | None]) -> dict[str, LinkSample]:
@@ -74,12 +93,23 @@ def watch_set(kn: Knowledge) -> list[str]:
     return list(dict.fromkeys([*kn.members.watched(kn.node_id), *kn.temporaries, *kn.accepting]))
 
 
-def dial_targets(kn: Knowledge) -> list[str]:
+def dial_targets(kn: Knowledge, now: float | None = None) -> list[str]:
     """Members whose peering port we check: planned peers we dial and our stand-ins, while their link is down or
     silent (a silent link is stuck in TCP retransmission backoff after a blackhole: only a redial revives it
-    at once)."""
+    at once). With `now`, a port failing for longer than DIAL_STEADY_S is left out until its next backed-off check
+    is due."""
     mine = list(kn.members.dials(kn.node_id)) + [t for t, temp in kn.temporaries.items() if temp.dialer]
-    return [m for m in dict.fromkeys(mine) if not kn.state(m).link_up or kn.has_active("peer_silent", m)]
+    out = []
+    for m in dict.fromkeys(mine):
+        st = kn.state(m)
+        if st.link_up and not kn.has_active("peer_silent", m):
+            continue
+        if now is not None and st.dial is not None and st.dial_fail_since is not None:
+            failing = now - st.dial_fail_since
+            if failing > DIAL_STEADY_S and now - st.dial.at < min(DIAL_BACKOFF_MAX_S, failing / DIAL_BACKOFF_DIV):
+                continue
+        out.append(m)
+    return out
 
 
 def probe_from(result: ProbeResult) -> Probe:
@@ -143,6 +173,8 @@ class MapekMonitor:
         self._links: dict[str, LinkSample] | None = None
         self._before: dict[str, LinkSample] | None = None
         self._watch_from = 0  # rotation of `ports_answering` over the waiting ports
+        self.dial_peak = 0  # most port checks open at once, and how many were made (for tests and debugging)
+        self.dial_checks = 0
 
     async def aclose(self) -> None:
         return None  # it holds nothing open: the snapshot is the agent's, the dial probes close their sockets
@@ -188,51 +220,36 @@ class MapekMonitor:
         )
 
     async def dial_probes(self, kn: Knowledge, only: Sequence[str] | None = None) -> list[Probe]:
-        targets = dial_targets(kn) if only is None else list(only)
-        jobs: list[tuple[str, str]] = []
+        targets = dial_targets(kn, time.time()) if only is None else list(only)
+        out: list[Probe | None] = []
+        jobs: list[tuple[int, str, tuple[str, int]]] = []
         for m in targets:
             member = kn.members.by_id.get(m)
-            if member is not None and member.listen_uri:
-                jobs.append((m, member.listen_uri))
-        if not jobs:
-            return []
-        done: list[Probe | None] = [None] * len(jobs)
-        todo = iter(enumerate(jobs))
-
-        async def worker() -> None:
-            for k, (m, uri) in todo:  # one shared iterator: each job is taken by exactly one worker
-                done[k] = await self._dial_probe(m, uri)
-
-        await asyncio.gather(*(worker() for _ in range(min(DIAL_IN_FLIGHT, len(jobs)))))
-        return [p for p in done if p is not None]
+            if member is None or not member.listen_uri:
+                continue
+            address = host_port(member.listen_uri)
+            if address is None:
+                error = f"no host:port in {member.listen_uri}"
+                out.append(Probe(member=m, path="dial", ok=False, at=time.time(), error=error))
+                continue
+            jobs.append((len(out), m, address))
+            out.append(None)
+        if jobs:
+            prober = PortProber(self.timeout, DIAL_IN_FLIGHT)
+            checks = await asyncio.to_thread(prober.check, [address for _, _, address in jobs])
+            self.dial_peak = max(self.dial_peak, prober.peak)
+            self.dial_checks += len(jobs)
+            for (k, m, _), c in zip(jobs, checks, strict=True):
+                out[k] = Probe(member=m, path="dial", ok=c.ok, at=c.at, rtt_s=c.rtt_s, error=c.error)
+        return [p for p in out if p is not None]
 
     async def ports_answering(self, kn: Knowledge) -> list[str]:
         """Dial targets whose last recorded port probe failed and whose port answers now (at most WATCH_ROUND of
         them per call, in rotation)."""
-        waiting = [m for m in dial_targets(kn) if (st := kn.state(m)).dial is not None and not st.dial.ok]
+        targets = dial_targets(kn, time.time())
+        waiting = [m for m in targets if (st := kn.state(m)).dial is not None and not st.dial.ok]
         if len(waiting) > WATCH_ROUND:
             start = self._watch_from % len(waiting)
             self._watch_from = start + WATCH_ROUND
             waiting = (waiting[start:] + waiting[:start])[:WATCH_ROUND]
         return [p.member for p in await self.dial_probes(kn, waiting) if p.ok]
-
-    async def _dial_probe(self, member: str, listen_uri: str) -> Probe:
-        at = time.time()
-        try:
-            parts = urlsplit(listen_uri)
-            host, port = parts.hostname, parts.port
-        except ValueError:
-            host = port = None
-        if not host or not port:
-            return Probe(member=member, path="dial", ok=False, at=at, error=f"no host:port in {listen_uri}")
-        started = time.perf_counter()
-        try:
-            async with asyncio.timeout(self.timeout):
-                _, writer = await asyncio.open_connection(host, port)
-        except TimeoutError:
-            return Probe(member=member, path="dial", ok=False, at=at, error=f"no answer within {self.timeout:g} s")
-        except OSError as exc:
-            return Probe(member=member, path="dial", ok=False, at=at, error=exc.strerror or str(exc))
-        rtt = time.perf_counter() - started
-        writer.close()
-        return Probe(member=member, path="dial", ok=True, at=at, rtt_s=rtt)

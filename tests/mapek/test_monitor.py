@@ -8,9 +8,11 @@ import socket
 import time
 
 from agent.mapek.analyze import analyze
-from agent.mapek.knowledge import Knowledge, MemberView, Probe, Temporary
+from agent.mapek.knowledge import Knowledge, MemberView, Observation, Probe, Temporary
 from agent.mapek.monitor import (
+    DIAL_BACKOFF_MAX_S,
     DIAL_IN_FLIGHT,
+    DIAL_STEADY_S,
     FRESH_WAIT_S,
     WATCH_ROUND,
     DaemonRead,
@@ -73,23 +75,6 @@ def test_ports_watched_only_for_down_links_this_node_dials() -> None:
     assert dial_targets(kn) == ["node-03"]  # node-00 dials us, not the other way round
 
 
-class CountingMonitor(MapekMonitor):
-    """The real monitor (real TCP connects); it only counts how many of its probes are open at once."""
-
-    def __init__(self) -> None:
-        super().__init__(lambda: None, lambda link: None, None, timeout=2.0)  # type: ignore[arg-type, return-value]
-        self.open = self.peak = self.calls = 0
-
-    async def _dial_probe(self, member: str, listen_uri: str) -> Probe:
-        self.open += 1
-        self.calls += 1
-        self.peak = max(self.peak, self.open)
-        try:
-            return await super()._dial_probe(member, listen_uri)
-        finally:
-            self.open -= 1
-
-
 async def test_dial_probes_of_a_large_plan_are_bounded_and_rotated() -> None:
     """150 planned peers down at once (issue 11 item 1): every port is probed per tick, at most DIAL_IN_FLIGHT at a
     time, in target order; between ticks a round re-checks at most WATCH_ROUND of them, in rotation."""
@@ -118,18 +103,19 @@ async def test_dial_probes_of_a_large_plan_are_bounded_and_rotated() -> None:
     }
     try:
         kn = Knowledge("m000", parse_members(json.dumps(doc).encode()))
-        mon = CountingMonitor()
+        # The real monitor, real TCP connects.
+        mon = MapekMonitor(lambda: None, lambda link: None, None, timeout=2.0)  # type: ignore[arg-type, return-value]
         probes = await mon.dial_probes(kn)
         assert [p.member for p in probes] == ids[1:]
         assert {p.member for p in probes if p.ok} == answering
-        assert 1 < mon.peak <= DIAL_IN_FLIGHT
+        assert 1 < mon.dial_peak <= DIAL_IN_FLIGHT
         for p in probes:
             kn.state(p.member).dial = Probe(member=p.member, path="dial", ok=False, at=p.at)
         seen: list[str] = []
         for _ in range(3):
-            mon.calls = 0
+            before = mon.dial_checks
             seen += await mon.ports_answering(kn)
-            assert mon.calls <= WATCH_ROUND
+            assert mon.dial_checks - before <= WATCH_ROUND
         assert set(seen) == answering  # 3 rounds of 64 cover the 149 waiting ports (the third wraps round)
     finally:
         for sock in [*listeners.values(), closed]:
@@ -235,3 +221,26 @@ async def test_a_daemon_that_gives_no_fresh_snapshot_leaves_the_old_one_after_a_
     waited = time.monotonic() - started
     assert len(asked) == 1 and obs.links["node-b"].up
     assert FRESH_WAIT_S <= waited < FRESH_WAIT_S + 1.0
+
+
+def test_a_port_failing_for_long_is_rechecked_less_often_and_at_once_when_it_answered() -> None:
+    kn = Knowledge("node-01", members(IDS[:4]))  # node-01 dials node-02 and node-03, both down
+    t0 = 1_000.0
+
+    def dial(member: str, at: float, ok: bool) -> None:
+        kn.observe(Observation(at=at, daemon_ok=True, probes=[Probe(member=member, path="dial", ok=ok, at=at)]))
+
+    for k in range(int(DIAL_STEADY_S) + 1):  # one failed check a second, as the ticks do
+        dial("node-02", t0 + k, ok=False)
+        dial("node-03", t0 + k, ok=False)
+    last = t0 + DIAL_STEADY_S
+    assert dial_targets(kn, last + 0.5) == []  # failing for 30 s: next check 1.5 s after the last one
+    assert dial_targets(kn, last + 2.0) == ["node-02", "node-03"]
+    assert dial_targets(kn) == ["node-02", "node-03"]  # without a time: every down link, as before
+    dial("node-03", last + 2.0, ok=True)
+    dial("node-02", last + 2.0, ok=False)
+    assert dial_targets(kn, last + 2.5) == ["node-03"]  # answered: checked every time again until linked
+    for k in range(3, 400):
+        dial("node-02", last + k, ok=False)
+    assert dial_targets(kn, last + 402.0) == ["node-03"]  # the back-off stops at DIAL_BACKOFF_MAX_S
+    assert dial_targets(kn, last + 399 + DIAL_BACKOFF_MAX_S) == ["node-02", "node-03"]
