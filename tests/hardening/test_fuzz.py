@@ -53,10 +53,13 @@ def processes_matching(text: bytes) -> list[str]:
 
 
 def run_st(url: str, seconds: int, token: str | None) -> subprocess.CompletedProcess[str]:
+    # One worker: with two threads, Python 3.11's ast.parse (hypothesis describing a filter) once failed the run
+    # with "SystemError: AST constructor recursion depth mismatch", a CPython race between threads
+    # (python/cpython#106905), not an answer of the agent's.
     cmd = [
         str(ST), "run", f"{url}/schema/openapi.json",
         "--checks", "no_unexpected_5xx,response_schema_conformance,content_type_conformance",
-        "--max-time", str(seconds), "--workers", "2", "--request-timeout", "10",
+        "--max-time", str(seconds), "--workers", "1", "--request-timeout", "10",
         "--generation-database", "none", "--seed", "11", "--no-color",
     ]  # fmt: skip
     if token:

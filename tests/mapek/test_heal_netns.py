@@ -146,8 +146,10 @@ def test_chain_node_loss_route_around_and_restore(chain: LocalMesh, client: http
     wait_until(
         "node-c flags node-a as a stand-in", lambda: peer_table(client, c).get("node-a") == (True, False, True), 5
     )
+    # One stand-in link, dialled once. A tick before node-c answered node-a's underlay ping records the add as
+    # skipped ("not confirmed alive on the underlay yet"): that is the plan waiting for evidence, not a dial.
     adds = [x for x in actions(client, a, t0) if x["action"] == "add_peer"]
-    assert [(x["target"], x["outcome"]) for x in adds] == [("node-c", "ok")]
+    assert [(x["target"], x["outcome"]) for x in adds if x["outcome"] != "skipped"] == [("node-c", "ok")], adds
     assert not [x for x in actions(client, c, t0) if x["outcome"] != "skipped"]  # only one side dials
 
     t1 = time.time()
