@@ -21,7 +21,7 @@ from litestar.exceptions import (
     ServiceUnavailableException,
 )
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
+from litestar.params import FromPath, HeaderParameter, JSONBody, PathParameter, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_409_CONFLICT, HTTP_413_REQUEST_ENTITY_TOO_LARGE
 
 from agent.auth import require_token
@@ -79,6 +79,15 @@ _AUTH = {
     403: ResponseSpec(data_container=ErrorBody, description="No X0_API_TOKEN configured on this agent"),
 }
 
+# The key's rules in the schema too: without them a client (or schemathesis) learns them only from our 400s.
+# Documentation only (schema_extra): check_key enforces them and names the rule broken.
+KeyPath = Annotated[
+    str,
+    PathParameter(
+        description="1..512 bytes of [A-Za-z0-9/_.-], not starting with '/'",
+        schema_extra={"pattern": KEY_RE.pattern, "minLength": 1, "maxLength": MAX_KEY_BYTES},
+    ),
+]
 Stale = Annotated[bool, QueryParameter(description="answer from the local replica (may lag; see `lag`)")]
 Cas = Annotated[
     int | None,
@@ -142,6 +151,7 @@ RequestId = Annotated[
             "your id for this write (1-64 of [A-Za-z0-9_.:-]): a retry with the same id applies at most once "
             "(the last 4,096 ids are remembered), so a write answered 503 with an unknown outcome can be retried"
         ),
+        schema_extra={"pattern": REQUEST_ID_RE},
     ),
 ]
 
@@ -232,7 +242,7 @@ class KvController(Controller):
     async def read(
         self,
         request: Request[Any, Any, Any],
-        key: FromPath[str],
+        key: KeyPath,
         consensus: NamedDependency[ConsensusService],
         stale: Stale = False,
         raw: Annotated[bool, QueryParameter(description="answer with the value bytes")] = False,
@@ -287,7 +297,7 @@ class KvController(Controller):
     async def write(
         self,
         request: Request[Any, Any, Any],
-        key: FromPath[str],
+        key: KeyPath,
         consensus: NamedDependency[ConsensusService],
         cas: Cas = None,
         request_id: RequestId = None,
@@ -337,7 +347,7 @@ class KvController(Controller):
     async def remove(
         self,
         request: Request[Any, Any, Any],
-        key: FromPath[str],
+        key: KeyPath,
         consensus: NamedDependency[ConsensusService],
         cas: Cas = None,
         request_id: RequestId = None,

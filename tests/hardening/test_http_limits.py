@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -151,3 +152,21 @@ def test_server_and_schema_agree(agent: AgentProcess) -> None:
     assert r.status_code == 400 and "extra" in r.json()["detail"]
     schema = httpx.get(agent.url + "/schema/openapi.json").json()
     assert schema["components"]["schemas"]["DrillRequest"]["additionalProperties"] is False
+    # The key and request-id rules are in the schema, as the server enforces them (schemathesis warned that
+    # most of its generated keys were refused while the schema allowed any string).
+    kv = schema["paths"]["/kv/{key}"]
+    for op in ("get", "put", "delete"):
+        (key,) = [p for p in kv[op]["parameters"] if p["name"] == "key"]
+        assert key["schema"]["maxLength"] == 512 and key["schema"]["minLength"] == 1, key
+        pattern = re.compile(key["schema"]["pattern"])
+        for k, ok in [("a/b.c_d-1", True), ("a b", False), ("/a", False), ("é", False)]:
+            assert bool(pattern.search(k)) is ok, (op, k)
+    (rid,) = [p for p in kv["put"]["parameters"] if p["name"] == "X-X0-Request-Id"]
+    assert re.compile(rid["schema"]["pattern"]).search("x" * 65) is None
+    r = httpx.put(agent.url + "/kv/a%20b", content=b"v", headers=auth)
+    assert r.status_code == 400 and "invalid key" in r.json()["detail"]
+    r = httpx.put(agent.url + "/kv/a/b.c_d-1", content=b"v", headers={**auth, "X-X0-Request-Id": "x" * 65})
+    assert r.status_code == 400, r.text
+    r = httpx.put(agent.url + "/kv/a/b.c_d-1", content=b"v", headers={**auth, "X-X0-Request-Id": "id-1"})
+    # Past validation: this agent runs without Raft.
+    assert r.status_code == 503 and "Raft is disabled" in r.json()["detail"], r.text
