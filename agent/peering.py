@@ -16,12 +16,14 @@ peer list: an outbound link to a URI this agent added and no longer wants is rem
 from __future__ import annotations
 
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 
 from agent.members import peer_uri, strip_query
 from agent.state import AgentState
 from agent.views import MeshContext
+from agent.yggdrasil.client import AdminSession
 from agent.yggdrasil.errors import AdminCommandError, AdminError
 from agent.yggdrasil.models import DaemonSnapshot
 
@@ -30,6 +32,13 @@ log = logging.getLogger("x0.peering")
 BACKOFF_FIRST_S = 0.5
 BACKOFF_FACTOR = 1.6
 BACKOFF_MAX_S = 15.0
+# Dials go out in rounds over one admin connection each, at most this many a round (the rest follow at once).
+DIAL_BATCH = 64
+# When many targets are down (a large plan whose members are not up yet), their redials share this budget: a
+# target is redialled at most every (targets down / DIALS_PER_S) s, so the daemon and the agent's event loop see a
+# flat redial rate. At 1,000 unreachable targets the backoff alone made 66-500 remove+add pairs a second, a third
+# of the agent's event loop.
+DIALS_PER_S = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,39 +152,63 @@ class Peering:
             del self._removing[uri]  # wanted again (members changed back)
         now = time.monotonic()
         await self._remove_unplanned(now, ctx)
+        due: list[_Pending] = []
         for uri, pending in list(self._pending.items()):
             if uri in self.added and links.has(pending.target, ctx):
                 log.info("link to %s is up", pending.target.node_id or uri)
                 del self._pending[uri]
                 continue
-            if now < pending.next_try:
-                continue
-            await self._dial(pending)
+            if now >= pending.next_try:
+                due.append(pending)
+        if due:
+            await self._dial_round(due[:DIAL_BATCH])
 
-    async def _dial(self, pending: _Pending) -> None:
+    async def _dial_round(self, due: list[_Pending]) -> None:
+        """Dial `due` over one admin connection. A failure of the connection itself (not a command error) ends
+        the round: the others get the same error and their backoff instead of a timeout each."""
+        async with self.state.admin.session() as s:
+            for i, pending in enumerate(due):
+                try:
+                    await self._dial(s, pending)
+                except AdminCommandError as exc:
+                    self._failed(pending, exc)
+                except AdminError as exc:
+                    for p in due[i:]:
+                        self._failed(p, exc)
+                    return
+
+    async def _dial(self, s: AdminSession, pending: _Pending) -> None:
         target = pending.target
         first = target.uri not in self.added
+        if not first and self.state.snapshot and self.state.snapshot.api_version == "0.4":
+            # 0.4 ignores addPeer of a configured URI; removing it first forces an immediate dial.
+            try:
+                await s.remove_peer(target.uri)
+            except AdminCommandError:
+                pass
         try:
-            async with self.state.admin.session() as s:
-                if not first and self.state.snapshot and self.state.snapshot.api_version == "0.4":
-                    # 0.4 ignores addPeer of a configured URI; removing it first forces an immediate dial.
-                    try:
-                        await s.remove_peer(target.uri)
-                    except AdminCommandError:
-                        pass
-                try:
-                    await s.add_peer(target.uri)
-                except AdminCommandError as exc:
-                    if not is_already_configured(exc):
-                        raise
-            self.added[target.uri] = target.node_id
-            pending.last_error = None
-            if first:
-                log.info("addPeer %s (%s)", target.uri, target.node_id or "YGGDRASIL_PEERS")
-        except AdminError as exc:
-            pending.last_error = str(exc)
-            log.warning("addPeer %s failed: %s", target.uri, exc)
-        delay = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * BACKOFF_FACTOR**pending.attempts)
+            await s.add_peer(target.uri)
+        except AdminCommandError as exc:
+            if not is_already_configured(exc):
+                raise
+        self.added[target.uri] = target.node_id
+        pending.last_error = None
+        if first:
+            log.info("addPeer %s (%s)", target.uri, target.node_id or "YGGDRASIL_PEERS")
+        self._back_off(pending)
+
+    def _failed(self, pending: _Pending, exc: AdminError) -> None:
+        pending.last_error = str(exc)
+        log.warning("addPeer %s failed: %s", pending.target.uri, exc)
+        self._back_off(pending)
+
+    def _back_off(self, pending: _Pending) -> None:
+        floor = len(self._pending) / DIALS_PER_S  # 0.5 s at 10 targets down: only large plans feel it
+        backoff = BACKOFF_FIRST_S * BACKOFF_FACTOR**pending.attempts
+        delay = max(floor, min(BACKOFF_MAX_S, backoff))
+        if backoff >= BACKOFF_MAX_S or floor > backoff:
+            # Targets dialled together would stay in step for ever: spread them over the delay's last tenth.
+            delay *= random.uniform(0.9, 1.0)
         pending.attempts += 1
         pending.next_try = time.monotonic() + delay
 

@@ -12,10 +12,19 @@ import pytest
 
 from agent.members import parse_members
 from agent.monitor import Monitor
-from agent.peering import DialTarget, Peering, dial_targets, is_already_configured, target_up
+from agent.peering import (
+    DIAL_BATCH,
+    DIALS_PER_S,
+    DialTarget,
+    Peering,
+    dial_targets,
+    is_already_configured,
+    target_up,
+)
 from agent.settings import Settings
 from agent.state import AgentState
 from agent.views import MeshContext
+from agent.yggdrasil.client import AdminClient, AdminSession
 from agent.yggdrasil.daemon import DaemonProcess
 from agent.yggdrasil.daemon_config import create_config
 from agent.yggdrasil.errors import AdminCommandError
@@ -142,3 +151,63 @@ async def test_link_comes_up_when_the_peer_starts_late(require_yggdrasil: str, t
         await asyncio.gather(*tasks, return_exceptions=True)
         for d in daemons.values():
             await asyncio.to_thread(d.stop)
+
+
+@pytest.mark.yggdrasil
+async def test_many_unreachable_targets_share_one_connection_per_round_and_a_flat_redial_rate(
+    require_yggdrasil: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full plan of 200 members that listen nowhere (issue 11's large members file). Each target is dialled
+    once, in rounds of at most DIAL_BATCH over one admin connection each, and not again before (targets down /
+    DIALS_PER_S) s. Before, every target had its own connection and its own 0.5 s, 0.8 s, 1.3 s... backoff: 691
+    addPeer and as many connections in these 3 s, a third of a 1,000-member agent's event loop."""
+    admin = f"unix://{tmp_path}/node-a.sock"
+    create_config(
+        tmp_path / "node-a.conf", "node-a", admin_listen=admin, listen=[f"tls://127.0.0.1:{_free_port()}"]
+    )
+    fakes = [
+        {
+            "node_id": f"x-{i:04d}",
+            "agent_url": f"http://127.1.0.{i + 1}:9",
+            "listen_uri": f"tls://127.1.0.{i + 1}:9",
+        }
+        for i in range(200)
+    ]
+    doc = {"topology": "full", "members": [{"node_id": "node-a", "agent_url": "http://127.0.0.1:1"}, *fakes]}
+    (tmp_path / "members.json").write_text(json.dumps(doc))
+    settings = Settings.from_env(
+        {"NODE_ID": "node-a", "YGGDRASIL_ADMIN": admin, "MESH_MEMBERS": str(tmp_path / "members.json")}
+    )
+    calls = {"add_peer": 0, "connect": 0}
+    add_peer, connect = AdminSession.add_peer, AdminClient._connect
+
+    async def counted_add_peer(self: AdminSession, uri: str, interface: str | None = None) -> None:
+        calls["add_peer"] += 1
+        await add_peer(self, uri, interface)
+
+    async def counted_connect(self: AdminClient) -> object:
+        calls["connect"] += 1
+        return await connect(self)
+
+    monkeypatch.setattr(AdminSession, "add_peer", counted_add_peer)
+    monkeypatch.setattr(AdminClient, "_connect", counted_connect)
+    daemon = DaemonProcess(tmp_path / "node-a.conf", log_path=tmp_path / "node-a.log", binary=require_yggdrasil)
+    agent = AgentState(settings)
+    monitor, peering = Monitor(agent), Peering(agent)
+    tasks = []
+    try:
+        daemon.start()
+        await daemon.wait_ready_async(10)
+        tasks = [asyncio.create_task(monitor.run()), asyncio.create_task(peering.run())]
+        await asyncio.sleep(3)
+        assert len(peering.added) == 200, f"{len(peering.added)} of 200 targets dialled"
+        assert calls["add_peer"] == 200, calls  # each once: the next try is 200 / DIALS_PER_S s away
+        # ceil(200 / DIAL_BATCH) rounds, plus the monitor's own snapshot connections (about one a second).
+        assert calls["connect"] <= -(-200 // DIAL_BATCH) + 10, calls
+        soonest = min(p.next_try for p in peering._pending.values()) - time.monotonic()
+        assert soonest > 200 / DIALS_PER_S * 0.9 - 3.5, soonest
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.to_thread(daemon.stop)
