@@ -102,6 +102,7 @@ class ConsensusService:
         self.leader_id: str | None = None  # clients: as learned from a voter
         self.client_voters: dict[str, str] = {}  # clients: voter node id -> raft address, as learned
         self._by_address: tuple[Members, dict[str, str], dict[str, str]] | None = None
+        self._clash: tuple[Members, str | None] | None = None
         self.client_term = 0
         self.client_commit = 0
         self._client_contact: float | None = None
@@ -212,16 +213,24 @@ class ConsensusService:
         return vt.raft_address(m, self.settings.raft_port)
 
     def _address_clash(self) -> str | None:
+        """Why Raft cannot start with these members (two share a Raft address), or None. Asked every step, so
+        answered once per members file, as `_node_of_address` is."""
+        members = self.members
+        if self._clash is not None and self._clash[0] is members:
+            return self._clash[1]
+        why = None
         seen: dict[str, str] = {}
-        for m in self.members.members:
+        for m in members.members:
             addr = vt.raft_address(m, self.settings.raft_port)
             if addr in seen:
-                return (
+                why = (
                     f"Raft not started: members {seen[addr]} and {m.node_id} share the Raft address {addr}; "
                     "give each member its own raft_address (or address) in the members file"
                 )
+                break
             seen[addr] = m.node_id
-        return None
+        self._clash = (members, why)
+        return why
 
     def _url(self, node_id: str) -> str | None:
         m = self.members.by_id.get(node_id)

@@ -22,6 +22,7 @@ neighbours and stand-ins) every probe interval plus one other member in rotation
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -50,8 +51,10 @@ DIAL_BACKOFF_MAX_S = 5.0
 FRESH_WAIT_S = 0.3
 
 
+@functools.lru_cache(maxsize=8192)
 def host_port(listen_uri: str) -> tuple[str, int] | None:
-    """(host, port) a peer URI dials, or None when it names none."""
+    """(host, port) a peer URI dials, or None when it names none. Cached: every tick asks it of every dial
+    target, and urlsplit of 1,000 URIs was a seventh of a 1,000-member agent's event loop."""
     try:
         parts = urlsplit(listen_uri)
         host, port = parts.hostname, parts.port
