@@ -28,10 +28,10 @@ import shutil
 import ssl
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import msgspec
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from agent.drills.manager import DrillCoordinator
     from agent.state import AgentState
 
+_T = TypeVar("_T")
 log = logging.getLogger("x0.consensus")
 
 STEP_S = 0.5
@@ -101,8 +102,7 @@ class ConsensusService:
         self.joining = False
         self.leader_id: str | None = None  # clients: as learned from a voter
         self.client_voters: dict[str, str] = {}  # clients: voter node id -> raft address, as learned
-        self._by_address: tuple[Members, dict[str, str], dict[str, str]] | None = None
-        self._clash: tuple[Members, str | None] | None = None
+        self._memo: dict[str, tuple[tuple[object, ...], Any]] = {}  # see _per_members
         self.client_term = 0
         self.client_commit = 0
         self._client_contact: float | None = None
@@ -182,21 +182,31 @@ class ConsensusService:
             return self.client_voters.get(node_id)
         return vt.raft_address(m, self.settings.raft_port)
 
+    def _per_members(self, name: str, deps: tuple[object, ...], compute: Callable[[], _T]) -> _T:
+        """`compute()` once per members file (and whatever else `deps` names; all are replaced, never changed in
+        place). Every step asks these over all members: at 1,000 members, recomputing them took most of a core."""
+        hit = self._memo.get(name)
+        if hit is not None and len(hit[0]) == len(deps) and all(a is b for a, b in zip(hit[0], deps, strict=True)):
+            return hit[1]
+        value = compute()
+        self._memo[name] = (deps, value)
+        return value
+
     def _node_of_address(self) -> dict[str, str]:
-        """Raft address -> node id. Built once per members file and voter list (both are replaced, never changed
-        in place): every Raft status change asks, and at 1,000 members a rebuild took most of a core."""
+        """Raft address -> node id (members, and the voters a client learned)."""
         members, voters = self.members, self.client_voters
-        cached = self._by_address
-        if cached is not None and cached[0] is members and cached[1] is voters:
-            return cached[2]
-        out = {addr: nid for nid, addr in voters.items()}
-        for m in members.members:
-            out[vt.raft_address(m, self.settings.raft_port)] = m.node_id
-        self._by_address = (members, voters, out)
-        return out
+
+        def build() -> dict[str, str]:
+            out = {addr: nid for nid, addr in voters.items()}
+            for m in members.members:
+                out[vt.raft_address(m, self.settings.raft_port)] = m.node_id
+            return out
+
+        return self._per_members("node_of_address", (members, voters), build)
 
     def order(self) -> list[str]:
-        return vt.voter_order(self.members.mesh, self.members.members)
+        members = self.members
+        return self._per_members("order", (members,), lambda: vt.voter_order(members.mesh, members.members))
 
     def voter_target_count(self) -> int:
         return vt.voter_count(len(self.members.members) or 1, self.settings.raft_voters)
@@ -213,24 +223,22 @@ class ConsensusService:
         return vt.raft_address(m, self.settings.raft_port)
 
     def _address_clash(self) -> str | None:
-        """Why Raft cannot start with these members (two share a Raft address), or None. Asked every step, so
-        answered once per members file, as `_node_of_address` is."""
+        """Why Raft cannot start with these members (two share a Raft address), or None."""
         members = self.members
-        if self._clash is not None and self._clash[0] is members:
-            return self._clash[1]
-        why = None
-        seen: dict[str, str] = {}
-        for m in members.members:
-            addr = vt.raft_address(m, self.settings.raft_port)
-            if addr in seen:
-                why = (
-                    f"Raft not started: members {seen[addr]} and {m.node_id} share the Raft address {addr}; "
-                    "give each member its own raft_address (or address) in the members file"
-                )
-                break
-            seen[addr] = m.node_id
-        self._clash = (members, why)
-        return why
+
+        def find() -> str | None:
+            seen: dict[str, str] = {}
+            for m in members.members:
+                addr = vt.raft_address(m, self.settings.raft_port)
+                if addr in seen:
+                    return (
+                        f"Raft not started: members {seen[addr]} and {m.node_id} share the Raft address {addr}; "
+                        "give each member its own raft_address (or address) in the members file"
+                    )
+                seen[addr] = m.node_id
+            return None
+
+        return self._per_members("address_clash", (members,), find)
 
     def _url(self, node_id: str) -> str | None:
         m = self.members.by_id.get(node_id)
