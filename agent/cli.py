@@ -171,6 +171,7 @@ def serve() -> int:
     disable_created_metrics()
 
     from agent.api.server import ServerLimits, fd_budget, protocol_class
+    from agent.memory import prepare_gc_for_serving
 
     app = create_app(settings)
     cap, fd_limit = fd_budget(settings.http_max_connections)
@@ -194,6 +195,7 @@ def serve() -> int:
         sock.close()
         return EXIT_CONFIG
     server = uvicorn.Server(config)
+    frozen = prepare_gc_for_serving()
     logging.getLogger("x0.agent").info(
         "x0-agent %s node %s listening on %s %s (at most %d connections of %d descriptors; admin %s%s)",
         __version__,
@@ -205,6 +207,7 @@ def serve() -> int:
         settings.yggdrasil_admin,
         ", supervising the daemon" if settings.supervises_daemon else "",
     )
+    logging.getLogger("x0.agent").debug("%d start-up objects frozen out of the garbage collector's passes", frozen)
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal with the handler that was in place
     # before it started: make that a clean exit 0 (stopped as asked) instead of death by signal or a traceback.
     signal.signal(signal.SIGTERM, _exit_cleanly)
