@@ -20,7 +20,6 @@ from litestar.exceptions import (
     NotFoundException,
     ServiceUnavailableException,
 )
-from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, JSONBody, PathParameter, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_409_CONFLICT, HTTP_413_REQUEST_ENTITY_TOO_LARGE
 
@@ -44,6 +43,7 @@ from agent.consensus.schemas import (
 )
 from agent.consensus.store import MAX_KEY_BYTES, MAX_VALUE_BYTES
 from agent.mesh.schemas import ErrorBody
+from agent.openapi import response_spec
 
 if TYPE_CHECKING:
     from agent.consensus.service import ConsensusService
@@ -62,10 +62,10 @@ class TooLarge(HTTPException):
 
 
 _ERR = {
-    400: ResponseSpec(data_container=ErrorBody, description="Bad key or parameter; the detail names the rule"),
-    503: ResponseSpec(data_container=ErrorBody, description="No leader / no quorum / timed out: the detail says"),
+    400: response_spec(data_container=ErrorBody, description="Bad key or parameter; the detail names the rule"),
+    503: response_spec(data_container=ErrorBody, description="No leader / no quorum / timed out: the detail says"),
 }
-_WRITE_503 = ResponseSpec(
+_WRITE_503 = response_spec(
     data_container=ErrorBody,
     description=(
         f"No leader / no quorum / timed out: the detail says. Header {OUTCOME_HEADER}: `not-applied` (refused "
@@ -75,8 +75,8 @@ _WRITE_503 = ResponseSpec(
     ),
 )
 _AUTH = {
-    401: ResponseSpec(data_container=ErrorBody, description="Missing or wrong bearer token"),
-    403: ResponseSpec(data_container=ErrorBody, description="No X0_API_TOKEN configured on this agent"),
+    401: response_spec(data_container=ErrorBody, description="Missing or wrong bearer token"),
+    403: response_spec(data_container=ErrorBody, description="No X0_API_TOKEN configured on this agent"),
 }
 
 # The key's rules in the schema too: without them a client (or schemathesis) learns them only from our 400s.
@@ -236,7 +236,7 @@ class KvController(Controller):
     @get(
         "/{key:path}",
         summary="Read a key (linearizable unless stale=true; raw=true: the value bytes, application/octet-stream)",
-        responses={**_ERR, 404: ResponseSpec(data_container=ErrorBody, description="No such key")},
+        responses={**_ERR, 404: response_spec(data_container=ErrorBody, description="No such key")},
         opt={"also_answers": "application/octet-stream"},  # raw=true (agent.api.strict documents it)
     )
     async def read(
@@ -289,8 +289,8 @@ class KvController(Controller):
         responses={
             **_ERR,
             **_AUTH,
-            409: ResponseSpec(data_container=ErrorBody, description="cas did not match; detail names the index"),
-            413: ResponseSpec(data_container=ErrorBody, description="Value over 64 KiB or store over 64 MiB"),
+            409: response_spec(data_container=ErrorBody, description="cas did not match; detail names the index"),
+            413: response_spec(data_container=ErrorBody, description="Value over 64 KiB or store over 64 MiB"),
             503: _WRITE_503,
         },
     )
@@ -340,7 +340,7 @@ class KvController(Controller):
         responses={
             **_ERR,
             **_AUTH,
-            409: ResponseSpec(data_container=ErrorBody, description="cas did not match"),
+            409: response_spec(data_container=ErrorBody, description="cas did not match"),
             503: _WRITE_503,
         },
     )
@@ -396,7 +396,7 @@ class LeaseController(Controller):
         guards=[require_token],
         status_code=HTTP_201_CREATED,
         summary="Take the mesh-wide drill lease (x0dash before a drill it drives itself)",
-        responses={**_ERR, **_AUTH, 409: ResponseSpec(data_container=ErrorBody, description="Held: names holder")},
+        responses={**_ERR, **_AUTH, 409: response_spec(ErrorBody, "Held: names the holder")},
     )
     async def take_lease(
         self, data: JSONBody[LeaseRequest], consensus: NamedDependency[ConsensusService]
@@ -418,7 +418,7 @@ class LeaseController(Controller):
         guards=[require_token],
         status_code=200,
         summary="Release the drill lease",
-        responses={**_ERR, **_AUTH, 404: ResponseSpec(data_container=ErrorBody, description="Not the current")},
+        responses={**_ERR, **_AUTH, 404: response_spec(data_container=ErrorBody, description="Not the current")},
     )
     async def release_lease(
         self, lease_id: FromPath[str], consensus: NamedDependency[ConsensusService]

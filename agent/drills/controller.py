@@ -18,6 +18,7 @@ from agent.drills.faults import FaultUnavailable
 from agent.drills.manager import DrillConflict, DrillManager, DrillNotFound, DrillUnavailable
 from agent.drills.schemas import Drill, DrillList, DrillRequest
 from agent.mesh.schemas import ErrorBody
+from agent.openapi import response_spec
 
 
 class Conflict(HTTPException):
@@ -25,9 +26,9 @@ class Conflict(HTTPException):
 
 
 _ERRORS: dict[int, ResponseSpec] = {
-    400: ResponseSpec(data_container=ErrorBody, description="Bad body; the detail names the field"),
-    401: ResponseSpec(data_container=ErrorBody, description="Missing or wrong bearer token"),
-    403: ResponseSpec(data_container=ErrorBody, description="No X0_API_TOKEN configured on this agent"),
+    400: response_spec(data_container=ErrorBody, description="Bad body; the detail names the field"),
+    401: response_spec(data_container=ErrorBody, description="Missing or wrong bearer token"),
+    403: response_spec(data_container=ErrorBody, description="No X0_API_TOKEN configured on this agent"),
 }
 
 
@@ -44,11 +45,11 @@ class DrillsController(Controller):
         "its own namespace); `kill-daemon` stops the supervised daemon. Reverts by itself after `duration_s`.",
         responses={
             **_ERRORS,
-            409: ResponseSpec(
+            409: response_spec(
                 data_container=ErrorBody,
                 description="Cannot apply here (what is missing), or a drill holds the mesh-wide lease (named)",
             ),
-            503: ResponseSpec(
+            503: response_spec(
                 data_container=ErrorBody,
                 description="The mesh-wide drill lease cannot be taken (no leader/quorum)",
             ),
@@ -71,7 +72,7 @@ class DrillsController(Controller):
         guards=[require_token],
         status_code=200,
         summary="Abort a drill and revert its fault now",
-        responses={**_ERRORS, 404: ResponseSpec(data_container=ErrorBody, description="No such drill")},
+        responses={**_ERRORS, 404: response_spec(data_container=ErrorBody, description="No such drill")},
     )
     async def abort(self, drill_id: FromPath[str], drills: NamedDependency[DrillManager]) -> Drill:
         try:

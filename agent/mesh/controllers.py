@@ -11,11 +11,11 @@ import msgspec
 from litestar import Controller, Response, get
 from litestar.datastructures import State
 from litestar.exceptions import ServiceUnavailableException
-from litestar.openapi.datastructures import ResponseSpec
 
 from agent.mesh.responses import CachedJSON, JSONResponse, json_response
 from agent.mesh.schemas import ErrorBody, Health, MeshPeers, MeshRoutes, MeshStatus
 from agent.metrics import CONTENT_TYPE
+from agent.openapi import response_spec
 
 
 class HealthController(Controller):
@@ -29,8 +29,8 @@ class HealthController(Controller):
         "`monitor` (snapshot task alive), `members` (members file readable), `peers` (at least one planned "
         "peer up when the node has planned peers). 503 when any check fails.",
         responses={
-            200: ResponseSpec(data_container=Health, description="Every check passed"),
-            503: ResponseSpec(
+            200: response_spec(data_container=Health, description="Every check passed"),
+            503: response_spec(
                 data_container=Health, description="A check failed; `checks[].name`/`detail` say which and why"
             ),
         },
@@ -43,7 +43,7 @@ class HealthController(Controller):
         return state.responses.health.response(body, code)
 
 
-_NO_SNAPSHOT = ResponseSpec(data_container=ErrorBody, description="The daemon has not been read successfully yet")
+_NO_SNAPSHOT = response_spec(data_container=ErrorBody, description="The daemon has not been read successfully yet")
 
 
 def _served(state: State, view: msgspec.Struct | None, cache: CachedJSON | None = None) -> JSONResponse:
@@ -63,7 +63,7 @@ class MeshController(Controller):
         "/status",
         summary="This node and its mesh at a glance",
         responses={
-            200: ResponseSpec(data_container=MeshStatus, description="Served from the latest snapshot"),
+            200: response_spec(data_container=MeshStatus, description="Served from the latest snapshot"),
             503: _NO_SNAPSHOT,
         },
         sync_to_thread=False,
@@ -77,7 +77,7 @@ class MeshController(Controller):
         "/peers",
         summary="Peer links, and planned peers without a link (`missing`)",
         responses={
-            200: ResponseSpec(data_container=MeshPeers, description="Served from the latest snapshot"),
+            200: response_spec(data_container=MeshPeers, description="Served from the latest snapshot"),
             503: _NO_SNAPSHOT,
         },
         sync_to_thread=False,
@@ -90,7 +90,7 @@ class MeshController(Controller):
         "/routes",
         summary="Routing view (DHT or tree, paths, sessions) with member ids and next hops",
         responses={
-            200: ResponseSpec(data_container=MeshRoutes, description="Served from the latest snapshot"),
+            200: response_spec(data_container=MeshRoutes, description="Served from the latest snapshot"),
             503: _NO_SNAPSHOT,
         },
         sync_to_thread=False,
