@@ -66,7 +66,14 @@ def failed_members(kn: Knowledge, now: float) -> dict[str, str]:
             failed[m] = "agent does not answer on the underlay"
         elif st.daemon_up is False:
             failed[m] = "its daemon is down"
-        elif (v := kn.membership.get(m)) is not None and v.state == "dead":
+        elif (
+            (v := kn.membership.get(m)) is not None
+            and v.state == "dead"
+            # While the mesh forms, a member this node has never reached over the overlay is not lost yet: its
+            # planned link may still be coming up (a 3-node chain took a stand-in at start for a neighbour whose
+            # link came up 0.7 s before SWIM's verdict on probes sent before it).
+            and (st.overlay_ok_at is not None or not in_grace)
+        ):
             failed[m] = "declared lost by the mesh"
     return failed
 

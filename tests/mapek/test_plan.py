@@ -7,11 +7,11 @@ import random
 
 import pytest
 
-from agent.mapek.knowledge import Thresholds
-from agent.mapek.plan import repair_links
+from agent.mapek.knowledge import MemberView, Thresholds
+from agent.mapek.plan import failed_members, repair_links
 from agent.topology import adjacency, plan_links
 
-from .sim import SimNode, members
+from .sim import T0, SimNode, members
 
 IDS3 = ["node-a", "node-b", "node-c"]
 CHAIN = [["node-a", "node-b"], ["node-b", "node-c"]]
@@ -293,3 +293,18 @@ def test_outages_after_a_stable_link_are_not_flapping() -> None:
             assert r.actions("quarantine") == []
     assert not [x for x in a.kn.actions if x.action == "quarantine"]
     assert len([x for x in a.kn.actions if x.action == "redial" and x.outcome == "ok"]) == 5
+
+
+def test_a_member_declared_dead_before_this_node_ever_reached_it_is_not_lost_while_the_mesh_forms() -> None:
+    # A suite run: node-a's SWIM probed node-b over the overlay before their link was up, declared it dead 0.7 s
+    # after the link came up, and node-a dialled node-c as a stand-in for a neighbour it had never reached.
+    a = SimNode("node-a", members(IDS3, links=CHAIN), started=T0)
+    a.tick(up={"node-b"}, overlay={"node-b": False, "node-c": False}, dt=0.5)
+    a.kn.membership = {"node-b": MemberView(state="dead", since=a.now, by="node-a")}
+    a.kn.has_membership = True
+    assert "node-b" not in failed_members(a.kn, a.now)
+    grace_over = a.kn.started_at + a.kn.thresholds.startup_grace_s + 0.1
+    assert failed_members(a.kn, grace_over)["node-b"] == "declared lost by the mesh"
+    # Once it was reached over the mesh, the verdict counts at once, grace or not.
+    a.kn.state("node-b").overlay_ok_at = a.now - 0.2
+    assert failed_members(a.kn, a.now)["node-b"] == "declared lost by the mesh"
