@@ -211,7 +211,7 @@ def _traffic(obs: Observation, member: str) -> bool:
     if before is None or after is None or before.bytes_recvd is None or after.bytes_recvd is None:
         # A link that was not there before the probes is new: it carried a handshake.
         return before is None and after is not None and after.up
-    return after.bytes_recvd > before.bytes_recvd
+    return after.received_since(before)
 
 
 def _membership(view: MemberView, me: str) -> str:

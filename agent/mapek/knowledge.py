@@ -89,6 +89,26 @@ class LinkSample(msgspec.Struct, frozen=True, kw_only=True):
     bytes_recvd: int | None = None
     latency_ms: float | None = None
     inbound: bool | None = None
+    uptime_s: float | None = None  # of the youngest up link
+
+    def renewed_since(self, before: LinkSample) -> bool:
+        """Is this a new link since the `before` listing, though neither listing shows it down? The far end or a
+        daemon redialled in between (a removePeer + addPeer takes ~0.2 s): its uptime or its byte counter went
+        back. Traffic on the old link says nothing about the new one, and the new one carried a handshake."""
+        if not (self.up and before.up):
+            return False
+        if self.uptime_s is not None and before.uptime_s is not None and self.uptime_s < before.uptime_s:
+            return True
+        mine, theirs = self.bytes_recvd, before.bytes_recvd
+        return mine is not None and theirs is not None and mine < theirs
+
+    def received_since(self, before: LinkSample) -> bool:
+        """Did the link receive bytes since the `before` listing (a renewed link did: its handshake)?"""
+        if self.bytes_recvd is None:
+            return False
+        if before.bytes_recvd is None:
+            return True
+        return self.bytes_recvd > before.bytes_recvd or self.renewed_since(before)
 
 
 class MemberView(msgspec.Struct, frozen=True, kw_only=True):
@@ -156,7 +176,7 @@ class MemberState:
     ever_up: bool = False
     link_seen_up_at: float | None = None
     link_down_since: float | None = None
-    bytes_recvd: int | None = None
+    sample: LinkSample | None = None  # the latest listing of an up link to it
     traffic_at: float | None = None
     flaps: deque[float] = field(default_factory=deque)
     api_version: str | None = None
@@ -358,16 +378,18 @@ class Knowledge:
                 up = sample is not None and sample.up
                 if up:
                     assert sample is not None
-                    if not st.link_up:
+                    last = st.sample if st.link_up else None
+                    if last is None:
                         st.link_up_since = now
+                    elif sample.renewed_since(last):
+                        # Not counted as a flap: the drop was too short to see, and it is most likely a redial.
+                        st.link_up_since = now - sample.uptime_s if sample.uptime_s is not None else now
                     st.link_seen_up_at = now
                     st.ever_up = True
                     st.link_down_since = None
-                    if sample.bytes_recvd is not None and (
-                        st.bytes_recvd is None or sample.bytes_recvd > st.bytes_recvd
-                    ):
+                    if sample.bytes_recvd is not None and (last is None or sample.received_since(last)):
                         st.traffic_at = now
-                    st.bytes_recvd = sample.bytes_recvd
+                    st.sample = sample
                 else:
                     if st.link_up:
                         held = now - st.link_up_since if st.link_up_since is not None else 0.0
@@ -376,7 +398,7 @@ class Knowledge:
                         st.link_down_since = now
                     elif st.link_down_since is None:
                         st.link_down_since = now
-                    st.bytes_recvd = None
+                    st.sample = None
                 st.link_up = up
         for st in self.states.values():
             while st.flaps and st.flaps[0] < now - th.flap_window_s:

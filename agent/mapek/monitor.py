@@ -65,7 +65,7 @@ def host_port(listen_uri: str) -> tuple[str, int] | None:
 
 def merge_links(links: Iterable[PeerLink], member_of: Callable[[PeerLink], str | None]) -> dict[str, LinkSample]:
     """Links by member: up if any is up; received bytes summed over the up ones (0.4 holds one link per pair
-    after our planning, 0.5 may list a down link beside an up one)."""
+    after our planning, 0.5 may list a down link beside an up one), the uptime of the youngest up one."""
     out: dict[str, LinkSample] = {}
     for link in links:
         member = member_of(link)
@@ -77,6 +77,9 @@ def merge_links(links: Iterable[PeerLink], member_of: Callable[[PeerLink], str |
         for part in (prev.bytes_recvd if prev and prev.up else None, link.bytes_recvd if link.up else None):
             if part is not None:
                 total = (total or 0) + part
+        uptime = link.uptime_s if link.up else None
+        if prev is not None and prev.uptime_s is not None:
+            uptime = prev.uptime_s if uptime is None else min(uptime, prev.uptime_s)
         latency = link.latency_ms if link.up else None
         if prev is not None and prev.latency_ms is not None:
             latency = prev.latency_ms if latency is None else min(latency, prev.latency_ms)
@@ -85,6 +88,7 @@ def merge_links(links: Iterable[PeerLink], member_of: Callable[[PeerLink], str |
             up=up,
             bytes_recvd=total,
             latency_ms=latency,
+            uptime_s=uptime,
             inbound=link.inbound if link.up else (prev.inbound if prev else None),
         )
     return out

@@ -80,6 +80,37 @@ def test_a_probe_sent_before_the_link_came_up_does_not_make_it_silent() -> None:
     assert {(f.kind, f.subject) for f in analyze(obs, kn)} >= {("peer_silent", "node-c")}
 
 
+def test_a_link_redialled_between_two_listings_is_a_new_link() -> None:
+    """node-c was cut off; node-b's agent redialled the stuck link after the fault (removePeer + addPeer, ~0.2 s),
+    so node-c's daemon listed the link up both before and after. A probe node-c sent on the old link (timeout
+    stretched to 3.5 s by its local health) failed once the new link was up; the new link's byte counter was
+    below the old one's. That made node-c call a working link silent 1.7 s after the fault, and the drill's
+    report disagree with the agent (CI of stop 18, reproduced in /tmp/lead/repro2)."""
+    kn = Knowledge("node-c", members(FULL3))
+    t = kn.started_at + 100.0
+
+    def links(b: tuple[int, float]) -> dict[str, LinkSample]:
+        return {
+            "node-a": LinkSample(member="node-a", up=True, bytes_recvd=90_000, uptime_s=t - kn.started_at),
+            "node-b": LinkSample(member="node-b", up=True, bytes_recvd=b[0], uptime_s=b[1]),
+        }
+
+    old = links((80_000, 95.0))
+    kn.observe(Observation(at=t, daemon_ok=True, links=old, links_before=None))
+    new = links((900, 0.6))
+    stale = Probe(member="node-b", path="overlay", ok=False, at=t - 3.0, error="no ack within 3.50 s")
+    obs = Observation(at=t + 0.5, daemon_ok=True, links=new, links_before=old, probes=[stale])
+    kn.observe(obs)
+    assert kn.state("node-b").link_up_since == t + 0.5 - 0.6
+    assert kn.state("node-b").traffic_at == t + 0.5
+    assert "peer_silent" not in {f.kind for f in analyze(obs, kn)}
+    # A probe sent on the new link that fails while the link receives nothing is silence again.
+    fresh = Probe(member="node-b", path="overlay", ok=False, at=t + 0.6, error="no ack within 0.70 s")
+    obs = Observation(at=t + 1.5, daemon_ok=True, links=links((900, 1.6)), links_before=new, probes=[fresh])
+    kn.observe(obs)
+    assert {(f.kind, f.subject) for f in analyze(obs, kn)} >= {("peer_silent", "node-b")}
+
+
 def test_silent_peer_dropped_by_daemon_stays_one_incident() -> None:
     node = SimNode("node-a", members(FULL3))
     node.tick(up={"node-b", "node-c"})

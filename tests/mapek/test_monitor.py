@@ -53,9 +53,9 @@ def test_merge_links_per_member() -> None:
 
     merged = merge_links(
         [
-            PeerLink(key="k1", up=True, bytes_recvd=100, latency_ms=3.0),
-            PeerLink(key="k1", up=False, bytes_recvd=7),  # a 0.5 down link beside the up one
-            PeerLink(key="k1", up=True, bytes_recvd=50, latency_ms=2.0),
+            PeerLink(key="k1", up=True, bytes_recvd=100, latency_ms=3.0, uptime_s=40.0),
+            PeerLink(key="k1", up=False, bytes_recvd=7, uptime_s=1.0),  # a 0.5 down link beside the up one
+            PeerLink(key="k1", up=True, bytes_recvd=50, latency_ms=2.0, uptime_s=12.5),
             PeerLink(key="k2", up=False),
             PeerLink(key="stranger", up=True, bytes_recvd=1),
         ],
@@ -64,6 +64,7 @@ def test_merge_links_per_member() -> None:
     assert set(merged) == {"node-a", "node-b"}
     a = merged["node-a"]
     assert a.up and a.bytes_recvd == 150 and a.latency_ms == 2.0
+    assert a.uptime_s == 12.5  # the youngest up link: it tells a redial apart from one long-lived link
     assert not merged["node-b"].up and merged["node-b"].bytes_recvd is None
 
 
