@@ -19,6 +19,7 @@ from dashboard.drills.engine import (
     DEFAULT_DRAIN_DEADLINE_S,
     DRILL_KINDS,
     DURATION_RANGE,
+    SETTLE_S,
     DrillEngine,
     DrillPlan,
     DrillRefused,
@@ -85,6 +86,16 @@ def _positive(value: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
     if f <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return f
+
+
+def _not_negative(value: str) -> float:
+    try:
+        f = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not f >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return f
 
 
@@ -219,6 +230,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=60.0,
         metavar="S",
         help="wait this long for the mesh's steady state before injecting (60)",
+    )
+    d.add_argument(
+        "--settle",
+        type=_not_negative,
+        default=SETTLE_S,
+        metavar="S",
+        help="after the fault, the mesh must stay whole this long before the drill ends: an incident reopened "
+        f"meanwhile counts in the repair time ({SETTLE_S:g})",
     )
     _add_common(d, sub=True)
     w = subs.add_parser(
@@ -417,6 +436,7 @@ async def run_headless(
     as_json: bool,
     poll_timeout: float = 1.5,
     steady_timeout: float = 60.0,
+    settle_s: float = SETTLE_S,
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> int:
@@ -436,7 +456,7 @@ async def run_headless(
                 f"x0dash: the source could not start: {first.view.source} ({first.view.source_detail})", file=err
             )
             return EXIT_SOURCE
-        engine = DrillEngine(session, steady_timeout=steady_timeout)
+        engine = DrillEngine(session, steady_timeout=steady_timeout, settle_s=settle_s)
         engine.listeners.append(lambda step: _print_step(step, err))
         try:
             report = await engine.run(plan)
@@ -481,6 +501,7 @@ async def _headless_main(args: argparse.Namespace, provider: Provider) -> int:
         as_json=args.json,
         poll_timeout=_num(args, "timeout", 1.5),
         steady_timeout=args.steady_timeout,
+        settle_s=args.settle,
     )
 
 

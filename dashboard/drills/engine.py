@@ -32,6 +32,7 @@ from dashboard.drills.scoring import (
     DrillReport,
     FaultWindow,
     IncidentSeen,
+    SteadyHold,
     SteadyState,
     environment,
     relevant,
@@ -51,6 +52,10 @@ AGENT_DRILL_KINDS: tuple[str, ...] = tuple(k for k in DRILL_KINDS if k not in SO
 DURATION_RANGE = (1, 600)  # the agents' limit for POST /drills (contracts §3)
 DEADLINE_RANGE = (1, 3600)  # drain deadline, s
 DEFAULT_DRAIN_DEADLINE_S = 30
+# After the fault, the mesh must stay back this long before the drill calls it a full recovery: a link stuck in TCP
+# retransmission backoff, or an observer whose probe timeouts are still stretched by its local health, reopens an
+# incident a second or two after everything looked whole, and the report must count that repair, not hide it.
+SETTLE_S = 2.0
 REVERT_RETRY_S = 2.0  # between attempts to undo a fault the source made (restore a node, undo a drain)
 
 
@@ -165,12 +170,14 @@ class DrillEngine:
         *,
         follow_interval: float = 0.5,
         steady_timeout: float = 60.0,
+        settle_s: float = SETTLE_S,
         skew_s: float = 0.5,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.session = session
         self.follow_interval = follow_interval
         self.steady_timeout = steady_timeout
+        self.settle_s = settle_s
         self.skew_s = skew_s
         self.clock = clock
         self.running: DrillPlan | None = None
@@ -457,6 +464,7 @@ class DrillEngine:
         announced: set[str] = set()
         after: SteadyState | None = None
         steady_at: float | None = None
+        hold = SteadyHold(self.settle_s)
         give_up_at = fault.started_at + plan.duration_s + plan.slo.recover_timeout_s + 10.0
         while True:
             await asyncio.sleep(self.follow_interval)
@@ -486,9 +494,12 @@ class DrillEngine:
                 after = steady_state(view)
                 mine = [i for i in seen.values() if relevant(i, aliases, fault, self.skew_s)]
                 back = not allocs_before or fault.back_at is not None
-                if back and returned_to(before, after) and all(i.resolved_at is not None for i in mine):
-                    steady_at = self.clock()
-                    self._step(f"full recovery: {after.summary()}", "ok")
+                now = self.clock()
+                whole = back and returned_to(before, after) and all(i.resolved_at is not None for i in mine)
+                if hold.poll(now, whole):
+                    steady_at = hold.since
+                    held = f" (held {now - hold.since:.1f} s)" if self.settle_s > 0 else ""
+                    self._step(f"full recovery: {after.summary()}{held}", "ok", at=hold.since)
                     break
             if self.clock() >= give_up_at:
                 after = steady_state(view)

@@ -102,6 +102,24 @@ def returned_to(before: SteadyState, after: SteadyState) -> bool:
     return True
 
 
+class SteadyHold:
+    """The mesh counts as recovered once every poll for `settle_s` saw it whole: one poll that did not resets
+    it (an incident reopened a second after the repair is part of the repair)."""
+
+    def __init__(self, settle_s: float) -> None:
+        self.settle_s = settle_s
+        self.since: float | None = None  # first poll of the current unbroken run of whole polls
+
+    def poll(self, now: float, whole: bool) -> bool:
+        """One poll; True once the mesh has been whole for `settle_s` (`since` is when it became so)."""
+        if not whole:
+            self.since = None
+            return False
+        if self.since is None:
+            self.since = now
+        return now - self.since >= self.settle_s
+
+
 class FaultWindow(msgspec.Struct, kw_only=True, frozen=True):
     kind: str  # blackhole|partition|node-loss
     method: str  # how it was made: "agent drill blackhole", "agent drill kill-daemon", "source: stop node"

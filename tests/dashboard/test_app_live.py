@@ -20,7 +20,7 @@ from textual.command import CommandPalette
 from textual.widgets import DataTable, Input, Select, Static
 
 from dashboard.app import X0Dash
-from dashboard.drills.engine import DrillEngine, DrillPlan, DrillRefused
+from dashboard.drills.engine import SETTLE_S, DrillEngine, DrillPlan, DrillRefused
 from dashboard.drills.report import from_json
 from dashboard.drills.scoring import DrillReport
 from dashboard.providers.inventory import InventoryProvider
@@ -79,17 +79,32 @@ def check_measured_from_records(report: DrillReport, mesh: object) -> None:
         assert o.detected_at is not None and o.repaired_at is not None, o
         # What the scoring counts (dashboard.drills.scoring.relevant): incidents about the target, and a partition
         # of the mesh (an observer that also lost the third node for a moment, seen on a loaded machine).
-        own = [
+        records = [
             i
             for i in agent_incidents(mesh.node(o.observer).agent_url, report.fault.started_at - 0.5)
             if (i["subject"] == "node-b" or i["kind"] == "partition")
             and i["detected_at"] >= report.fault.started_at - 0.5
         ]
-        assert own, f"{o.observer} has no incident about node-b"
-        # The engine keeps the earliest detection it saw; an incident reopened later has a newer detected_at.
-        assert o.detected_at <= min(i["detected_at"] for i in own) + 1e-6
+        assert records, f"{o.observer} has no incident about node-b"
+        # The drill ended only after the mesh had stayed whole for the settle time from steady_confirmed_at: an
+        # incident detected before that is in the report. An agent reopens an incident that comes back within a
+        # minute under the same id with a new detected_at (CI of stop 18: 2.3 s after the repair the report
+        # measured); one reopened after the drill ended is past what the report covers, and its earlier times are
+        # gone from the record.
+        assert report.steady_confirmed_at is not None
+        assert report.created_at - report.steady_confirmed_at >= SETTLE_S
+        own = [i for i in records if i["detected_at"] < report.steady_confirmed_at]
+        later = [i for i in records if i["detected_at"] >= report.steady_confirmed_at]
+        assert own or later
+        # The engine keeps the earliest detection it saw.
+        assert o.detected_at <= min(i["detected_at"] for i in own or later) + 1e-6
         assert o.detected_at >= report.fault.started_at - 0.5
-        assert o.repaired_at == max(i["resolved_at"] for i in own if i["resolved_at"] is not None)
+        resolved = [i["resolved_at"] for i in own]
+        assert None not in resolved, own  # resolved before the mesh was whole again
+        if later:
+            assert not resolved or o.repaired_at >= max(resolved)
+        else:
+            assert o.repaired_at == max(resolved)
     mine = next(d for d in agent_drills(mesh.node("node-b").agent_url)["past"] if d["id"] == report.fault.drill_id)
     assert (mine["started_at"], mine["reverted_at"]) == (report.fault.started_at, report.fault.ended_at)
     assert report.recovered and report.after is not None and report.after.links_up == 3
@@ -279,7 +294,11 @@ def test_headless_blackhole_and_refusals(mesh: object, tmp_path: Path) -> None:
     )
     assert strict.returncode == 1, strict.stderr
     failed = json.loads(strict.stdout)
-    assert not failed["passed"] and any("detected after" in f for f in failed["failures"])
+    # A 2 s fault may end before an observer whose probe timeouts are still stretched (its local health, after
+    # the fault above) suspects the target: that fails the same SLO as "never detected".
+    assert not failed["passed"] and any(
+        "detected after" in f or "never detected" in f for f in failed["failures"]
+    ), failed["failures"]
 
 
 async def test_another_x0dash_finds_the_filed_reports_in_its_history(mesh: object, tmp_path: Path) -> None:

@@ -6,7 +6,16 @@ import msgspec
 from pytest import approx
 
 from dashboard.drills.report import from_json, to_json, to_markdown
-from dashboard.drills.scoring import SLO, ActionSeen, FaultWindow, IncidentSeen, SteadyState, returned_to, score
+from dashboard.drills.scoring import (
+    SLO,
+    ActionSeen,
+    FaultWindow,
+    IncidentSeen,
+    SteadyHold,
+    SteadyState,
+    returned_to,
+    score,
+)
 
 T0 = 1000.0
 
@@ -302,3 +311,15 @@ def test_guards_that_held_repairs_back_are_named() -> None:
         for f in r.failures
     )
     assert "Guards that held back heal actions:" in to_markdown(r)
+
+
+def test_recovery_must_hold_and_a_relapse_restarts_the_wait() -> None:
+    """CI of stop 18: the drill ended on the first whole poll; node-c reopened an incident about node-b 0.2 s
+    later, and the report's repair time disagreed with the agent's record."""
+    hold = SteadyHold(2.0)
+    assert [hold.poll(t, True) for t in (10.0, 10.5, 11.0, 11.5)] == [False] * 4
+    assert not hold.poll(12.0, False)  # an incident reopened: the wait starts again
+    assert hold.since is None
+    assert [hold.poll(t, True) for t in (12.5, 13.0, 14.0, 14.5)] == [False, False, False, True]
+    assert hold.since == 12.5  # the report's steady time is when the mesh became whole for good
+    assert SteadyHold(0.0).poll(3.0, True)  # --settle 0: the first whole poll ends the drill, as before
