@@ -322,3 +322,17 @@ def test_when_the_leading_end_goes_quiet_the_other_probes_within_a_little_more_t
     assert first - last <= CFG.probe_interval_s * (1 + 2 * PASSIVE_MARGIN) + 0.01
     failed = [r for r in nodes[follower].take_results() if r.member == leader and not r.ok]
     assert failed and failed[0].at == first
+
+
+def test_local_health_heals_while_the_other_end_leads_the_probing() -> None:
+    """node-c was cut off (local health 4, timeouts x5); its neighbours then led every probe of its links, so it
+    sent none of its own and, before, stayed at 4 for good (measured on a netns mesh: 3 for 20 s and more)."""
+    nodes = _pair()
+    _pair_run(nodes, 5.0)
+    pings = _pair_run(nodes, 10.0)
+    leader = max(pings, key=lambda k: len(pings[k]))
+    follower = "b" if leader == "a" else "a"
+    nodes[follower].local_health = CFG.max_local_health
+    pings = _pair_run(nodes, 15.0)
+    assert nodes[follower].local_health == 0
+    assert len(pings[follower]) <= 2  # healed by the leader's pings, not by probing on its own
