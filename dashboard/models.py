@@ -75,6 +75,9 @@ class NodeView(msgspec.Struct, kw_only=True, frozen=True):
     peers_temporary: int = 0  # stand-in links MAPE-K added
     members_known: int | None = None
     members_reachable: int | None = None
+    # Its SWIM failure detector's Lifeguard score: 0 at full sensitivity; after this node was cut off or starved,
+    # each point stretches its probe timeouts by one more interval until successful probes bring it down.
+    local_health: int | None = None
     incidents_active: int = 0
     req_rate: float | None = None
     p99_ms: float | None = None
@@ -421,6 +424,9 @@ def _node_view(
         peers_planned=st.peers_expected if st else None,
         members_known=st.members_known if st else None,
         members_reachable=mapek.members_reachable if mapek else None,
+        local_health=mapek.membership.local_health
+        if mapek and mapek.membership and mapek.membership.enabled
+        else None,
         incidents_active=len(mapek.active_incidents) if mapek and agent.ok else 0,
         req_rate=rate,
         p99_ms=p99,

@@ -39,6 +39,7 @@ from dashboard.drills.scoring import (
     returned_to,
     score,
     steady_state,
+    wary_detectors,
 )
 from dashboard.drills.workload import Workload, WorkloadResult
 from dashboard.events import step_event
@@ -56,6 +57,10 @@ DEFAULT_DRAIN_DEADLINE_S = 30
 # retransmission backoff, or an observer whose probe timeouts are still stretched by its local health, reopens an
 # incident a second or two after everything looked whole, and the report must count that repair, not hide it.
 SETTLE_S = 2.0
+# Before the fault, a drill waits this long at most for every node's failure detector to be back at full
+# sensitivity; a 2-3 s blackhole started right after an earlier fault went unnoticed by the node that had been
+# cut off (its probe timeouts stretched to 3.5 s). Past it the drill runs and says which detectors were wary.
+CALM_WAIT_S = 10.0
 REVERT_RETRY_S = 2.0  # between attempts to undo a fault the source made (restore a node, undo a drain)
 
 
@@ -388,12 +393,25 @@ class DrillEngine:
     async def _wait_steady(self, plan: DrillPlan) -> tuple[MeshView, SteadyState]:
         deadline = self.clock() + self.steady_timeout
         self._step("waiting for the mesh's steady state")
+        calm_by: float | None = None
         while True:
             view = await self._view()
             before = steady_state(view)
             if before.steady:
-                self._step(f"steady state: {before.summary()}", "ok")
-                return view, before
+                wary = wary_detectors(view)
+                if not wary:
+                    self._step(f"steady state: {before.summary()}", "ok")
+                    return view, before
+                if calm_by is None:
+                    calm_by = self.clock() + CALM_WAIT_S
+                    self._step(f"waiting for failure detectors still wary of a recent fault: {', '.join(wary)}")
+                elif self.clock() >= calm_by:
+                    self._step(
+                        f"steady state: {before.summary()}; failure detectors still wary after {CALM_WAIT_S:g} s: "
+                        f"{', '.join(wary)}: they may detect the fault late",
+                        "warn",
+                    )
+                    return view, before
             if self._abort.is_set():
                 raise DrillRefused("aborted before the fault was injected")
             if self.clock() >= deadline:

@@ -90,6 +90,12 @@ def steady_state(view: MeshView) -> SteadyState:
     )
 
 
+def wary_detectors(view: MeshView) -> list[str]:
+    """Nodes whose failure detector still runs with stretched timeouts (Lifeguard local health above 0), as
+    "node-c (local health 3)": right after a fault such a node may not notice a short one at all."""
+    return [f"{n.id} (local health {n.local_health})" for n in view.nodes if n.state == "up" and n.local_health]
+
+
 def returned_to(before: SteadyState, after: SteadyState) -> bool:
     """The mesh is back when it is at least as whole as before the drill (a mesh that was already missing
     a link before is not blamed for it)."""

@@ -15,7 +15,9 @@ from dashboard.drills.scoring import (
     SteadyState,
     returned_to,
     score,
+    wary_detectors,
 )
+from dashboard.models import MeshView, NodeState, NodeView
 
 T0 = 1000.0
 
@@ -323,3 +325,23 @@ def test_recovery_must_hold_and_a_relapse_restarts_the_wait() -> None:
     assert [hold.poll(t, True) for t in (12.5, 13.0, 14.0, 14.5)] == [False, False, False, True]
     assert hold.since == 12.5  # the report's steady time is when the mesh became whole for good
     assert SteadyHold(0.0).poll(3.0, True)  # --settle 0: the first whole poll ends the drill, as before
+
+
+def test_wary_detectors_are_the_up_nodes_with_stretched_timeouts() -> None:
+    """A drill waits for these before its fault (CALM_WAIT_S): node-c, cut off seconds before, probed with 3.5 s
+    timeouts and never noticed a 3 s blackhole of node-b on its own."""
+
+    def node(id_: str, health: int | None, state: NodeState = "up") -> NodeView:
+        return NodeView(id=id_, state=state, detail="", agent_url=None, local_health=health)
+
+    view = MeshView(
+        source="test",
+        source_ok=True,
+        source_detail="",
+        taken_at=0.0,
+        polled_at=0.0,
+        poll_duration_s=0.1,
+        nodes=(node("node-a", 0), node("node-b", None), node("node-c", 3), node("node-d", 2, "down")),
+        links=(),
+    )
+    assert wary_detectors(view) == ["node-c (local health 3)"]
