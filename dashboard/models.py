@@ -475,6 +475,13 @@ def absorb_incidents(agent: AgentData, incidents: Iterable[wire.Incident]) -> li
     news: list[tuple[wire.Incident, str]] = []
     for inc in incidents:
         old = agent.incidents.get(inc.id)
+        if old is not None and (
+            inc.detected_at < old.detected_at
+            or (inc.detected_at == old.detected_at and inc.resolved_at is None and old.resolved_at is not None)
+        ):
+            # A stale copy: the replies of one poll are served at slightly different moments, and one can predate
+            # a reopen (older detected_at) or a resolution the other already showed. The newer record stands.
+            continue
         # The agent merges a fault that comes back within its merge window into the same incident (same id, count
         # + 1, detected again): that is a new opening too, or a drill's detections would be missing from the log.
         if old is None or inc.detected_at > old.detected_at:

@@ -51,6 +51,15 @@ def node_summary(node: NodeView | None, agent: AgentData | None, node_id: str) -
         ),
         ("data age", f"{fmt_age(node.age_s)} (poll round trip {fmt_ms(node.rtt_ms)})"),
     ]
+    if node.local_health:
+        # Shown only when it matters: this node's SWIM timeouts are stretched, so it may notice a fault late.
+        rows.append(
+            (
+                "failure detector",
+                f"wary after a recent fault (local health {node.local_health}): probe timeouts "
+                f"x{node.local_health + 1}, it may notice a fault late",
+            )
+        )
     if node.nomad is not None:
         nm = node.nomad
         where = f"{nm.node_name or nm.node_id[:8]} ({nm.datacenter or '?'}, node {nm.node_status or '?'}"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import msgspec
 
+from agent.mapek.schemas import Membership
 from dashboard.events import view_events
 from dashboard.models import absorb_incidents, merge, node_state
+from dashboard.screens.node_detail import node_summary
 
 from .factories import agent, incident, peer, snapshot
 
@@ -133,3 +135,41 @@ def test_an_incident_the_agent_reopens_is_news_again() -> None:
     assert absorb_incidents(a, [again]) == []
     news = absorb_incidents(a, [msgspec.structs.replace(again, resolved_at=117.5)])
     assert [w for _, w in news] == ["resolved"]
+
+
+def test_a_stale_copy_of_an_incident_does_not_undo_a_newer_one() -> None:
+    """One poll's /mapek (active list) and /mapek/incidents replies are served moments apart: the second can be
+    the record from before the agent reopened it. Absorbed after the first, it hid the reopen from a drill."""
+    a = agent("node-c", [])
+    old = incident("i2", "peer_silent", "node-b", 93.0, 99.8)
+    absorb_incidents(a, [old])
+    reopened = msgspec.structs.replace(incident("i2", "peer_silent", "node-b", 102.3), count=2)
+    news = absorb_incidents(a, [reopened, old])
+    assert [(i.detected_at, w) for i, w in news] == [(102.3, "opened")]
+    assert a.incidents["i2"].detected_at == 102.3 and a.incidents["i2"].resolved_at is None
+    resolved = msgspec.structs.replace(reopened, resolved_at=103.3)
+    absorb_incidents(a, [resolved, reopened])  # nor a copy from before its resolution
+    assert a.incidents["i2"].resolved_at == 103.3
+
+
+def test_a_wary_failure_detector_reaches_the_node_view_and_its_detail() -> None:
+    """Local health from /mapek: the drill's pre-fault wait (CALM_WAIT_S) reads it, node detail shows it."""
+    agents = healthy_mesh()
+    wary = Membership(
+        enabled=True,
+        detail="udp",
+        incarnation=2,
+        local_health=3,
+        alive=2,
+        suspect=0,
+        dead=0,
+        joining=0,
+        not_alive=[],
+        drilling={},
+    )
+    c = agents["node-c"]
+    c.mapek = msgspec.structs.replace(c.mapek, membership=wary)
+    view = merge(snapshot("node-a", "node-b", "node-c", links=FULL), agents, 101.0)
+    assert [(n.id, n.local_health) for n in view.nodes] == [("node-a", None), ("node-b", None), ("node-c", 3)]
+    assert "local health 3): probe timeouts x4" in node_summary(view.node("node-c"), c, "node-c").plain
+    assert "failure detector" not in node_summary(view.node("node-a"), agents["node-a"], "node-a").plain
