@@ -111,6 +111,27 @@ class Poller:
             started_at=started, finished_at=self.clock(), agents_ok=ok, agents_failed=len(jobs) - ok, events=events
         )
 
+    async def reread_incidents(self, node_ids: Sequence[str], since: float) -> list[str]:
+        """Fetch every incident of these agents detected or resolved since `since`, outside the poll rhythm, and
+        merge them in (between two cycles: the lock). A drill does this before it calls the mesh recovered, so
+        its report rests on the agents' records as they are then, not on what the polls happened to catch.
+        Returns the nodes that did not answer."""
+        async with self._lock:
+            agents = [(n, d) for n in node_ids if (d := self.agents.get(n)) is not None and d.agent_url]
+            replies = await asyncio.gather(
+                *(self.client.incidents(d.agent_url, since) for _, d in agents if d.agent_url),
+                return_exceptions=True,
+            )
+            failed = []
+            for (node_id, data), reply in zip(agents, replies, strict=True):
+                if isinstance(reply, BaseException):
+                    if not isinstance(reply, AgentError):
+                        raise reply
+                    failed.append(node_id)
+                    continue
+                absorb_incidents(data, reply)
+            return failed
+
     async def _read_lease(self, targets: Sequence[NodeTarget]) -> None:
         """One request a records cycle, to the first agent that answered this cycle (flat in the mesh's size), read
         from its replica (no Raft round per poll)."""

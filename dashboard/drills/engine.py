@@ -515,6 +515,14 @@ class DrillEngine:
                 now = self.clock()
                 whole = back and returned_to(before, after) and all(i.resolved_at is not None for i in mine)
                 if hold.poll(now, whole):
+                    # The polls may have missed an incident that opened and closed between two of them (an
+                    # agent reopens a recent one under its old id): read each observer's records once more.
+                    silent = await self.session.poller.reread_incidents(observers, fault.started_at - self.skew_s)
+                    self._collect(observers, fault, seen, acted, announced, aliases)
+                    mine = [i for i in seen.values() if relevant(i, aliases, fault, self.skew_s)]
+                    if silent or any(i.resolved_at is None for i in mine):
+                        hold = SteadyHold(self.settle_s)
+                        continue
                     steady_at = hold.since
                     held = f" (held {now - hold.since:.1f} s)" if self.settle_s > 0 else ""
                     self._step(f"full recovery: {after.summary()}{held}", "ok", at=hold.since)
