@@ -812,17 +812,10 @@ class DrillEngine:
                     continue
                 key = (obs, inc.id)
                 old = seen.get(key)
-                first = min(inc.detected_at, old.detected_at) if old else inc.detected_at
-                now = IncidentSeen(
-                    observer=obs,
-                    id=inc.id,
-                    kind=inc.kind,
-                    subject=inc.subject,
-                    detected_at=first,
-                    resolved_at=inc.resolved_at,
-                    detail=inc.detail,
+                now = seen[key] = IncidentSeen.fold(
+                    old, obs, inc.id, inc.kind, inc.subject, inc.detected_at, inc.resolved_at, inc.detail, since
                 )
-                seen[key] = now
+                first = now.detected_at
                 if not relevant(now, aliases, fault, self.skew_s):
                     continue
                 if obs not in announced:

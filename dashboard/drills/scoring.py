@@ -156,6 +156,37 @@ class IncidentSeen(msgspec.Struct, kw_only=True, frozen=True):
     resolved_at: float | None
     detail: str = ""
 
+    @classmethod
+    def fold(
+        cls,
+        old: IncidentSeen | None,
+        observer: str,
+        id_: str,
+        kind: str,
+        subject: str,
+        detected_at: float,
+        resolved_at: float | None,
+        detail: str,
+        since: float,
+    ) -> IncidentSeen:
+        """The agent's latest record of an incident folded into what the drill saw of it before (`old`), keeping
+        the earliest detection since the drill's window began (`since`). An incident that resolved just before
+        the fault (within the skew allowance) and that the agent reopens under its old id is a new occurrence:
+        keeping its old detected_at made it look older than the fault, and the drill ignored it and its repair
+        (4 of 12 runs of a blackhole of node-b after one of node-c)."""
+        first = detected_at
+        if old is not None and old.detected_at >= since:
+            first = min(first, old.detected_at)
+        return cls(
+            observer=observer,
+            id=id_,
+            kind=kind,
+            subject=subject,
+            detected_at=first,
+            resolved_at=resolved_at,
+            detail=detail,
+        )
+
 
 class ActionSeen(msgspec.Struct, kw_only=True, frozen=True):
     observer: str

@@ -13,6 +13,7 @@ from dashboard.drills.scoring import (
     IncidentSeen,
     SteadyHold,
     SteadyState,
+    relevant,
     returned_to,
     score,
     wary_detectors,
@@ -345,3 +346,18 @@ def test_wary_detectors_are_the_up_nodes_with_stretched_timeouts() -> None:
         links=(),
     )
     assert wary_detectors(view) == ["node-c (local health 3)"]
+
+
+def test_a_reopened_incident_is_a_new_occurrence_when_the_old_one_predates_the_drill() -> None:
+    """node-c's peer_silent about node-b resolved 0.2 s before the fault (inside the 0.5 s skew allowance) and was
+    reopened under its old id 2.1 s into it: the drill kept the old detected_at, judged it older than the fault and
+    reported node-c repaired 1.1 s too early."""
+    since = T0 - 0.5
+    before = IncidentSeen.fold(None, "node-c", "i2", "peer_silent", "node-b", T0 - 7.3, T0 - 0.2, "", since)
+    reopened = IncidentSeen.fold(before, "node-c", "i2", "peer_silent", "node-b", T0 + 2.1, None, "", since)
+    assert reopened.detected_at == T0 + 2.1
+    window = fault(ended=T0 + 3.0)
+    assert not relevant(before, {"node-b"}, window, 0.5) and relevant(reopened, {"node-b"}, window, 0.5)
+    # Within the drill, a reopen keeps the earliest detection (the flapping incident's first one).
+    again = IncidentSeen.fold(reopened, "node-c", "i2", "peer_silent", "node-b", T0 + 5.0, None, "", since)
+    assert again.detected_at == T0 + 2.1
