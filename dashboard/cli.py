@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import os
 import shlex
 import signal
@@ -79,22 +80,26 @@ itself). The token is otherwise sent only over https (used by itself when an age
 """
 
 
-def _positive(value: str) -> float:
+def _seconds(value: str) -> float:
     try:
         f = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not math.isfinite(f):  # "nan" and "inf" parse, and nan passes every comparison below
+        raise argparse.ArgumentTypeError(f"not a finite number: {value!r}")
+    return f
+
+
+def _positive(value: str) -> float:
+    f = _seconds(value)
     if f <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
     return f
 
 
 def _not_negative(value: str) -> float:
-    try:
-        f = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if not f >= 0:  # also refuses nan
+    f = _seconds(value)
+    if f < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return f
 

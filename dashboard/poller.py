@@ -117,13 +117,16 @@ class Poller:
         its report rests on the agents' records as they are then, not on what the polls happened to catch.
         Returns the nodes that did not answer."""
         async with self._lock:
-            agents = [(n, d) for n in node_ids if (d := self.agents.get(n)) is not None and d.agent_url]
+            asked: list[tuple[str, AgentData, str]] = []
+            for node_id in node_ids:
+                data = self.agents.get(node_id)
+                if data is not None and data.agent_url:
+                    asked.append((node_id, data, data.agent_url))
             replies = await asyncio.gather(
-                *(self.client.incidents(d.agent_url, since) for _, d in agents if d.agent_url),
-                return_exceptions=True,
+                *(self.client.incidents(url, since) for _, _, url in asked), return_exceptions=True
             )
             failed = []
-            for (node_id, data), reply in zip(agents, replies, strict=True):
+            for (node_id, data, _), reply in zip(asked, replies, strict=True):
                 if isinstance(reply, BaseException):
                     if not isinstance(reply, AgentError):
                         raise reply

@@ -58,6 +58,10 @@ def test_conflicting_sources_are_refused(capsys: pytest.CaptureFixture[str]) -> 
         (["drill", "meteor", "--target", "a"], "invalid choice: 'meteor'"),
         (["drill", "blackhole"], "the following arguments are required: --target"),
         (["--interval", "-1"], "must be > 0"),
+        (["--interval", "nan"], "not a finite number: 'nan'"),
+        (["drill", "blackhole", "--target", "a", "--settle", "-1"], "must be >= 0, got -1"),
+        (["drill", "blackhole", "--target", "a", "--settle", "soon"], "not a number: 'soon'"),
+        (["drill", "blackhole", "--target", "a", "--settle", "inf"], "not a finite number: 'inf'"),
     ],
 )
 def test_bad_options_name_the_problem(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

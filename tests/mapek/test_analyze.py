@@ -84,8 +84,8 @@ def test_a_link_redialled_between_two_listings_is_a_new_link() -> None:
     """node-c was cut off; node-b's agent redialled the stuck link after the fault (removePeer + addPeer, ~0.2 s),
     so node-c's daemon listed the link up both before and after. A probe node-c sent on the old link (timeout
     stretched to 3.5 s by its local health) failed once the new link was up; the new link's byte counter was
-    below the old one's. That made node-c call a working link silent 1.7 s after the fault, and the drill's
-    report disagree with the agent (CI of stop 18, reproduced in /tmp/lead/repro2)."""
+    below the old one's. That made node-c call a working link silent 1.7 s after the fault (a blackhole of
+    node-b right after one of node-c, on a 3-node netns mesh)."""
     kn = Knowledge("node-c", members(FULL3))
     t = kn.started_at + 100.0
 
