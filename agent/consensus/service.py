@@ -521,6 +521,10 @@ class ConsensusService:
     # --- clients ----------------------------------------------------------------------------------------------
 
     async def _refresh_client(self, force: bool = False) -> None:
+        if self.engine is not None:
+            # A voter now: a forward that began while its engine was starting must not make it a client again
+            # (for a step, every request it got was forwarded to "no voter known", itself excluded).
+            return
         now = time.monotonic()
         # Every step while the leader is unknown (the group is forming or electing), else every 5 s.
         period = CLIENT_REFRESH_S if self.leader_id is not None else 0.0
