@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from agent.yggdrasil import admission as pure
 from agent.yggdrasil.address import address_for_key
-from agent.yggdrasil.daemon_config import write_config
+from agent.yggdrasil.daemon_config import write_config, write_json_file
 
 if TYPE_CHECKING:
     from agent.state import AgentState
@@ -81,27 +81,58 @@ class LogFollower:
 
 
 class PeerAdmission:
-    def __init__(self, agent: AgentState, *, log_path: Path | None, config_path: Path | None) -> None:
+    def __init__(
+        self,
+        agent: AgentState,
+        *,
+        log_path: Path | None,
+        config_path: Path | None,
+        keys_file: Path | None = None,
+    ) -> None:
         self.agent = agent
-        self.config_path = config_path  # None: not enforcing (the daemon's config is not ours)
+        self.config_path = config_path  # None: not enforcing through the daemon's config (it is not ours)
+        # A daemon another process starts (Nomad's sidecar task): its start script merges this file into the
+        # config's AllowedPublicKeys, copies it to `<file>.running` as it starts the daemon, and restarts the
+        # daemon when `<file>.restart` appears (nomad/mesh.nomad.hcl, docs/contracts.md §1).
+        self.keys_file = keys_file if config_path is None else None
         self.follower = LogFollower(log_path) if log_path is not None else None
         self.refusals = pure.RefusalLog()
         self.admitted: tuple[str, ...] | None = None  # what the daemon's config admits; None: everyone
         self.detail = "not started"
-        self._members_gen = -1
+        self._keys_gen: tuple[int, int] = (-1, -1)
         self._warned: dict[str, float] = {}
         self._running: tuple[str, ...] = ()  # what the running daemon admits (read from its config at its start)
-        self._epoch = 0
+        self._epoch: object = 0
+        self._restart_asked: object = None  # the daemon start a restart was asked of (sidecar)
 
     # --- enforcing ---------------------------------------------------------------------------------------------
 
+    def _want(self) -> tuple[tuple[str, ...] | None, str]:
+        members, me = self.agent.members.members, self.agent.settings.node_id
+        published = self.agent.published_keys
+        want = pure.admitted_keys(members, me, published)
+        if want is None:
+            return None, "open: no other member's public key is known, so every key is admitted"
+        detail = f"admits the {len(want)} other members' keys"
+        missing = pure.keyless(members, me, published)
+        if missing:
+            names = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            detail += f"; members without a known key cannot dial in: {names}"
+        return want, detail
+
     def sync_config(self) -> bool:
-        """Make the config's AllowedPublicKeys the members' keys. True when the file changed."""
-        self._members_gen = self.agent.members.generation
+        """Make the daemon's AllowedPublicKeys the members' keys (its config, or the keys file a sidecar's start
+        script merges). True when the file changed."""
+        self._keys_gen = (self.agent.members.generation, self.agent.published_keys_gen)
+        if self.keys_file is not None:
+            return self._sync_keys_file()
         if self.config_path is None:
-            self.detail = "not enforced here: the daemon's config is not the agent's (set YGGDRASIL_CONFIG)"
+            self.detail = (
+                "not enforced here: the daemon's config is not the agent's (set YGGDRASIL_CONFIG, or "
+                "X0_ADMISSION_FILE for a daemon whose start script merges it)"
+            )
             return False
-        want = pure.admitted_keys(self.agent.members.members, self.agent.settings.node_id)
+        want, detail = self._want()
         try:
             config = json.loads(self.config_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
@@ -110,20 +141,11 @@ class PeerAdmission:
         if not isinstance(config, dict):
             self.detail = f"{self.config_path} is not a JSON object"
             return False
-        have = pure.configured_keys(config)
-        target = want or ()
-        if want is None:
-            self.detail = "open: no other member's public key is known, so every key is admitted"
-        else:
-            self.detail = f"admits the {len(want)} other members' keys"
-            missing = pure.keyless(self.agent.members.members, self.agent.settings.node_id)
-            if missing:
-                names = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-                self.detail += f"; members without a known key cannot dial in: {names}"
-        if have == target:
+        self.detail = detail
+        if pure.configured_keys(config) == (want or ()):
             self._set_admitted(want)
             return False
-        config[pure.CONFIG_KEY] = list(target)
+        config[pure.CONFIG_KEY] = list(want or ())
         try:
             write_config(config, self.config_path)
         except OSError as exc:
@@ -133,35 +155,91 @@ class PeerAdmission:
         log.info("daemon config %s: %s", self.config_path, self.detail)
         return True
 
+    def _sync_keys_file(self) -> bool:
+        assert self.keys_file is not None
+        want, detail = self._want()
+        self.detail = detail + f" (through {self.keys_file})"
+        try:
+            have = pure.configured_keys({pure.CONFIG_KEY: json.loads(self.keys_file.read_text(encoding="utf-8"))})
+        except (OSError, ValueError):
+            have = None
+        if have == (want or ()):
+            self._set_admitted(want)
+            return False
+        try:
+            write_json_file(list(want or ()), self.keys_file)
+        except OSError as exc:
+            self.detail = f"cannot write {self.keys_file}: {exc}"
+            return False
+        self._set_admitted(want)
+        log.info("admission keys file %s: %s", self.keys_file, self.detail)
+        return True
+
     def _set_admitted(self, keys: tuple[str, ...] | None) -> None:
         self.admitted = keys
         self.agent.metrics.admission_keys.set(len(keys or ()))
 
-    def _note_daemon_start(self) -> None:
-        """The daemon read its config when it (re)started: remember what it admits."""
+    def _note_daemon_start(self) -> bool:
+        """The daemon read its config when it (re)started: remember what it admits. True when a sidecar's script
+        started a new daemon since the last look."""
+        if self.keys_file is not None:
+            running = self.keys_file.with_name(self.keys_file.name + ".running")
+            try:
+                st = running.stat()
+                epoch: object = (st.st_ino, st.st_mtime_ns)
+                if epoch != self._epoch:
+                    restarted = self._epoch not in (0, None)  # not the first sight: the script restarted it
+                    self._epoch = epoch
+                    self._running = pure.configured_keys(
+                        {pure.CONFIG_KEY: json.loads(running.read_text(encoding="utf-8"))}
+                    )
+                    return restarted
+            except (OSError, ValueError, AttributeError):
+                self._epoch, self._running = None, ()
+            return False
         supervisor = self.agent.supervisor
         if supervisor is None or self.config_path is None or supervisor.epoch == self._epoch:
-            return
+            return False
         self._epoch = supervisor.epoch
         try:
             self._running = pure.configured_keys(json.loads(self.config_path.read_text(encoding="utf-8")))
         except (OSError, ValueError, AttributeError):
             self._running = ()
+        return False
+
+    def _ask_sidecar_restart(self, why: str) -> None:
+        """Ask the sidecar's start script to restart the daemon, once per daemon start."""
+        assert self.keys_file is not None
+        if self._epoch is None or self._restart_asked == self._epoch:
+            return  # no daemon started by the script yet, or already asked of this one
+        request = self.keys_file.with_name(self.keys_file.name + ".restart")
+        try:
+            request.write_text(why + "\n", encoding="utf-8")
+        except OSError as exc:
+            self.detail += f"; cannot ask for a daemon restart ({request}: {exc})"
+            return
+        self._restart_asked = self._epoch
+        log.warning("asked the daemon's start script for a restart (%s): %s", request, why)
 
     async def _follow_members(self) -> None:
-        await asyncio.to_thread(self._note_daemon_start)
-        if self.agent.members.generation == self._members_gen:
+        epoch = self._epoch
+        if await asyncio.to_thread(self._note_daemon_start):
+            self.agent.note_daemon_restarted()  # on the event loop: it wakes the agent's waiters
+        keys_changed = (self.agent.members.generation, self.agent.published_keys_gen) != self._keys_gen
+        if not keys_changed and self._epoch == epoch:
             return
-        await asyncio.to_thread(self.sync_config)
+        if keys_changed:
+            await asyncio.to_thread(self.sync_config)
+        members, me = self.agent.members.members, self.agent.settings.node_id
+        if not pure.restart_needed(members, me, self._running, self.agent.published_keys):
+            return
+        why = "a planned neighbour's public key is not admitted yet (AllowedPublicKeys)"
+        if self.keys_file is not None:
+            await asyncio.to_thread(self._ask_sidecar_restart, why)
+            return
         supervisor = self.agent.supervisor
-        members = self.agent.members.members
-        if (
-            supervisor is not None
-            and self.config_path is not None
-            and supervisor.epoch == self._epoch
-            and pure.restart_needed(members, self.agent.settings.node_id, self._running)
-        ):
-            await supervisor.restart("a planned neighbour's public key is not admitted yet (AllowedPublicKeys)")
+        if supervisor is not None and self.config_path is not None and supervisor.epoch == self._epoch:
+            await supervisor.restart(why)
 
     # --- reporting ---------------------------------------------------------------------------------------------
 

@@ -46,6 +46,7 @@ configuration (environment; full table in docs/contracts.md §1):
   X0_HTTP_REQUEST_TIMEOUT  seconds a connection has to complete a request (default 10)
   X0_PEER_ADMISSION        supervised daemon admits only the members' keys (AllowedPublicKeys; default true)
   X0_DAEMON_LOG            daemon log to report refused peers from, when the agent does not run the daemon
+  X0_ADMISSION_FILE        keys file a daemon not run by the agent admits (AllowedPublicKeys; Nomad)
   X0_MAPEK_ENABLED, X0_MAPEK_INTERVAL, X0_MAPEK_DEGREE   self-healing loop
 
 example:

@@ -53,6 +53,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     peer_admission: bool = True
     # The daemon's log to report refused peers from when the agent does not run the daemon itself.
     daemon_log: Path | None = None
+    # When the daemon is not the agent's (a Nomad sidecar task): the file its start script merges into the
+    # config's AllowedPublicKeys; the agent keeps it current and asks for a restart through `<file>.restart`.
+    admission_file: Path | None = None
     # Mutations (they carry the token) over plain HTTP on the underlay: refused unless allowed (agent.auth).
     allow_clear_underlay: bool = False
     # Serve HTTPS with this certificate chain and key (PEM); both or neither.
@@ -144,6 +147,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             api_token=get("X0_API_TOKEN"),
             peer_admission=_bool(get("X0_PEER_ADMISSION"), "X0_PEER_ADMISSION", True),
             daemon_log=Path(get("X0_DAEMON_LOG")) if get("X0_DAEMON_LOG") else None,
+            admission_file=Path(get("X0_ADMISSION_FILE")) if get("X0_ADMISSION_FILE") else None,
             allow_clear_underlay=_bool(get("X0_ALLOW_CLEAR_UNDERLAY"), "X0_ALLOW_CLEAR_UNDERLAY", False),
             tls_cert=tls_cert,
             tls_key=tls_key,

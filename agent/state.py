@@ -84,6 +84,10 @@ class AgentState:
 
         self.temporary: set[str] = set()
         self.learned_keys: dict[str, str] = {}
+        # Keys the nodes published in the replicated store (agent.consensus.key_directory), by node id; peer
+        # admission admits them for members the members file gives no key (Nomad).
+        self.published_keys: dict[str, str] = {}
+        self.published_keys_gen = 0
         # Drills: the manager sets `own_drill_until` (unix s) while this node faults itself on purpose, and awaits
         # `announce_drill(until)` (set by MAPE-K's membership layer) before the fault goes in, so the mesh knows
         # the link drops that follow are intentional (not flapping).
@@ -134,6 +138,12 @@ class AgentState:
             self.learned_keys[node_id] = key
         self._bump()
 
+    def note_daemon_restarted(self) -> None:
+        """Someone else restarted the daemon (a Nomad sidecar's start script, at admission's request), maybe
+        between two monitor passes: it forgot every runtime peer, so peering re-adds them."""
+        self.daemon_epoch += 1
+        self._bump()
+
     def record_error(self, error: AdminError) -> None:
         self.last_ok = False
         self.last_error = error
@@ -156,6 +166,12 @@ class AgentState:
     def unmark_temporary(self, node_id: str) -> None:
         if node_id in self.temporary:
             self.temporary.discard(node_id)
+            self._bump()
+
+    def set_published_keys(self, keys: dict[str, str]) -> None:
+        if keys != self.published_keys:
+            self.published_keys = keys
+            self.published_keys_gen += 1
             self._bump()
 
     def learn_key(self, node_id: str, key: str) -> None:

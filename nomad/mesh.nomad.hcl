@@ -8,7 +8,8 @@
 # Design notes (why, not what):
 # - The daemon runs as its own prestart *sidecar* task. Its config has no Peers: the agent plans links from the
 #   members file and adds them with addPeer at runtime. Yggdrasil (0.4.7 and 0.5.x) has no SIGHUP reload, so the
-#   daemon config is never re-rendered from mesh membership, and nothing here ever signals the daemon.
+#   daemon config is never re-rendered from mesh membership. Only peer admission needs a restart (a joining
+#   member's key, published in the replicated store): run-yggdrasil.sh restarts the daemon when the agent asks.
 # - The members file is rendered from `nomadService` lookups with change_mode = "noop": the agent re-reads it when
 #   its mtime/size changes (docs/contracts.md §2). The default change_mode = "restart" would restart every agent
 #   each time any peer's registration changes, which cascades across the whole mesh.
@@ -236,7 +237,7 @@ job "x0-mesh" {
             "Peers": [],
             "InterfacePeers": {},
             "MulticastInterfaces": [],
-            "AllowedPublicKeys": [],
+            "AllowedPublicKeys": "@X0_ALLOWED_KEYS@",
             "IfName": "${var.yggdrasil_ifname}",
             "IfMTU": 65535,
             "NodeInfoPrivacy": false,
@@ -247,7 +248,12 @@ job "x0-mesh" {
       }
 
       # Plain shell (no template actions). Generates the key once into alloc/data, writes the full config to
-      # secrets/ (0600) and execs the daemon so Nomad's kill signal reaches it directly.
+      # secrets/ (0600) and runs the daemon. Peer admission (docs/contracts.md §1): the agent keeps the keys the
+      # daemon is to admit in alloc/data/allowed-keys.json (from the members' keys published in the replicated
+      # store) and, since the daemon reads AllowedPublicKeys only at start, asks for a restart by creating
+      # allowed-keys.json.restart; the script then restarts the daemon with the new list and records in
+      # allowed-keys.json.running what the running daemon admits. A daemon that exits on its own ends the task
+      # with its status (Nomad's restart policy applies); SIGTERM/SIGINT stop the daemon and end the task.
       template {
         destination = "local/run-yggdrasil.sh"
         perms       = "0755"
@@ -257,6 +263,7 @@ job "x0-mesh" {
           set -eu
           bin="$${YGGDRASIL_BIN:-yggdrasil}"
           keyfile="$NOMAD_ALLOC_DIR/data/yggdrasil.key"
+          allow="$NOMAD_ALLOC_DIR/data/allowed-keys.json"
           umask 077
           if [ ! -s "$keyfile" ]; then
             "$bin" -genconf -json \
@@ -268,10 +275,49 @@ job "x0-mesh" {
             mv "$keyfile.new" "$keyfile"
           fi
           key=$(cat "$keyfile")
-          sed "s/@X0_PRIVATE_KEY@/$key/" "$NOMAD_TASK_DIR/yggdrasil.conf.in" >"$NOMAD_SECRETS_DIR/yggdrasil.conf"
-          # A daemon killed hard leaves its admin socket behind (reference/yggdrasil.md).
-          rm -f "$NOMAD_ALLOC_DIR/yggdrasil.sock"
-          exec "$bin" -useconffile "$NOMAD_SECRETS_DIR/yggdrasil.conf"
+          pid=""
+          watcher=""
+          stop() {
+            [ -z "$watcher" ] || kill "$watcher" 2>/dev/null || :
+            if [ -n "$pid" ]; then
+              kill -TERM "$pid" 2>/dev/null || :
+              wait "$pid" 2>/dev/null || :
+            fi
+            exit 0
+          }
+          trap stop TERM INT
+          while :; do
+            # Only a list of keys goes into the config; anything else in the file admits everyone, as the
+            # agent's report says until it has written a list.
+            keys=$(cat "$allow" 2>/dev/null | tr -d ' \t\r\n')
+            printf '%s' "$keys" | grep -Eq '^\[("[0-9a-f]{64}"(,"[0-9a-f]{64}")*)?\]$' || keys='[]'
+            sed -e "s/@X0_PRIVATE_KEY@/$key/" -e "s/\"@X0_ALLOWED_KEYS@\"/$keys/" \
+              "$NOMAD_TASK_DIR/yggdrasil.conf.in" >"$NOMAD_SECRETS_DIR/yggdrasil.conf"
+            # A daemon killed hard leaves its admin socket behind (reference/yggdrasil.md).
+            rm -f "$NOMAD_ALLOC_DIR/yggdrasil.sock" "$allow.restart"
+            printf '%s\n' "$keys" >"$allow.running"
+            "$bin" -useconffile "$NOMAD_SECRETS_DIR/yggdrasil.conf" &
+            pid=$!
+            (
+              while [ ! -e "$allow.restart" ]; do
+                sleep 1
+                kill -0 "$pid" 2>/dev/null || exit 0
+              done
+              echo "run-yggdrasil: restarting yggdrasil: $(cat "$allow.restart" 2>/dev/null)" >&2
+              kill -TERM "$pid" 2>/dev/null || :
+            ) &
+            watcher=$!
+            rc=0
+            wait "$pid" || rc=$?
+            pid=""
+            kill "$watcher" 2>/dev/null || :
+            wait "$watcher" 2>/dev/null || :
+            watcher=""
+            if [ ! -e "$allow.restart" ]; then
+              echo "run-yggdrasil: yggdrasil exited with status $rc" >&2
+              exit "$rc"
+            fi
+          done
         EOT
       }
 
@@ -330,6 +376,8 @@ job "x0-mesh" {
         # The yggdrasil task's stdout (Nomad's log file in the shared alloc dir): the agent reports the peers its
         # daemon refused from it (docs/contracts.md §1).
         X0_DAEMON_LOG = "$${NOMAD_ALLOC_DIR}/logs/yggdrasil.stdout.0"
+        # Peer admission: the keys file run-yggdrasil.sh merges into the daemon's AllowedPublicKeys (above).
+        X0_ADMISSION_FILE = "$${NOMAD_ALLOC_DIR}/data/allowed-keys.json"
       }
 
       # HTTPS for the agent API when the job's Nomad variable holds tls_cert and tls_key (PEM; e.g. written from

@@ -100,6 +100,7 @@ class _Background:
             log_path=settings.daemon_log
             or (daemon_log_path(settings.yggdrasil_config) if settings.yggdrasil_config is not None else None),
             config_path=settings.yggdrasil_config if enforce else None,
+            keys_file=settings.admission_file if settings.peer_admission else None,
         )
         # Before the daemon's first start: it never runs open while the members' keys are known.
         await asyncio.to_thread(agent.admission.sync_config)

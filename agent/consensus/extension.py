@@ -11,6 +11,7 @@ from litestar.di import Provide
 
 from agent.consensus.controller import ClusterController, KvController, LeaseController
 from agent.consensus.drill_lease import DrillLeaseCoordinator
+from agent.consensus.key_directory import KeyDirectory
 from agent.consensus.service import ConsensusService
 from agent.settings import Settings
 
@@ -22,6 +23,7 @@ class ConsensusExtension:
     def __init__(self, settings: Settings) -> None:
         self.service = service = ConsensusService(settings)
         self.coordinator = service.drill_coordinator = DrillLeaseCoordinator(service)
+        self.keys = KeyDirectory(service)
 
         # A closure, not a bound method: Litestar deep-copies dependencies (see agent.mapek.loop).
         def provide() -> ConsensusService:
@@ -39,7 +41,9 @@ class ConsensusExtension:
     async def start(self, agent: AgentState) -> None:
         agent.consensus = self.service
         await self.service.start(agent)
+        self.keys.start(agent)
 
     async def stop(self) -> None:
+        await self.keys.stop()
         await self.coordinator.shutdown()
         await self.service.stop()

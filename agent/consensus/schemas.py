@@ -113,3 +113,11 @@ class DrillRecord(msgspec.Struct, kw_only=True):
 
 class DrillHistory(msgspec.Struct, kw_only=True):
     drills: list[DrillRecord]
+
+
+class NodeKey(msgspec.Struct, kw_only=True):
+    """`x0/keys/<node_id>`: a node's Yggdrasil identity as the node itself published it (contracts §7)."""
+
+    public_key: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+    address: str
+    updated_at: float

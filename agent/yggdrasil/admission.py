@@ -40,32 +40,50 @@ def parse_refusal(line: str) -> Refusal | None:
     return Refusal(key=m.group("key").lower(), remote=m.group("remote"))
 
 
-def admitted_keys(members: Members, node_id: str) -> tuple[str, ...] | None:
-    """The keys this node's daemon should admit: every other member's known key, sorted. None when no other
-    member's key is known (a Nomad members file): the daemon then admits everyone. A member whose key is not
-    known cannot dial in (`keyless` names them): admission never opens because one key is missing."""
-    keys = {m.public_key for m in members.members if m.node_id != node_id and m.public_key is not None}
+def member_keys(members: Members, published: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Every member's known key by node id: the members file's `public_key`, else the key the node published in
+    the replicated store (`published`, `x0/keys/<node_id>`: a Nomad members file carries no keys). A published key
+    of a node that is not in the members file is not a member's."""
+    published = published or {}
+    out: dict[str, str] = {}
+    for m in members.members:
+        key = m.public_key or published.get(m.node_id)
+        if key is not None:
+            out[m.node_id] = key.lower()
+    return out
+
+
+def admitted_keys(
+    members: Members, node_id: str, published: Mapping[str, str] | None = None
+) -> tuple[str, ...] | None:
+    """The keys this node's daemon should admit: every other member's known key (`member_keys`), sorted. None
+    when no other member's key is known (a fresh Nomad mesh before any node published its key): the daemon then
+    admits everyone. A member whose key is not known cannot dial in (`keyless` names them): admission never
+    opens because one key is missing."""
+    keys = {k for n, k in member_keys(members, published).items() if n != node_id}
     return tuple(sorted(keys)) if keys else None
 
 
-def keyless(members: Members, node_id: str) -> list[str]:
-    return [m.node_id for m in members.members if m.node_id != node_id and m.public_key is None]
+def keyless(members: Members, node_id: str, published: Mapping[str, str] | None = None) -> list[str]:
+    known = member_keys(members, published)
+    return [m.node_id for m in members.members if m.node_id != node_id and m.node_id not in known]
 
 
-def restart_needed(members: Members, node_id: str, running: tuple[str, ...]) -> bool:
+def restart_needed(
+    members: Members, node_id: str, running: tuple[str, ...], published: Mapping[str, str] | None = None
+) -> bool:
     """Must the daemon restart (the only way it re-reads AllowedPublicKeys) to admit what members need now?
 
     `running`: the keys the running daemon admits (empty: everyone). Only when a planned neighbour's key is
     missing, or the daemon is open while every key is known: a joining node then restarts its few neighbours'
     daemons (the expander's degree), not the whole mesh. A key that left stays admitted until the daemon's next
     start (peering removes that member's links meanwhile), and a non-neighbour's key may wait for it too."""
-    want = admitted_keys(members, node_id)
-    if want is None:
+    if admitted_keys(members, node_id, published) is None:
         return False  # opening up can wait for the next start
     if not running:
         return True
-    keys = {members.by_id[n].public_key for n in members.neighbours(node_id) if n in members.by_id}
-    keys.discard(None)
+    known = member_keys(members, published)
+    keys = {known[n] for n in members.neighbours(node_id) if n in known}
     return not keys <= set(running)
 
 

@@ -131,13 +131,18 @@ def build_config(
 
 def write_config(config: Mapping[str, Any], path: Path) -> Path:
     """Write `config` as JSON, mode 0600 (it holds the private key), replacing any existing file atomically."""
+    return write_json_file(config, path)
+
+
+def write_json_file(data: Any, path: Path) -> Path:
+    """Write `data` as JSON, mode 0600, replacing any existing file atomically (a reader never sees half)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.fchmod(fd, 0o600)  # O_CREAT's mode is masked by umask and ignored for an existing file
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(config, fh, indent=2)
+            json.dump(data, fh, indent=2)
             fh.write("\n")
         os.replace(tmp, path)
     except BaseException:

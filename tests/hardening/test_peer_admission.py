@@ -18,7 +18,7 @@ import pytest
 from agent.localmesh import LocalMesh, MeshOptions
 from agent.yggdrasil.address import address_for_key
 from agent.yggdrasil.daemon import DaemonProcess
-from agent.yggdrasil.daemon_config import build_config, write_config
+from tests.agent.yggdrasil.support import rogue_config
 from tests.localmesh.support import http_client, leftovers, peers_up, wait_until
 
 pytestmark = [pytest.mark.yggdrasil, pytest.mark.slow]
@@ -55,18 +55,7 @@ def test_a_rogue_daemon_gets_no_link_and_the_agent_reports_it(mesh: LocalMesh, t
         assert metric(client, a.agent_url, "x0_peer_admission_keys") == 1
 
         rogue_dir = tmp_path / "rogue"
-        rogue_dir.mkdir()
-        rogue_conf = write_config(
-            build_config(
-                "rogue",
-                admin_listen=f"unix://{rogue_dir}/admin.sock",
-                listen=[],
-                if_name="none",
-                peers=[a.listen_uri],
-            ),
-            rogue_dir / "rogue.conf",
-        )
-        rogue_key = json.loads(rogue_conf.read_text())["PublicKey"]
+        rogue_conf, rogue_key = rogue_config(rogue_dir, a.listen_uri)
         with DaemonProcess(rogue_conf, log_path=rogue_dir / "rogue.log") as rogue:
             rogue.wait_ready()
             wait_until("node-a's agent reports the refused key", lambda: len(refused(client, a.agent_url)) > 0, 20)

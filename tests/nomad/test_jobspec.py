@@ -4,9 +4,11 @@ and `nomad job plan` are in nomad/README.md for users who have it)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import time
@@ -15,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from agent.localmesh.procs import daemon_pids
 from agent.members import parse_members
 from agent.yggdrasil.client import AdminClient
 from dashboard.nomad import view
@@ -236,6 +239,7 @@ def _start(alloc: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group: the task, as Nomad kills it
     )
 
 
@@ -277,12 +281,19 @@ def test_run_yggdrasil_keeps_its_key_across_restarts(require_yggdrasil: str, tmp
             dest.chmod(int(tpl["perms"], 8))
     sock = alloc / "alloc" / "yggdrasil.sock"
     keys = []
-    for _ in range(2):
+    for hard in (False, True):
         proc = _start(alloc, env)
         try:
             keys.append(_self_key(sock))
+            if not hard:  # Nomad's stop: SIGTERM to the task; the script stops its daemon and ends
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(5) == 0
+                assert daemon_pids(secrets) == []
         finally:
-            proc.kill()  # a hard kill leaves the socket behind; the script must cope on the next start
+            # After the kill timeout Nomad kills the whole task; a hard kill leaves the socket behind, and the
+            # script must cope on the next start.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
         assert (secrets / "yggdrasil.conf").stat().st_mode & 0o077 == 0
         assert ((alloc / "alloc" / "data" / "yggdrasil.key").stat().st_mode & 0o077) == 0

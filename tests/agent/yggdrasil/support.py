@@ -89,3 +89,18 @@ class FakeAdmin:
         finally:
             writer.close()
             self._handlers.discard(task)
+
+
+def rogue_config(directory: Path, dial: str) -> tuple[Path, str]:
+    """A daemon config with a fresh key, no listener and no TUN, dialling `dial`: a node that is not a member.
+    Returns the config's path and the daemon's public key."""
+    from agent.yggdrasil.daemon_config import build_config, write_config
+
+    directory.mkdir(parents=True, exist_ok=True)
+    conf = write_config(
+        build_config(
+            "rogue", admin_listen=f"unix://{directory}/admin.sock", listen=[], if_name="none", peers=[dial]
+        ),
+        directory / "rogue.conf",
+    )
+    return conf, json.loads(conf.read_text())["PublicKey"]

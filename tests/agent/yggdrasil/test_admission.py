@@ -13,6 +13,7 @@ from agent.yggdrasil.admission import (
     RefusalLog,
     admitted_keys,
     configured_keys,
+    keyless,
     parse_refusal,
     restart_needed,
 )
@@ -117,3 +118,19 @@ def test_the_follower_reads_new_lines_only_and_starts_over_on_truncation_or_a_ne
     path.unlink()
     path.write_text("a new file, longer than the one before it\n")
     assert follow.read_lines() == ["a new file, longer than the one before it"]
+
+
+def test_keys_published_in_the_store_fill_in_for_a_members_file_without_keys() -> None:
+    """A Nomad members file has no keys: the nodes' published keys are admitted instead; the file's own key wins,
+    and a published key of a node that is not a member is not admitted."""
+    ka, kb, kc, kx = "a" * 64, "b" * 64, "c" * 64, "9" * 64
+    nomad = members(("node-a", None), ("node-b", None), ("node-c", None))
+    assert admitted_keys(nomad, "node-a") is None  # nothing published yet: open
+    published = {"node-a": ka, "node-b": kb, "node-x": kx}
+    assert admitted_keys(nomad, "node-a", published) == (kb,)
+    assert keyless(nomad, "node-a", published) == ["node-c"]  # not published yet: cannot dial in
+    assert restart_needed(nomad, "node-a", (), published)  # running open while a key is known
+    assert not restart_needed(nomad, "node-a", (kb,), published)
+    assert restart_needed(nomad, "node-a", (kb,), {**published, "node-c": kc})  # node-c published: a neighbour
+    mixed = members(("node-a", None), ("node-b", kb))
+    assert admitted_keys(mixed, "node-a", {"node-b": "e" * 64}) == (kb,)  # the members file wins
