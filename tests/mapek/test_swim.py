@@ -14,6 +14,7 @@ import pytest
 from agent.mapek.swim.protocol import (
     ALIVE,
     DEAD,
+    OWN_RTT_EVERY_S,
     PASSIVE_MARGIN,
     SUSPECT,
     Ack,
@@ -336,3 +337,20 @@ def test_local_health_heals_while_the_other_end_leads_the_probing() -> None:
     pings = _pair_run(nodes, 15.0)
     assert nodes[follower].local_health == 0
     assert len(pings[follower]) <= 2  # healed by the leader's pings, not by probing on its own
+
+
+def test_the_end_that_lets_the_other_lead_still_measures_its_own_round_trip() -> None:
+    """x0_member_rtt_seconds (the Node dashboard's latency panel) is this node's own round trip: a node whose
+    neighbours led every probe had none for them, and the panel showed nothing for it (tests/observability,
+    pass 1 of this stop). The quiet end pings on its own once its last round trip is OWN_RTT_EVERY_S old (the
+    ends may swap roles then); the link is still probed about once per interval."""
+    nodes = _pair()
+    until = 95.0
+    pings = _pair_run(nodes, until)
+    intervals = until / CFG.probe_interval_s
+    total = len(pings["a"]) + len(pings["b"])
+    assert intervals * 0.9 <= total <= intervals * 1.1 + 2 * until / OWN_RTT_EVERY_S, (len(pings["a"]), total)
+    for me, other in (("a", "b"), ("b", "a")):
+        entry = nodes[me].members[other]
+        assert entry.srtt_s is not None and entry.srtt_at is not None
+        assert until - entry.srtt_at <= OWN_RTT_EVERY_S + CFG.probe_interval_s * 2, (me, entry.srtt_at)

@@ -59,6 +59,10 @@ _STATE_CODE: dict[State, int] = {"alive": ALIVE, "suspect": SUSPECT, "dead": DEA
 # A watched member's ping defers our own probe of it by an interval plus this fraction of one (plus as much
 # again at random: two ends whose timers fire together drift apart instead of crossing pings forever).
 PASSIVE_MARGIN = 0.1
+# The end that lets the other lead still pings a watched member itself this often, so that every node has its own
+# round trip to each neighbour (x0_member_rtt_seconds, the Node dashboard's latency panel): one ping per link per
+# 30 s from the quiet end, against one per 0.4 s from the leading one.
+OWN_RTT_EVERY_S = 30.0
 
 
 class SwimConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -195,6 +199,7 @@ class MemberEntry:
     drill_until: float = 0.0
     last_ack: float | None = None  # our own probe of it answered (directly or relayed), or it pinged us
     srtt_s: float | None = None  # smoothed round trip of our direct pings
+    srtt_at: float | None = None  # when our last direct ping measured it
     fail_since: float | None = None  # our own probes have failed since
 
 
@@ -533,6 +538,7 @@ class Swim:
         rtt = now - probe.started if direct else None
         if rtt is not None:
             e.srtt_s = rtt if e.srtt_s is None else 0.8 * e.srtt_s + 0.2 * rtt
+            e.srtt_at = now
         e.last_ack = now
         e.fail_since = None
         self.local_health = max(0, self.local_health - 1)
@@ -560,7 +566,8 @@ class Swim:
         resume: detection from this end is late by at most that margin."""
         c = self.config
         nxt = now + c.probe_interval_s * self._scale() * (1.0 + PASSIVE_MARGIN * (1.0 + self.rng.random()))
-        if self._next_watch[e.node] < nxt:
+        own_rtt_due = e.srtt_at is None or now - e.srtt_at >= OWN_RTT_EVERY_S
+        if self._next_watch[e.node] < nxt and not own_rtt_due:
             self._next_watch[e.node] = nxt
         e.last_ack = now
         # It stands for our own successful probe, so it heals our local health as that would: a node cut off for
