@@ -7,6 +7,10 @@
   (its links drop for about a second, then peering re-adds them) only when a planned neighbour's key is not
   admitted by the running daemon (`restart_needed`), so a joining node restarts its few neighbours' daemons, not
   the mesh's; a key that left is dropped at the daemon's next start.
+- Enforcing for a daemon another process starts (`X0_ADMISSION_FILE`, Nomad's yggdrasil task): the same list in
+  that file, merged by the task's start script at every daemon start; the restart is asked of the script through
+  `<file>.restart`, and `<file>.running` says what the running daemon admits. A Nomad members file has no keys:
+  the members' keys are the ones they published in the replicated store (agent.consensus.key_directory).
 - Reporting (supervised: the daemon log the supervisor writes; otherwise `X0_DAEMON_LOG`, e.g. Nomad's
   `alloc/logs/yggdrasil.stdout.0`): the log is followed from its end, each refusal counted in
   `x0_peer_admission_refused_total`, listed in GET /mesh/peers `refused` (key, its overlay address, where it

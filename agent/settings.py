@@ -49,7 +49,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     monitor_interval: float = 1.0
     admin_timeout: float = 2.0
     api_token: str | None = None
-    # Peer admission (agent.admission): the supervised daemon admits only the members' keys; False: everyone.
+    # Peer admission (agent.admission): the daemon (supervised, or through admission_file) admits only the
+    # members' keys; False: the agent leaves AllowedPublicKeys alone.
     peer_admission: bool = True
     # The daemon's log to report refused peers from when the agent does not run the daemon itself.
     daemon_log: Path | None = None

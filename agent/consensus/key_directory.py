@@ -79,6 +79,9 @@ class KeyDirectory:
         failing_since: float | None = None
         warned = 0.0
         while True:
+            if self.consensus.role == "disabled":  # set once at start (Raft off, or no secret): for good
+                self.detail = f"no key directory: {self.consensus.detail}"
+                return
             ok = False
             try:
                 ok = await self.step(agent)
@@ -101,15 +104,15 @@ class KeyDirectory:
 
     async def step(self, agent: AgentState) -> bool:
         """Read the directory, publish this node's key if the store lacks it; True when both are done."""
-        if self.consensus.role == "disabled":
-            self.detail = f"no key directory: {self.consensus.detail}"
-            return False
         published = await self._read()
         agent.set_published_keys(published)
         snapshot = agent.snapshot
-        if snapshot is None:
-            self.detail = "own key not published yet: the daemon has not answered"
-            return False
+        if snapshot is None:  # the daemon never answered: its key is unknown (published before, or not yet)
+            done = self.consensus.node_id in published
+            self.detail = f"{len(published)} node key(s) published; this node's daemon has not answered" + (
+                "" if done else ", so its key is not among them"
+            )
+            return done
         own = snapshot.self_info.key.lower()
         me = self.consensus.node_id
         if published.get(me) != own:

@@ -81,6 +81,12 @@ def _render_yggdrasil_task(node: Node, yggdrasil: str) -> dict[str, str]:
     return env
 
 
+def _job_env(name: str, node: Node) -> str:
+    """One variable of the agent task's env block as Nomad would give it to this node's agent."""
+    [block] = TASKS["agent"]["env"]
+    return js.evaluate(block[name], VARS, LOCALS).replace("${NOMAD_ALLOC_DIR}", str(node.shared))
+
+
 def _agent_env(node: Node, members: Path) -> dict[str, str]:
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("X0_", "YGGDRASIL_")) and "proxy" not in k.lower()
@@ -89,15 +95,16 @@ def _agent_env(node: Node, members: Path) -> dict[str, str]:
         NODE_ID=node.node_id,
         LISTEN_HOST="127.0.0.1",
         LISTEN_PORT=str(node.agent_port),
-        YGGDRASIL_ADMIN=f"unix://{node.shared}/yggdrasil.sock",
         MESH_MEMBERS=str(members),
         X0_API_TOKEN=TOKEN,
         X0_RAFT_PORT=str(node.raft_port),
-        X0_RAFT_DIR=str(node.shared / "data" / "raft"),
-        X0_DAEMON_LOG=str(node.daemon_log),
-        X0_ADMISSION_FILE=str(node.keys_file),
         X0_MAPEK_ENABLED="false",
     )
+    # Where the daemon's socket, log and keys file are: the job's own values, so the test fails if the agent's
+    # env and run-yggdrasil.sh stop agreeing.
+    for name in ("YGGDRASIL_ADMIN", "X0_RAFT_DIR", "X0_DAEMON_LOG", "X0_ADMISSION_FILE"):
+        env[name] = _job_env(name, node)
+    assert env["X0_ADMISSION_FILE"] == str(node.keys_file) and env["X0_DAEMON_LOG"] == str(node.daemon_log)
     return env
 
 
