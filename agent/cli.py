@@ -172,8 +172,9 @@ def serve() -> int:
     disable_created_metrics()
 
     from agent.api.server import ServerLimits, fd_budget, protocol_class
-    from agent.memory import prepare_gc_for_serving
+    from agent.memory import map_large_blocks_apart, prepare_gc_for_serving
 
+    map_large_blocks_apart()
     app = create_app(settings)
     cap, fd_limit = fd_budget(settings.http_max_connections)
     limits = ServerLimits(max_connections=cap, request_timeout=settings.http_request_timeout)

@@ -438,6 +438,8 @@ async def measure(sys_: System, args: argparse.Namespace) -> Figures:
             assert await sys_.put(c, sys_.up_nodes()[i % 3], f"b/mem/{i:03d}", big), "10 MiB store write failed"
     await asyncio.sleep(1.0)
     f.rss_mb = {n: round(rss_mb(sys_.pid(n)), 1) for n in sys_.up_nodes()}
+    if args.memory_only:
+        return f
     print(f"{sys_.name}: failover x{args.kills}", flush=True)
     f.failover_leader_s, f.failover_write_s = await failover(sys_, args.kills)
     return f
@@ -491,13 +493,22 @@ def report(a: Figures, e: Figures) -> str:
 
 
 async def bench(args: argparse.Namespace) -> tuple[Figures, Figures]:
-    binary = shutil.which("etcd") or "/usr/bin/etcd"
-    if not os.access(binary, os.X_OK):
-        raise SystemExit("kv_bench: etcd not found (apt-get install etcd-server)")
     run_dir = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp(prefix="x0-kv-bench-"))
     opts = MeshOptions(
         nodes=3, mode="netns", run_dir=run_dir, api_token=TOKEN, agent_env={"X0_MAPEK_ENABLED": "false"}
     )
+    if args.memory_only:
+        with LocalMesh(opts) as mesh:
+            agents = Agents(mesh)
+            async with httpx.AsyncClient(trust_env=False, timeout=5.0) as c:
+                await wait_leader(agents, c)
+            idle = {n: round(rss_mb(agents.pid(n)), 1) for n in agents.up_nodes()}
+            a = await measure(agents, args)
+        print(f"agents RSS per voter, MB: idle {idle}; after the load phases and the 10 MiB store {a.rss_mb}")
+        return a, Figures("etcd")
+    binary = shutil.which("etcd") or "/usr/bin/etcd"
+    if not os.access(binary, os.X_OK):
+        raise SystemExit("kv_bench: etcd not found (apt-get install etcd-server)")
     with LocalMesh(opts) as mesh:
         etcd = Etcd(mesh, binary)
         try:
@@ -525,10 +536,19 @@ def main() -> None:
     p.add_argument("--kills", type=int, default=10, help="leader kills per system (default 10)")
     p.add_argument("--run-dir", default=None, help="where the mesh keeps its files (default: a temp dir)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON to this file")
+    p.add_argument(
+        "--memory-only",
+        action="store_true",
+        help="the agents alone, up to the 10 MiB store: their RSS idle and then (no etcd, no failover)",
+    )
     args = p.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("kv_bench: needs root (network namespaces)")
     a, e = asyncio.run(bench(args))
+    if args.memory_only:
+        top_rss = max(a.rss_mb.values(), default=float("nan"))
+        print(f"agent RSS < 80 MB with a 10 MiB store: {'met' if top_rss < 80 else 'missed'} ({top_rss} MB)")
+        return
     print()
     print(report(a, e))
     if args.json:
