@@ -87,7 +87,7 @@ def _node_count(value: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
     if not 1 <= n <= naming.MAX_NODES:
         raise argparse.ArgumentTypeError(
-            f"must be 1-{naming.MAX_NODES} (nodes are named node-a .. node-z), got {n}"
+            f"must be 1-{naming.MAX_NODES} (nodes are named node-a .. node-z, node-aa, ...), got {n}"
         )
     return n
 

@@ -48,15 +48,19 @@ def _node(letter: str, index: int, *, netns_mode: bool = True) -> NodeHandle:
 def test_names_fit_linux_limits_and_are_recognised() -> None:
     mesh_id = naming.new_mesh_id()
     assert naming.MESH_ID_RE.match(mesh_id)
-    for letter in naming.letters(26):
+    names = naming.letters(naming.MAX_NODES)
+    assert names[:3] == ["a", "b", "c"] and names[25:28] == ["z", "aa", "ab"] and len(set(names)) == len(names)
+    for letter in names:
         veth, ns = naming.veth_name(mesh_id, letter), naming.netns_name(mesh_id, letter)
         assert len(veth) <= 15 and naming.owner_mesh_id(veth) == mesh_id
         assert naming.owner_mesh_id(ns) == mesh_id
     assert len(naming.bridge_name(mesh_id)) <= 15 and naming.owner_mesh_id(naming.bridge_name(mesh_id)) == mesh_id
-    for other in ("x0t-h3-a", "x0-3f2a", "eth0", "x0b3f2a1", "x0-3F2A-a", "x0v3f2aab"):
+    for other in ("x0t-h3-a", "x0-3f2a", "eth0", "x0b3f2a1", "x0-3F2A-a", "x0v3f2aabc"):
         assert naming.owner_mesh_id(other) is None, other
-    with pytest.raises(ValueError, match="between 1 and 26"):
+    with pytest.raises(ValueError, match="between 1 and 100"):
         naming.letters(0)
+    with pytest.raises(ValueError, match="between 1 and 100"):
+        naming.letters(101)
 
 
 def test_pick_subnet_skips_reserved_and_host_networks() -> None:
