@@ -33,6 +33,12 @@ class ConsensusMetrics:
         self.has_quorum = Gauge(
             "x0_raft_has_quorum", "1 when this node sees a majority of the voters (voters only)", registry=r
         )
+        self.store_bytes = Gauge(
+            "x0_kv_store_bytes",
+            "Bytes of keys and values in this node's replica, as the 64 MiB store limit counts them (voters only)",
+            registry=r,
+        )
+        self.store_keys = Gauge("x0_kv_keys", "Keys in this node's replica (voters only)", registry=r)
         self.kv_requests = Counter(
             "x0_kv_requests", "KV API requests by operation and outcome", ["op", "outcome"], registry=r
         )

@@ -416,6 +416,9 @@ class ConsensusService:
         engine, self.engine = self.engine, None
         await engine.stop()
         self._wipe()
+        if self._agent is not None:  # no replica here any more
+            self._agent.metrics.raft.store_bytes.set(0)
+            self._agent.metrics.raft.store_keys.set(0)
         self._set_role("client", "removed from the voters; forwarding to them")
 
     # --- leader: membership -------------------------------------------------------------------------------
@@ -842,6 +845,9 @@ class ConsensusService:
         m.members.labels(state="reachable").set(len(st.connected))
         m.members.labels(state="client").set(max(0, len(self.members.members) - len(st.voters)))
         m.has_quorum.set(1 if st.has_quorum else 0)
+        # Read without the store's lock: two ints, each read whole; a scrape may see them one write apart.
+        m.store_bytes.set(self.engine.state.size)
+        m.store_keys.set(len(self.engine.state.entries))
 
     def cluster(self) -> Cluster:
         s = self.settings

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from agent.localmesh import LocalMesh
 from tests.localmesh.support import wait_until
@@ -116,6 +117,16 @@ def wait_converged(c: httpx.Client, mesh: LocalMesh, voters: Iterable[str], pref
         diff = {n: len(v) for n, v in (last[-1] if last else {}).items()}
         raise AssertionError(f"replicas differ under {prefix}: key counts {diff}") from None
     return last[-1][voters[0]]
+
+
+def gauge(c: httpx.Client, mesh: LocalMesh, node_id: str, name: str) -> float:
+    """An unlabelled gauge from the agent's /metrics."""
+    r = c.get(f"{mesh.node(node_id).agent_url}/metrics", timeout=2.0)
+    r.raise_for_status()
+    for family in text_string_to_metric_families(r.text):
+        if family.name == name:
+            return float(family.samples[0].value)
+    raise AssertionError(f"{node_id}: no {name} in /metrics")
 
 
 def voters_of(c: httpx.Client, mesh: LocalMesh, node_id: str) -> list[str]:

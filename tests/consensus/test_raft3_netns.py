@@ -22,6 +22,7 @@ from tests.consensus.support import (
     auth,
     client,
     cluster,
+    gauge,
     get,
     put,
     replica,
@@ -122,6 +123,17 @@ def test_writes_on_any_node_are_read_back_on_every_node(run: Run) -> None:
         assert s["stale"] is True and s["lag"] is not None and s["lag"] >= 0
     raw = get(run.http, run.mesh, NODES[0], key, raw="true")
     assert raw.content == run.acked[key] and int(raw.headers["x-x0-modify-index"]) >= 1
+    # Every replica reports its size as the 64 MiB limit counts it (other records, such as published keys, too).
+    written = sum(len(k) + len(v) for k, v in run.acked.items())
+    for node in NODES:
+        wait_until(
+            f"{node} reports at least {written} store bytes and {len(run.acked)} keys",
+            lambda n=node: (
+                gauge(run.http, run.mesh, n, "x0_kv_store_bytes") >= written
+                and gauge(run.http, run.mesh, n, "x0_kv_keys") >= len(run.acked)
+            ),
+            timeout=5.0,
+        )
 
 
 def test_the_api_document_says_what_kv_answers(run: Run) -> None:
