@@ -18,6 +18,7 @@ from agent.yggdrasil.client import parse_endpoint
 from agent.yggdrasil.daemon_config import YggdrasilBinaryMissing, find_yggdrasil_binary
 
 LogLevel = Literal["debug", "info", "warning", "error"]
+RaftTransport = Literal["auto", "overlay"]
 
 NODE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 DEFAULT_ADMIN = "unix:///var/run/yggdrasil/yggdrasil.sock"
@@ -79,6 +80,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     raft_secret: str | None = None
     raft_replace_after: float = 60.0
     raft_write_timeout: float = 2.0
+    # auto: a member's raft_address, else its overlay address, else its agent URL's host (contracts §7);
+    # overlay: always its overlay address, learned from the member's agent when the members file has none (Nomad).
+    raft_transport: RaftTransport = "auto"
 
     @property
     def supervises_daemon(self) -> bool:
@@ -167,6 +171,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raft_secret=get("X0_RAFT_SECRET"),
             raft_replace_after=_float(get("X0_RAFT_REPLACE_AFTER"), "X0_RAFT_REPLACE_AFTER", 60.0, 1.0, 86400.0),
             raft_write_timeout=_float(get("X0_RAFT_WRITE_TIMEOUT"), "X0_RAFT_WRITE_TIMEOUT", 2.0, 0.1, 60.0),
+            raft_transport=_raft_transport(get("X0_RAFT_TRANSPORT")),
         )
 
     @property
@@ -244,6 +249,15 @@ def _log_level(raw: str | None) -> LogLevel:
         value = "warning"
     if value not in ("debug", "info", "warning", "error"):
         raise SettingsError("LOG_LEVEL", f"must be one of debug, info, warning, error (got {raw!r})")
+    return value  # type: ignore[return-value]
+
+
+def _raft_transport(raw: str | None) -> RaftTransport:
+    value = (raw or "auto").strip().lower()
+    if value not in ("auto", "overlay"):
+        raise SettingsError(
+            "X0_RAFT_TRANSPORT", f"must be auto (the members file's addresses) or overlay (got {raw!r})"
+        )
     return value  # type: ignore[return-value]
 
 

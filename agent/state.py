@@ -227,7 +227,10 @@ class AgentState:
         ctx = views.MeshContext(
             node_id=self.settings.node_id,
             members=self.members.members,
-            learned_keys=dict(self.learned_keys),
+            # Keys seen on our own links win; the keys members published in the store fill the gaps: a node that
+            # only ever receives its links (the dialled end, Nomad's members file naming no key) could not tell
+            # which member an inbound link was and counted its planned peers down for good.
+            learned_keys={**self.published_keys, **self.learned_keys},
             temporary=frozenset(self.temporary),
             static_peers=self.settings.yggdrasil_peers,
             self_key=snap.self_info.key if snap is not None else None,

@@ -369,6 +369,10 @@ job "x0-mesh" {
         # alloc/data is sticky (ephemeral_disk above): a restarted task or a replaced allocation on the same
         # client keeps its Raft journal and catches up from there.
         X0_RAFT_DIR = "$${NOMAD_ALLOC_DIR}/data/raft"
+        # Raft between the voters rides the overlay (docs/contracts.md §7): the agents learn each other's Yggdrasil
+        # addresses from their agents, since the members file carries none. Router-only daemons have no overlay
+        # address to bind: then Raft uses each member's raft_address, on the underlay.
+        X0_RAFT_TRANSPORT = var.yggdrasil_ifname == "none" ? "auto" : "overlay"
         LOG_LEVEL       = var.log_level
         X0_NODE_NAME    = var.node_name
         # Off by default: the token never crosses the underlay in clear (docs/contracts.md §1).

@@ -41,8 +41,9 @@ from agent.consensus import voters as vt
 from agent.consensus.engine import RaftEngine, RaftStatus, RaftUnavailable
 from agent.consensus.schemas import OUTCOME_HEADER, REQUEST_ID_HEADER, Cluster, ClusterMember, Role
 from agent.consensus.store import Entry
-from agent.members import Members
+from agent.members import Member, Members
 from agent.settings import Settings
+from agent.yggdrasil.address import address_for_key
 
 if TYPE_CHECKING:
     from agent.drills.manager import DrillCoordinator
@@ -56,6 +57,7 @@ CLIENT_REFRESH_S = 5.0
 PROBE_TIMEOUT_S = 1.0
 REMOVED_GRACE_S = 5.0
 VOTERS_FILE = "voters.json"
+OVERLAY_RETRY_S = 2.0  # X0_RAFT_TRANSPORT=overlay: ask a member's agent for its overlay address again after this
 TARGET_KEY = "x0/raft/target"  # the leader's target voters (JSON list of node ids), for followers and clients
 
 
@@ -103,6 +105,13 @@ class ConsensusService:
         self.leader_id: str | None = None  # clients: as learned from a voter
         self.client_voters: dict[str, str] = {}  # clients: voter node id -> raft address, as learned
         self._memo: dict[str, tuple[tuple[object, ...], Any]] = {}  # see _per_members
+        # X0_RAFT_TRANSPORT=overlay: node id -> overlay address learned (this node's daemon, published keys, the
+        # member's own agent). Replaced, never changed in place (a _per_members dependency).
+        self._overlay: dict[str, str] = {}
+        self._overlay_wanted: set[str] = set()  # looked up and not known: ask their agents
+        self._overlay_asked: dict[str, float] = {}
+        self._published_gen = -1
+        self._asking: set[asyncio.Task[None]] = set()
         self.client_term = 0
         self.client_commit = 0
         self._client_contact: float | None = None
@@ -153,6 +162,8 @@ class ConsensusService:
                 await self._task
         if self._change is not None:
             self._change.cancel()
+        for task in list(self._asking):
+            task.cancel()
         if self.engine is not None:
             await self.engine.stop()
             self.engine = None
@@ -180,7 +191,19 @@ class ConsensusService:
         m = self.members.by_id.get(node_id)
         if m is None:
             return self.client_voters.get(node_id)
-        return vt.raft_address(m, self.settings.raft_port)
+        return self._raft_address(m)
+
+    def _raft_address(self, m: Member, *, want: bool = True) -> str | None:
+        """The member's Raft address; None with X0_RAFT_TRANSPORT=overlay while its overlay address is unknown
+        (`want`: then ask its agent on the next step)."""
+        if self.settings.raft_transport != "overlay":
+            return vt.raft_address(m, self.settings.raft_port)
+        overlay = m.address or self._overlay.get(m.node_id)
+        if overlay is None:
+            if want:
+                self._overlay_wanted.add(m.node_id)
+            return None
+        return vt.overlay_raft_address(m, overlay, self.settings.raft_port)
 
     def _per_members(self, name: str, deps: tuple[object, ...], compute: Callable[[], _T]) -> _T:
         """`compute()` once per members file (and whatever else `deps` names; all are replaced, never changed in
@@ -199,10 +222,12 @@ class ConsensusService:
         def build() -> dict[str, str]:
             out = {addr: nid for nid, addr in voters.items()}
             for m in members.members:
-                out[vt.raft_address(m, self.settings.raft_port)] = m.node_id
+                addr = self._raft_address(m, want=False)
+                if addr is not None:
+                    out[addr] = m.node_id
             return out
 
-        return self._per_members("node_of_address", (members, voters), build)
+        return self._per_members("node_of_address", (members, voters, self._overlay), build)
 
     def order(self) -> list[str]:
         members = self.members
@@ -220,7 +245,8 @@ class ConsensusService:
         m = self.members.by_id.get(self.node_id)
         if m is None:
             return f"127.0.0.1:{self.settings.raft_port}"
-        return vt.raft_address(m, self.settings.raft_port)
+        # With the overlay transport, _step starts no engine before this node's overlay address is known.
+        return self._raft_address(m, want=False) or vt.raft_address(m, self.settings.raft_port)
 
     def _address_clash(self) -> str | None:
         """Why Raft cannot start with these members (two share a Raft address), or None."""
@@ -229,7 +255,9 @@ class ConsensusService:
         def find() -> str | None:
             seen: dict[str, str] = {}
             for m in members.members:
-                addr = vt.raft_address(m, self.settings.raft_port)
+                addr = self._raft_address(m, want=False)
+                if addr is None:
+                    continue
                 if addr in seen:
                     return (
                         f"Raft not started: members {seen[addr]} and {m.node_id} share the Raft address {addr}; "
@@ -238,7 +266,7 @@ class ConsensusService:
                 seen[addr] = m.node_id
             return None
 
-        return self._per_members("address_clash", (members,), find)
+        return self._per_members("address_clash", (members, self._overlay), find)
 
     def _url(self, node_id: str) -> str | None:
         m = self.members.by_id.get(node_id)
@@ -255,6 +283,16 @@ class ConsensusService:
             if self.engine is None:
                 self._set_role("client", f"this node ({self.node_id}) is not in the members file")
             return
+        if self.settings.raft_transport == "overlay":
+            self._learn_overlay_addresses()
+            if self.engine is None and self.node_id not in self._overlay and self.node_id in members.by_id:
+                if members.by_id[self.node_id].address is None:
+                    self._set_role(
+                        "client",
+                        "Raft waits for this node's daemon to report its overlay address "
+                        "(X0_RAFT_TRANSPORT=overlay)",
+                    )
+                    return
         clash = self._address_clash()
         if clash is not None and self.engine is None:
             self._set_role("client", clash)
@@ -284,6 +322,61 @@ class ConsensusService:
             self._leaderless_since = None
             self._learn_target_from_leader(st)
         self._publish(st)
+
+    def _learn_overlay_addresses(self) -> None:
+        """X0_RAFT_TRANSPORT=overlay: this node's address from its daemon, the others' from the keys they published
+        in the store (agent.consensus.key_directory) and, for members looked up without one, from their agents'
+        /mesh/status (`_ask_overlay`, in the background)."""
+        assert self._agent is not None
+        learned: dict[str, str] = {}
+        snapshot = self._agent.snapshot
+        if snapshot is not None and snapshot.self_info.address:
+            learned[self.node_id] = snapshot.self_info.address
+        if self._agent.published_keys_gen != self._published_gen:
+            self._published_gen = self._agent.published_keys_gen
+            for node_id, key in self._agent.published_keys.items():
+                addr = address_for_key(key)
+                if addr is not None and node_id != self.node_id:
+                    learned[node_id] = addr
+        self._note_overlay(learned)
+        now = time.monotonic()
+        due = sorted(
+            n
+            for n in self._overlay_wanted
+            if n in self.members.by_id and now - self._overlay_asked.get(n, -OVERLAY_RETRY_S) >= OVERLAY_RETRY_S
+        )
+        self._overlay_wanted.difference_update(due)
+        for node_id in due:
+            self._overlay_asked[node_id] = now
+            task = asyncio.get_running_loop().create_task(self._ask_overlay(node_id), name=f"x0-overlay-{node_id}")
+            self._asking.add(task)
+            task.add_done_callback(self._asking.discard)
+
+    def _note_overlay(self, learned: dict[str, str]) -> None:
+        changed = {n: a for n, a in learned.items() if self._overlay.get(n) != a}
+        if changed:
+            self._overlay = {**self._overlay, **changed}
+            log.info("raft over the overlay: %s", ", ".join(f"{n} at {a}" for n, a in sorted(changed.items())))
+
+    async def _ask_overlay(self, node_id: str) -> None:
+        """The member's overlay address as its own agent reports it (GET /mesh/status over the underlay), kept
+        only when it is the address of the key reported with it: Yggdrasil delivers to that address only the
+        holder of that key, so a wrong answer can misdirect Raft traffic but never let anyone into the group
+        (it is encrypted with the Raft secret)."""
+        m = self.members.by_id.get(node_id)
+        if m is None or self._http is None:
+            return
+        try:
+            r = await self._http.get(f"{m.agent_url.rstrip('/')}/mesh/status")
+            body = r.json() if r.status_code == 200 else {}
+        except (httpx.HTTPError, ValueError) as exc:
+            log.debug("overlay address of %s: %s", node_id, exc)
+            return
+        key, addr = body.get("key"), body.get("address")
+        if isinstance(key, str) and isinstance(addr, str) and address_for_key(key) == addr:
+            self._note_overlay({node_id: addr})
+        else:
+            log.debug("overlay address of %s: no key and matching address in its /mesh/status", node_id)
 
     def _learn_target_from_leader(self, st: RaftStatus) -> None:
         """Followers show the leader's target as replicated in the store (so a client that asks any voter learns
@@ -347,7 +440,12 @@ class ConsensusService:
                 voters = [a for a in existing if a != me]
                 joining = True
             elif self.node_id in self.static_target():
-                voters = [a for a in (self.address_of(n) for n in self.static_target()) if a is not None]
+                found = {n: self.address_of(n) for n in self.static_target()}
+                unknown = [n for n, a in found.items() if a is None]
+                if unknown:  # the overlay transport: every node must bootstrap with the same addresses
+                    self._set_role("client", f"Raft waits for the overlay addresses of {', '.join(unknown)}")
+                    return
+                voters = [a for a in found.values() if a is not None]
             else:
                 return  # in the leader's target but no group answered: try again next step
             self._wipe()
@@ -461,7 +559,10 @@ class ConsensusService:
             log.warning("raft membership: this leader is not in the target voters: transferring leadership")
             self.engine.transfer_leadership()
             return
-        wanted = {a for a in (self.address_of(n) for n in target) if a is not None}
+        found = [self.address_of(n) for n in target]
+        if None in found:
+            return  # overlay addresses still being learned: a voter not matched yet would look like an extra
+        wanted = {a for a in found if a is not None}
         extra = [a for a in config if a not in wanted and a != self.engine.address]
         missing = [n for n in target if self.address_of(n) not in config]
         # Dead voters go first (they do not count toward quorum anyway), then additions, then healthy extras.
@@ -859,7 +960,7 @@ class ConsensusService:
             rows = [
                 ClusterMember(
                     node_id=m.node_id,
-                    raft_address=vt.raft_address(m, s.raft_port),
+                    raft_address=self._raft_address(m, want=False),
                     voter=m.node_id in voters,
                     state="self"
                     if m.node_id == self.node_id
@@ -893,7 +994,7 @@ class ConsensusService:
         rows = []
         seen: set[str] = set()
         for m in all_members:
-            addr = vt.raft_address(m, s.raft_port)
+            addr = self._raft_address(m, want=False) or voter_ids.get(m.node_id)
             voter = m.node_id in voter_ids
             seen.add(m.node_id)
             if m.node_id == self.node_id:

@@ -72,6 +72,16 @@ def raft_address(member: Member, port: int) -> str:
     return f"{host}:{port}"
 
 
+def overlay_raft_address(member: Member, overlay: str, port: int) -> str:
+    """host:port of the member's Raft listener on its overlay address (X0_RAFT_TRANSPORT=overlay): the port of
+    its raft_address when the members file gives one (Nomad publishes each allocation's port), else `port`."""
+    if member.raft_address:
+        _, _, p = member.raft_address.rpartition(":")
+        if p.isdigit():
+            port = int(p)
+    return f"{overlay}:{port}"
+
+
 def agent_url(member: Member) -> str:
     """Where other agents reach this member's API for forwarding: over the overlay when it has one, so a
     partitioned node is partitioned for clients too; the underlay otherwise."""

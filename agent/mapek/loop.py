@@ -121,7 +121,7 @@ class MapekLoop:
         self.swim_config = swim_config or SwimConfig()
         self.swim: SwimTransport | None = None
         self.swim_error: str | None = None
-        self._book_key: tuple[int, int] | None = None
+        self._book_key: tuple[int, int, int, bool] | None = None
         self.enabled = settings.mapek_enabled
         self.interval = settings.mapek_interval
         self.kn = Knowledge(settings.node_id, thresholds=self.thresholds, degree=settings.mapek_degree)
@@ -317,12 +317,16 @@ class MapekLoop:
         assert agent is not None
         if swim is None:
             return
-        key = (agent.members.generation, len(agent.learned_keys))
+        own = agent.snapshot.self_info.address if agent.snapshot is not None else None
+        # Rebuilt too once the daemon first tells its address: a book built before (an agent that starts its
+        # daemon, members with no address as Nomad writes them) had the underlay as every member's mesh path for
+        # good, dropped the neighbours' pings over the overlay as from unknown senders, and so never heard that
+        # it had been declared dead: the others redialled its links every 2 s forever.
+        key = (agent.members.generation, len(agent.learned_keys), agent.published_keys_gen, own is not None)
         if key != self._book_key:
             self._book_key = key
             ctx = agent.context()
             members = agent.members.members
-            own = agent.snapshot.self_info.address if agent.snapshot is not None else None
             overlay = _ipv6_capable(self.settings.listen_host) and (
                 own is not None or any(m.address or m.overlay_url for m in members.members)
             )

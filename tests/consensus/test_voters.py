@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from agent.consensus.voters import raft_address, target_voters, voter_count, voter_order
+from agent.consensus.voters import overlay_raft_address, raft_address, target_voters, voter_count, voter_order
 from agent.members import Member
 
 
@@ -45,6 +45,12 @@ def test_raft_address_prefers_explicit_then_overlay_then_underlay() -> None:
     assert raft_address(_m("a", raft_address="[200::1]:9000"), 8082) == "200::1:9000"
     assert raft_address(_m("a", address="200::2"), 8082) == "200::2:8082"
     assert raft_address(_m("abc"), 8082) == "10.0.0.3:8082"
+
+
+def test_overlay_raft_address_keeps_only_the_port_of_the_members_raft_address() -> None:
+    # Nomad writes the allocation's underlay address and Raft port; the overlay transport binds the overlay one.
+    assert overlay_raft_address(_m("a", raft_address="10.0.0.7:23456"), "200::7", 8082) == "200::7:23456"
+    assert overlay_raft_address(_m("a"), "200::7", 8082) == "200::7:8082"
 
 
 def test_sticky_target_keeps_current_voters_and_fills_in_order() -> None:

@@ -19,6 +19,7 @@ import pytest
 
 from agent.localmesh.procs import daemon_pids
 from agent.members import parse_members
+from agent.settings import Settings
 from agent.yggdrasil.client import AdminClient
 from dashboard.nomad import view
 from dashboard.nomad.settings import DEFAULT_JOB
@@ -145,6 +146,21 @@ def test_tasks_yggdrasil_sidecar_then_agent() -> None:
     assert ev(agent_env["MESH_MEMBERS"]) == "${NOMAD_TASK_DIR}/members.json"
     assert "YGGDRASIL_CONFIG" not in agent_env, "the daemon is a Nomad task, not supervised by the agent"
     assert "X0_API_TOKEN" not in agent_env and "api_token" not in json.dumps(VARS)
+
+
+def test_raft_rides_the_overlay_unless_the_daemons_have_none() -> None:
+    """X0_RAFT_TRANSPORT follows yggdrasil_ifname: overlay with a TUN, the members' raft_address (underlay) for
+    router-only daemons, which have no overlay address to bind. The job's conditional, evaluated for both."""
+    expr = TASKS["agent"]["env"][0]["X0_RAFT_TRANSPORT"]
+    m = re.fullmatch(r'\$\{var\.(\w+) == "(\w+)" \? "(\w+)" : "(\w+)"\}', expr)
+    assert m is not None, expr
+    name, equals, then, otherwise = m.groups()
+    assert name == "yggdrasil_ifname" and VARS[name] == "auto"
+    for ifname in ("auto", "none"):
+        transport = then if ifname == equals else otherwise
+        assert transport == ("auto" if ifname == "none" else "overlay")
+        env = {"NODE_ID": "node-a", "YGGDRASIL_ADMIN": "unix:///run/ygg.sock", "X0_RAFT_TRANSPORT": transport}
+        assert Settings.from_env(env).raft_transport == transport
 
 
 def test_services_are_nomad_native_with_checks_and_match_the_dashboard() -> None:

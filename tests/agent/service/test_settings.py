@@ -61,6 +61,7 @@ def test_values_are_parsed(tmp_path: Path) -> None:
         ({"X0_MONITOR_INTERVAL": "nan"}, "X0_MONITOR_INTERVAL"),
         ({"X0_ADMIN_TIMEOUT": "soon"}, "X0_ADMIN_TIMEOUT"),
         ({"X0_MAPEK_ENABLED": "maybe"}, "X0_MAPEK_ENABLED"),
+        ({"X0_RAFT_TRANSPORT": "underlay"}, "X0_RAFT_TRANSPORT"),
         ({"X0_MAPEK_INTERVAL": "1e9"}, "X0_MAPEK_INTERVAL"),
         ({"X0_MAPEK_DEGREE": "0"}, "X0_MAPEK_DEGREE"),
     ],
