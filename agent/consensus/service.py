@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ipaddress
 import json
 import logging
 import random
@@ -59,6 +60,13 @@ REMOVED_GRACE_S = 5.0
 VOTERS_FILE = "voters.json"
 OVERLAY_RETRY_S = 2.0  # X0_RAFT_TRANSPORT=overlay: ask a member's agent for its overlay address again after this
 TARGET_KEY = "x0/raft/target"  # the leader's target voters (JSON list of node ids), for followers and clients
+
+
+def _same_address(a: str, b: object) -> bool:
+    try:
+        return isinstance(b, str) and ipaddress.ip_address(a) == ipaddress.ip_address(b)
+    except ValueError:
+        return False
 
 
 class KvConflict(Exception):
@@ -368,13 +376,14 @@ class ConsensusService:
             return
         try:
             r = await self._http.get(f"{m.agent_url.rstrip('/')}/mesh/status")
-            body = r.json() if r.status_code == 200 else {}
+            body = r.json() if r.status_code == 200 else None
         except (httpx.HTTPError, ValueError) as exc:
             log.debug("overlay address of %s: %s", node_id, exc)
             return
-        key, addr = body.get("key"), body.get("address")
-        if isinstance(key, str) and isinstance(addr, str) and address_for_key(key) == addr:
-            self._note_overlay({node_id: addr})
+        key = body.get("key") if isinstance(body, dict) else None
+        derived = address_for_key(key) if isinstance(key, str) else None
+        if derived is not None and _same_address(derived, body.get("address")):  # type: ignore[union-attr]
+            self._note_overlay({node_id: derived})
         else:
             log.debug("overlay address of %s: no key and matching address in its /mesh/status", node_id)
 
@@ -559,10 +568,10 @@ class ConsensusService:
             log.warning("raft membership: this leader is not in the target voters: transferring leadership")
             self.engine.transfer_leadership()
             return
-        found = [self.address_of(n) for n in target]
-        if None in found:
+        members = self.members.by_id
+        if any(n in members and self.address_of(n) is None for n in target):
             return  # overlay addresses still being learned: a voter not matched yet would look like an extra
-        wanted = {a for a in found if a is not None}
+        wanted = {a for a in (self.address_of(n) for n in target) if a is not None}
         extra = [a for a in config if a not in wanted and a != self.engine.address]
         missing = [n for n in target if self.address_of(n) not in config]
         # Dead voters go first (they do not count toward quorum anyway), then additions, then healthy extras.

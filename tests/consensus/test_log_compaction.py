@@ -41,6 +41,17 @@ def resident_kib(path: Path) -> int:
     return total
 
 
+async def start_engines(addrs: list[str], data: Path) -> list[RaftEngine]:
+    """One engine per address, each with its journal under `data` (kept across calls: a restart)."""
+    engines = [
+        RaftEngine(a, addrs, secret="compaction-test", data_dir=data / f"n{i}", write_timeout=5.0)
+        for i, a in enumerate(addrs)
+    ]
+    for e in engines:
+        await e.start()
+    return engines
+
+
 async def elect(engines: list[RaftEngine]) -> RaftEngine:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -67,12 +78,7 @@ async def test_followers_compact_their_log_by_bytes_and_release_memory(
 ) -> None:
     caplog.set_level(logging.INFO, logger="x0.consensus")
     addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
-    engines = [
-        RaftEngine(a, addrs, secret="compaction-test", data_dir=tmp_path / f"n{i}", write_timeout=5.0)
-        for i, a in enumerate(addrs)
-    ]
-    for e in engines:
-        await e.start()
+    engines = await start_engines(addrs, tmp_path)
     try:
         leader = await elect(engines)
         value = b"v" * (64 * 1024)
@@ -120,12 +126,7 @@ async def test_followers_compact_their_log_by_bytes_and_release_memory(
         for e in engines:
             await e.stop()
     # Restarted from their snapshots and journals (pages dropped or not), the replicas still hold every value.
-    engines = [
-        RaftEngine(a, addrs, secret="compaction-test", data_dir=tmp_path / f"n{i}", write_timeout=5.0)
-        for i, a in enumerate(addrs)
-    ]
-    for e in engines:
-        await e.start()
+    engines = await start_engines(addrs, tmp_path)
     try:
         await elect(engines)
         sizes = await converge(engines, expected)
