@@ -605,7 +605,8 @@ def main() -> None:
         print(
             f"agents: writes/s 1 client {a.w1_per_s:.1f} (p50 {a.w1_p50_ms:.1f} ms), 32 clients {a.w32_per_s:.1f} "
             f"(p99 {a.w32_p99_ms:.1f} ms); at {a.paced_rate:g}/s p50 {a.paced_p50_ms:.1f} / p99 "
-            f"{a.paced_p99_ms:.1f} ms; reads/s {a.r32_per_s:.1f}; wrk {a.wrk32_per_s:.1f}/s (p99 {a.wrk32_p99_ms:.1f} ms)"
+            f"{a.paced_p99_ms:.1f} ms; reads/s {a.r32_per_s:.1f}; wrk {a.wrk32_per_s:.1f}/s "
+            f"(p99 {a.wrk32_p99_ms:.1f} ms)"
         )
     if args.memory_only and args.store_mib != STORE_MIB:
         return  # the target is for a 10 MiB store
