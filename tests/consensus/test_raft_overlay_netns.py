@@ -1,7 +1,12 @@
 """Raft rides the overlay with a members file shaped as Nomad's template writes it (issue 9): no key, no overlay
 address, each member's raft_address on the underlay (X0_RAFT_TRANSPORT=overlay, as nomad/mesh.nomad.hcl sets it).
 The agents learn each other's overlay addresses from their agents and bind Raft there, so a partitioned node is a
-partitioned Raft member, as in the local meshes."""
+partitioned Raft member, as in the local meshes.
+
+It also reproduces two defects of such a mesh (with either transport), fixed in agent/state.py and
+agent/mapek/loop.py: the node that dials nobody could not tell which member each inbound link came from, and its
+SWIM address book, built before its daemon answered, dropped its neighbours' probes; the mesh never became whole
+("node-c did not come up: 0 of 2 planned peers up")."""
 
 from __future__ import annotations
 
