@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -111,10 +112,11 @@ class Agents(System):
         for node in self.up_nodes():
             r = await c.get(f"{self.url(node)}/metrics")
             r.raise_for_status()
-            line = next((x for x in r.text.splitlines() if x.startswith("x0_kv_store_bytes ")), None)
-            if line is None:
+            families = text_string_to_metric_families(r.text)
+            family = next((f for f in families if f.name == "x0_kv_store_bytes"), None)
+            if family is None or not family.samples:
                 raise SystemExit(f"kv_bench: {node} exports no x0_kv_store_bytes")
-            sizes.append(int(float(line.split()[1])))
+            sizes.append(int(family.samples[0].value))
         return max(sizes, default=None)
 
     def url(self, node: str) -> str:
