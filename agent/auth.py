@@ -103,7 +103,7 @@ def check_bearer(expected: str | None, authorization: str | None) -> None:
         raise NotAuthorizedException(detail="wrong API token", headers={"WWW-Authenticate": "Bearer"})
 
 
-def require_token(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+async def require_token(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     """Litestar guard: the agent's settings hold the token (`app.state.agent.settings.api_token`); the
     connection must be one the token may travel on (`clear_underlay_refusal`)."""
     settings = connection.app.state.agent.settings
