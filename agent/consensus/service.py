@@ -21,11 +21,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import errno
 import ipaddress
 import json
 import logging
 import random
 import shutil
+import socket
 import ssl
 import time
 import uuid
@@ -99,6 +101,17 @@ class KvValue:
     lag: int | None
 
 
+def address_is_local(host: str) -> bool:
+    """True when a socket can bind `host` on this host (some interface holds the address)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, 0))
+        except OSError as exc:
+            return exc.errno != errno.EADDRNOTAVAIL
+    return True
+
+
 class ConsensusService:
     """The node's Raft role and store (see the module doc); served by agent.consensus.extension."""
 
@@ -118,6 +131,7 @@ class ConsensusService:
         self._overlay: dict[str, str] = {}
         self._overlay_wanted: set[str] = set()  # looked up and not known: ask their agents
         self._overlay_asked: dict[str, float] = {}
+        self._bind_refused: str | None = None  # the last reason logged by _bind_refusal
         self._published_gen = -1
         self._asking: set[asyncio.Task[None]] = set()
         self.client_term = 0
@@ -311,7 +325,8 @@ class ConsensusService:
             if self.node_id in self.static_target() or self.node_id in self.target:
                 await self._start_engine()
             if self.engine is None:
-                await self._refresh_client()
+                if self._bind_refused is None:  # else the role's detail keeps saying why Raft did not start
+                    await self._refresh_client()
                 return
         engine = self.engine
         st = engine.status
@@ -439,6 +454,10 @@ class ConsensusService:
 
     async def _start_engine(self) -> None:
         me = self._self_address()
+        refusal = self._bind_refusal(me)
+        if refusal is not None:
+            self._set_role("client", refusal)
+            return
         saved = self._saved_voters()
         joining = False
         if saved is not None:
@@ -476,6 +495,26 @@ class ConsensusService:
             "joining" if joining else "follower",
             "joining: waiting for the leader to add this node" if joining else f"voter; Raft on {me}",
         )
+
+    def _bind_refusal(self, me: str) -> str | None:
+        """With X0_RAFT_TRANSPORT=overlay, why Raft cannot bind its overlay address here, or None. A daemon without
+        a TUN (IfName none) has an address that no interface holds: pysyncobj would retry the bind forever and
+        every write would answer 503 with no hint of the cause. Logged once per distinct reason."""
+        if self.settings.raft_transport != "overlay":
+            return None
+        host = me.rsplit(":", 1)[0]
+        if address_is_local(host):
+            self._bind_refused = None
+            return None
+        reason = (
+            f"Raft not started: X0_RAFT_TRANSPORT=overlay, but no interface of this host holds the overlay "
+            f"address {host} (the daemon runs without a TUN, IfName none?): give the daemon a TUN, or set "
+            "X0_RAFT_TRANSPORT=auto to use the members file's addresses"
+        )
+        if self._bind_refused != reason:
+            self._bind_refused = reason
+            log.error("%s", reason)
+        return reason
 
     async def _find_group(self) -> list[str] | None:
         """Raft addresses of the voters of a group that has a leader now, as another member reports them."""
@@ -709,7 +748,7 @@ class ConsensusService:
                 headers["Authorization"] = f"Bearer {self.settings.api_token}"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.raft_write_timeout
-        last = "no voter known"
+        last = self._bind_refused or "no voter known"
         last_503: httpx.Response | None = None
         unknown = False
         while True:
