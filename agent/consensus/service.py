@@ -498,8 +498,9 @@ class ConsensusService:
 
     def _bind_refusal(self, me: str) -> str | None:
         """With X0_RAFT_TRANSPORT=overlay, why Raft cannot bind its overlay address here, or None. A daemon without
-        a TUN (IfName none) has an address that no interface holds: pysyncobj would retry the bind forever and
-        every write would answer 503 with no hint of the cause. Logged once per distinct reason."""
+        a TUN (IfName none) has an address that no interface holds: pysyncobj would retry the bind forever, and
+        every write would answer 503 "cannot bind ... yet; the write may still be applied", which it never could
+        be. Logged once per distinct reason."""
         if self.settings.raft_transport != "overlay":
             return None
         host = me.rsplit(":", 1)[0]
