@@ -222,6 +222,11 @@ class MapekLoop:
             next_at = time.monotonic()
             react = False
             while True:
+                # Cleared before the tick, not after: a link or membership change seen while the tick awaits
+                # (port probes, a fresh snapshot, the executor's admin calls) must wake the next one. Cleared
+                # after, that wake was lost, and a link that was up for about a second could go unseen: a flap
+                # not counted (the likely cause of a CI failure of test_a_flapping_link_is_quarantined...).
+                self._wake.clear()
                 try:
                     await self.run_tick(react=react)
                 except asyncio.CancelledError:
@@ -234,7 +239,6 @@ class MapekLoop:
                 now = time.monotonic()
                 if next_at < now:
                     next_at = now  # overran: start the next tick at once rather than bursting to catch up
-                self._wake.clear()
                 try:
                     async with asyncio.timeout(next_at - now):
                         await self._wake.wait()

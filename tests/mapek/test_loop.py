@@ -143,3 +143,53 @@ def test_per_member_series_are_bounded_by_the_degree_not_the_mesh_size(n: int) -
     assert "member_unreachable" in r.kinds(far)
     detail = {ln.split('member="')[1].split('"')[0] for ln in metric(a, "x0_member_")}
     assert detail == up | {far}  # ... plus a member while it has an open incident
+
+
+class SlowMonitor(FlakyMonitor):
+    """A healthy mesh whose first observation takes a while, during which something wakes the loop, as the
+    link watch does when the snapshot changes while a tick awaits its port probes."""
+
+    def __init__(self, loop: MapekLoop) -> None:
+        super().__init__()
+        self.loop = loop
+        self.reacts: list[float] = []
+
+    async def observe(self, kn: Knowledge, *, react: bool = False) -> Observation:
+        self.calls += 1
+        if react:
+            self.reacts.append(time.monotonic())
+        if self.calls == 1:
+            await asyncio.sleep(0.2)
+            self.loop._wake.set()
+            await asyncio.sleep(0.2)
+        now = time.time()
+        probes = [Probe(member=m, path="overlay", ok=True, at=now, rtt_s=0.001) for m in kn.others()]
+        return Observation(at=now, daemon_ok=True, api_version="0.4", links={}, probes=probes)
+
+
+async def test_a_change_seen_during_a_tick_wakes_the_next_one() -> None:
+    # The wake used to be cleared after each tick, so one set while a tick ran was lost and the change waited for
+    # the next regular tick (here 30 s away).
+    settings = Settings(node_id="node-a", mapek_interval=30.0, raft_enabled=False)
+    agent = AgentState(settings)
+    agent.members.members = members(IDS3)
+    agent.members.generation += 1
+    loop = MapekLoop(settings)
+    monitor = SlowMonitor(loop)
+    loop.attach(agent, monitor, StatedExecutor())
+    start = time.monotonic()
+    task = asyncio.create_task(loop._run())
+    try:
+        deadline = start + 5
+        while not monitor.reacts:
+            assert time.monotonic() < deadline, f"no reaction tick after {monitor.calls} observation(s)"
+            assert not task.done(), "the loop ended"
+            await asyncio.sleep(0.02)
+        assert monitor.reacts[0] - start < 2.0
+        await asyncio.sleep(0.3)
+        assert monitor.calls == 2 and loop.tick == 2, "a reaction without a change"
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await loop.stop()
