@@ -171,6 +171,27 @@ def test_underlay_pings_never_carry_membership() -> None:
     assert ack.path == "underlay" and ack.message.updates == [] and ack.message.daemon_up is False
 
 
+def test_the_underlay_round_trip_counts_from_the_underlay_ping() -> None:
+    # It used to count from the direct ping, so it included the direct timeout: an agent that answered on the
+    # underlay in 2 ms was reported "answers on the underlay in 302 ms" (incident details, x0_probe_rtt_seconds).
+    ids = ["a", "b", "c"]
+    a = swim("a", ids)
+    a.started = -100.0
+    for m in ids[1:]:
+        a._apply(Update(m, ALIVE, 0), 0.0)
+    a.underlay = {"c"}
+    a.set_watched(["c"], 0.0)
+    t, _ = until_ping(a, "c")  # lost over the mesh
+    t += CFG.probe_timeout_s
+    (diag,) = [x for x in only(a.tick(t), Ping) if x.path == "underlay"]
+    assert diag.to == "c"
+    a.receive(t + 0.002, "c", "underlay", Ack(diag.message.seq, "c", 0, [], daemon_up=True, api="0.4"))
+    a.tick(t + CFG.indirect_timeout_s)
+    (res,) = [r for r in a.take_results() if r.path == "underlay"]
+    assert res.ok and res.rtt_s == pytest.approx(0.002)
+    assert res.at == t - CFG.probe_timeout_s  # still dated by the probe it belongs to
+
+
 def test_packets_naming_someone_else_are_dropped() -> None:
     a = swim("a", ["a", "b"])
     assert a.receive(0.0, "b", "mesh", Ping(1, "c", 0)) == []

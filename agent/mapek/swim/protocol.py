@@ -213,6 +213,7 @@ class _Probe:
     helpers: tuple[str, ...] = ()
     nacks: int = 0
     diag_seq: int | None = None  # the underlay ping sent beside the indirect probes
+    diag_sent: float = 0.0  # when it was sent (after the direct timeout): its round trip counts from here
     diag: ProbeResult | None = None
 
 
@@ -475,6 +476,7 @@ class Swim:
                 )
             if probe.target in self.underlay:
                 probe.diag_seq = self._next_seq()
+                probe.diag_sent = now
                 self._diags[probe.diag_seq] = probe.seq
                 out.append(Send(probe.target, "underlay", Ping(probe.diag_seq, self.me, self.inc)))
             return out
@@ -671,7 +673,9 @@ class Swim:
                     "underlay",
                     True,
                     probe.started,
-                    rtt_s=now - probe.started,
+                    # From the underlay ping, not from the probe's start: counted from there it included the
+                    # direct timeout, and an agent answering in 2 ms was reported "answers in 302 ms".
+                    rtt_s=now - probe.diag_sent,
                     daemon_up=ack.daemon_up,
                     api=ack.api,
                 )
