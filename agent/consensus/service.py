@@ -58,6 +58,9 @@ log = logging.getLogger("x0.consensus")
 STEP_S = 0.5
 CLIENT_REFRESH_S = 5.0
 PROBE_TIMEOUT_S = 1.0
+# Clients keep their connection to a voter between asks (every CLIENT_REFRESH_S, key directory reads every 10 s):
+# under the agents' server keep-alive (agent.api.server, 15 s), so the server never closes one as it is reused.
+CLIENT_KEEPALIVE_S = 10.0
 REMOVED_GRACE_S = 5.0
 VOTERS_FILE = "voters.json"
 OVERLAY_RETRY_S = 2.0  # X0_RAFT_TRANSPORT=overlay: ask a member's agent for its overlay address again after this
@@ -125,6 +128,9 @@ class ConsensusService:
         self.joining = False
         self.leader_id: str | None = None  # clients: as learned from a voter
         self.client_voters: dict[str, str] = {}  # clients: voter node id -> raft address, as learned
+        # Clients: the voter that answered last. Asked first for /cluster and stale reads, so each client keeps one
+        # connection open, and clients stay spread over the voters (each first picked one at random).
+        self.home_voter: str | None = None
         self._memo: dict[str, tuple[tuple[object, ...], Any]] = {}  # see _per_members
         # X0_RAFT_TRANSPORT=overlay: node id -> overlay address learned (this node's daemon, published keys, the
         # member's own agent). Replaced, never changed in place (a _per_members dependency).
@@ -173,7 +179,12 @@ class ConsensusService:
         verify: ssl.SSLContext | bool = True
         if self.settings.tls_ca is not None:  # agents serving https with the mesh's own CA (X0_TLS_CA)
             verify = ssl.create_default_context(cafile=str(self.settings.tls_ca))
-        self._http = httpx.AsyncClient(trust_env=False, timeout=PROBE_TIMEOUT_S, verify=verify)
+        self._http = httpx.AsyncClient(
+            trust_env=False,
+            timeout=PROBE_TIMEOUT_S,
+            verify=verify,
+            limits=httpx.Limits(keepalive_expiry=CLIENT_KEEPALIVE_S),
+        )
         self._set_role("client", "waiting for the members file")
         self._task = asyncio.get_running_loop().create_task(self._run(), name="x0-consensus")
 
@@ -688,6 +699,9 @@ class ConsensusService:
         # polling the leader (a 500-node mesh: ~100 requests/s over 5 voters at this period).
         candidates = [n for n in self.client_voters if n != self.node_id]
         random.shuffle(candidates)
+        if self.home_voter in candidates:
+            candidates.remove(self.home_voter)
+            candidates.insert(0, self.home_voter)
         candidates += [n for n in self.static_target() if n not in candidates and n != self.node_id]
         for node_id in candidates:
             url = self._url(node_id)
@@ -701,6 +715,7 @@ class ConsensusService:
             if c is None or c.role in ("client", "disabled", "joining"):
                 continue
             self.client_voters = {m.node_id: m.raft_address or "" for m in c.members if m.voter}
+            self.home_voter = node_id
             if c.leader_id != self.leader_id:
                 self._count_leader_change()
             self.leader_id = c.leader_id
@@ -717,9 +732,12 @@ class ConsensusService:
         self.leader_id = None
         self._set_role("client", "no voter answered /cluster")
 
-    def forward_targets(self) -> list[str]:
-        """Agent URLs to forward a client's request to: the leader first, then the other voters."""
+    def forward_targets(self, stale_read: bool = False) -> list[str]:
+        """Agent URLs to forward a client's request to: the leader first, then the other voters. A stale read,
+        which any voter answers from its replica, goes to this client's home voter first."""
         ids = [self.leader_id] if self.leader_id else []
+        if stale_read and self.home_voter in self.client_voters:
+            ids = [self.home_voter, *(n for n in ids if n != self.home_voter)]
         ids += [n for n in self.client_voters if n not in ids]
         ids += [n for n in self.static_target() if n not in ids and n != self.node_id]
         return [u for u in (self._url(n) for n in ids) if u is not None]
@@ -752,11 +770,12 @@ class ConsensusService:
         last = self._bind_refused or "no voter known"
         last_503: httpx.Response | None = None
         unknown = False
+        stale_read = method == "GET" and (params or {}).get("stale") == "true"
         while True:
-            urls = self.forward_targets()
+            urls = self.forward_targets(stale_read)
             if not urls:
                 await self._refresh_client(force=True)
-                urls = self.forward_targets()
+                urls = self.forward_targets(stale_read)
             refused = 0
             for url in urls:
                 remaining = deadline - loop.time()
