@@ -17,7 +17,6 @@ Measured, each in its own process so the memory figures are the process's own:
   an arrow key until the node table's cursor moved and the table was redrawn; `?` until the help screen is
   active and drawn. (Pilot.press is not used: it waits for the whole process to go idle, and the poller's
   thread keeps it busy.) Baseline: the same app and data with polling stopped.
-  Baseline: the same app and data with polling stopped.
 - peak RSS (VmHWM) of the dashboard process vs the bare-httpx baseline process.
 
 `--mesh N`: instead of the fake agents, a real N-node local mesh (netns as root, else loopback; the default
