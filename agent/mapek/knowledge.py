@@ -161,6 +161,12 @@ class PlannedAction(msgspec.Struct, frozen=True, kw_only=True):
     standing_in_for: tuple[str, ...] = ()
 
 
+# A 0.4 daemon writes a keepalive on a link it has written nothing to for 4 s (0.5: acknowledgements every
+# second, and a link quiet for 3 s is dropped), so a live link never receives nothing for this long. One that does
+# is stuck: after a blackhole its TCP connection sits in retransmission backoff, and a 0.4 daemon drops it at 6 s.
+STUCK_QUIET_S = 4.5
+
+
 @dataclass
 class MemberState:
     overlay: Probe | None = None
@@ -178,6 +184,7 @@ class MemberState:
     link_down_since: float | None = None
     sample: LinkSample | None = None  # the latest listing of an up link to it
     traffic_at: float | None = None
+    stuck_since: float | None = None  # when this link was first seen stuck (cleared when it is renewed or drops)
     flaps: deque[float] = field(default_factory=deque)
     api_version: str | None = None
     daemon_up: bool | None = None
@@ -187,6 +194,18 @@ class MemberState:
 
     def quarantined(self, now: float) -> bool:
         return self.quarantine_until is not None and now < self.quarantine_until
+
+    def link_stuck(self, now: float) -> bool:
+        """The link is up and has received nothing for STUCK_QUIET_S (and has been up that long). See
+        `stuck_since`: a link stuck once stays suspect after bytes pass again, because one end may receive (the
+        other's retransmission got through) while the other still receives nothing and drops it."""
+        return (
+            self.link_up
+            and self.traffic_at is not None
+            and now - self.traffic_at >= STUCK_QUIET_S
+            and self.link_up_since is not None
+            and now - self.link_up_since >= STUCK_QUIET_S
+        )
 
     def new_flaps(self) -> int:
         """Link drops in the flap window since the last quarantine began (a quarantine is paid for once)."""
@@ -381,16 +400,22 @@ class Knowledge:
                     last = st.sample if st.link_up else None
                     if last is None:
                         st.link_up_since = now
+                        st.stuck_since = None
                     elif sample.renewed_since(last):
                         # Not counted as a flap: the drop was too short to see, and it is most likely a redial.
                         st.link_up_since = now - sample.uptime_s if sample.uptime_s is not None else now
+                        st.stuck_since = None
                     st.link_seen_up_at = now
                     st.ever_up = True
                     st.link_down_since = None
-                    if sample.bytes_recvd is not None and (last is None or sample.received_since(last)):
+                    received = sample.bytes_recvd is not None and (last is None or sample.received_since(last))
+                    if received:
                         st.traffic_at = now
+                    elif st.stuck_since is None and st.link_stuck(now):
+                        st.stuck_since = now
                     st.sample = sample
                 else:
+                    st.stuck_since = None
                     if st.link_up:
                         held = now - st.link_up_since if st.link_up_since is not None else 0.0
                         if held < th.flap_min_up_s and not self.drilling(m, now):

@@ -101,15 +101,15 @@ def watch_set(kn: Knowledge) -> list[str]:
 
 
 def dial_targets(kn: Knowledge, now: float | None = None) -> list[str]:
-    """Members whose peering port we check: planned peers we dial and our stand-ins, while their link is down or
-    silent (a silent link is stuck in TCP retransmission backoff after a blackhole: only a redial revives it
-    at once). With `now`, a port failing for longer than DIAL_STEADY_S is left out until its next backed-off check
-    is due."""
+    """Members whose peering port we check: planned peers we dial and our stand-ins, while their link is down,
+    silent or stuck (receiving nothing: a link is stuck in TCP retransmission backoff after a blackhole, and only a
+    redial revives it at once). With `now`, a port failing for longer than DIAL_STEADY_S is left out until its next
+    backed-off check is due."""
     mine = list(kn.members.dials(kn.node_id)) + [t for t, temp in kn.temporaries.items() if temp.dialer]
     out = []
     for m in dict.fromkeys(mine):
         st = kn.state(m)
-        if st.link_up and not kn.has_active("peer_silent", m):
+        if st.link_up and not kn.has_active("peer_silent", m) and st.stuck_since is None:
             continue
         if now is not None and st.dial is not None and st.dial_fail_since is not None:
             failing = now - st.dial_fail_since

@@ -24,7 +24,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 import msgspec
 
 from agent import topology
-from agent.mapek.knowledge import Finding, Knowledge, PlannedAction
+from agent.mapek.knowledge import STUCK_QUIET_S, Finding, Knowledge, PlannedAction
 from agent.members import peer_uri
 
 # A redial waits for a fresh "port answers" probe: older than this it says nothing about now.
@@ -182,9 +182,12 @@ def plan(findings: Sequence[Finding], kn: Knowledge, now: float) -> Plan:
     for m in members.dials(me):
         st = kn.state(m)
         silent = kn.has_active("peer_silent", m)
-        if m in mismatched or (st.link_up and not silent):
+        # Stuck: our probes may reach m around the link (through a third node) and resolve `peer_silent`, while the
+        # link itself still passes nothing until a daemon drops it (a 5 s blackhole: repaired 2.15 s after it).
+        stuck = st.link_up and st.stuck_since is not None
+        if m in mismatched or (st.link_up and not silent and not stuck):
             continue
-        if not silent and (m not in failed or failed[m] != "planned link down"):
+        if not silent and not stuck and (m not in failed or failed[m] != "planned link down"):
             continue
         if st.dial is None or not st.dial.ok or st.dial.at < now - _DIAL_FRESH_S:
             continue  # not answering yet: nothing to gain from dialling
@@ -192,12 +195,18 @@ def plan(findings: Sequence[Finding], kn: Knowledge, now: float) -> Plan:
         uri = peer_uri(member) if member else None
         if uri is None:
             continue
-        why = (
-            f"{m} answers on its peering port again but our link to it is still silent (stuck in TCP "
-            "retransmission backoff): redial now instead of waiting for the daemon to drop it"
-            if silent and st.link_up
-            else f"{m} answers on its peering port again: redial now instead of the daemon's retry timer"
-        )
+        if stuck and not silent:
+            why = (
+                f"{m} answers on its peering port but our link to it received nothing for {STUCK_QUIET_S:g} s or "
+                "more (stuck in TCP retransmission backoff): redial now instead of waiting for a daemon to drop it"
+            )
+        elif silent and st.link_up:
+            why = (
+                f"{m} answers on its peering port again but our link to it is still silent (stuck in TCP "
+                "retransmission backoff): redial now instead of waiting for the daemon to drop it"
+            )
+        else:
+            why = f"{m} answers on its peering port again: redial now instead of the daemon's retry timer"
         candidates.append(PlannedAction(action="redial", target=m, uri=uri, reason=why, for_subject=m))
 
     repair = repair_links(members.adjacent, members.ids, failed, kn.degree, excluded=mismatched)

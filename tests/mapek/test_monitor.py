@@ -76,6 +76,16 @@ def test_ports_watched_only_for_down_links_this_node_dials() -> None:
     assert dial_targets(kn) == ["node-03"]  # node-00 dials us, not the other way round
 
 
+def test_ports_watched_for_an_up_link_that_was_stuck() -> None:
+    kn = Knowledge("node-01", members(IDS[:4]))
+    for m in ("node-02", "node-03"):
+        st = kn.state(m)
+        st.link_up, st.link_up_since, st.traffic_at = True, 100.0, 200.0
+    assert dial_targets(kn, 200.0) == []
+    kn.state("node-03").stuck_since = 199.0
+    assert dial_targets(kn, 200.0) == ["node-03"]
+
+
 async def test_dial_probes_of_a_large_plan_are_bounded_and_rotated() -> None:
     """150 planned peers down at once (issue 11 item 1): every port is probed per tick, at most DIAL_IN_FLIGHT at a
     time, in target order; between ticks a round re-checks at most WATCH_ROUND of them, in rotation."""

@@ -208,6 +208,45 @@ def test_forced_redial_only_when_the_port_answers_and_only_by_the_dialer() -> No
         assert rc.actions("redial") == []
 
 
+def test_a_link_that_received_nothing_while_its_peer_answers_around_it_is_redialled() -> None:
+    """After a 5 s blackhole node-a's probes reached node-b through node-c at once, so `peer_silent` resolved, but
+    the link stayed in TCP retransmission backoff until a daemon dropped it: repaired 2.15 s after the fault (SLO
+    2 s). A link that received nothing for 4.5 s (a live 0.4 link gets a keepalive every 4 s) was stuck: the
+    dialer redials it once the port answers, even if bytes pass again by then (the far end may still receive
+    nothing and drop it), and only then."""
+    mesh = members(IDS3)  # full mesh: a dials b and c
+    a, b = SimNode("node-a", mesh), SimNode("node-b", mesh)
+    for _ in range(6):
+        a.tick(up={"node-b", "node-c"})
+        b.tick(up={"node-a", "node-c"})
+    redials = []
+    for k in range(1, 8):  # 1-5: blackholed (port refuses); 6-7: over, node-b answers around the link
+        over = k > 5
+        r = a.tick(
+            up={"node-b", "node-c"},
+            quiet={"node-b"} if k < 7 else (),
+            overlay={} if over else {"node-b": False},
+            dial={"node-b": over},
+        )
+        redials += [(k, act) for act in r.actions("redial", executed=True)]
+        rb = b.tick(up={"node-a", "node-c"}, quiet={"node-a"}, dial={"node-a": True})
+        assert rb.actions("redial") == [], "node-b accepts node-a's link: it never redials it"
+    assert [k for k, _ in redials] == [6], redials
+    assert "received nothing for 4.5 s" in redials[0][1].reason
+
+
+def test_a_quiet_link_that_receives_again_in_time_is_not_redialled() -> None:
+    mesh = members(IDS3)
+    a = SimNode("node-a", mesh)
+    for _ in range(6):
+        a.tick(up={"node-b", "node-c"})
+    for _ in range(3):  # 4 s of nothing on the link (a keepalive's worth), then bytes again
+        for quiet in (True, True, True, True, False):
+            r = a.tick(up={"node-b", "node-c"}, quiet={"node-b"} if quiet else (), dial={"node-b": True})
+            assert r.actions("redial") == []
+    assert a.kn.state("node-b").stuck_since is None
+
+
 def test_failed_redial_backs_off() -> None:
     mesh = members(IDS3)
     a = SimNode("node-a", mesh)
