@@ -183,7 +183,7 @@ def plan(findings: Sequence[Finding], kn: Knowledge, now: float) -> Plan:
         st = kn.state(m)
         silent = kn.has_active("peer_silent", m)
         # Stuck: our probes may reach m around the link (through a third node) and resolve `peer_silent`, while the
-        # link itself still passes nothing until a daemon drops it (a 5 s blackhole: repaired 2.15 s after it).
+        # link itself still passes nothing until a daemon drops it (a 5 s blackhole: repaired 2.16 s after it).
         stuck = st.link_up and st.stuck_since is not None
         if m in mismatched or (st.link_up and not silent and not stuck):
             continue

@@ -210,7 +210,7 @@ def test_forced_redial_only_when_the_port_answers_and_only_by_the_dialer() -> No
 
 def test_a_link_that_received_nothing_while_its_peer_answers_around_it_is_redialled() -> None:
     """After a 5 s blackhole node-a's probes reached node-b through node-c at once, so `peer_silent` resolved, but
-    the link stayed in TCP retransmission backoff until a daemon dropped it: repaired 2.15 s after the fault (SLO
+    the link stayed in TCP retransmission backoff until a daemon dropped it: repaired 2.16 s after the fault (SLO
     2 s). A link that received nothing for 4.5 s (a live 0.4 link gets a keepalive every 4 s) was stuck: the
     dialer redials it once the port answers, even if bytes pass again by then (the far end may still receive
     nothing and drop it), and only then."""
