@@ -42,6 +42,7 @@ from agent.localmesh.model import (
     NodeHandle,
 )
 from agent.localmesh.registry import MeshRecord
+from agent.localmesh.zygote import ForkedAgent, Zygote, ZygoteError
 from agent.topology import TOPOLOGIES, Link, plan_links
 from agent.yggdrasil.daemon_config import (
     DaemonConfigError,
@@ -229,7 +230,8 @@ class LocalMesh:
         self.sd_path: Path | None = None
         self._record: MeshRecord | None = None
         self._nodes: dict[str, NodeHandle] = {}
-        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._procs: dict[str, subprocess.Popen[bytes] | ForkedAgent] = {}
+        self._zygote: Zygote | None = None
         self._started_at: dict[str, float] = {}
         self._envs: dict[str, dict[str, str]] = {}
         self._argv: list[str] = []
@@ -379,6 +381,8 @@ class LocalMesh:
         if self.mode == "netns":
             self._build_network()
         self._write_files()
+        if not opts.agent_command:
+            self._start_zygote()
         for node_id in self._nodes:
             self._launch(node_id, binary)
         self.wait_healthy(timeout=opts.start_timeout)
@@ -470,13 +474,16 @@ class LocalMesh:
         # Last: a reader waiting for the inventory finds the other files already in place.
         files.write_json(self.inventory_path, self.inventory, 0o600)
 
-    def _agent_env(self, node: NodeHandle, binary: str) -> dict[str, str]:
-        assert self._record is not None and self.members_path is not None
-        env = {
+    def _base_env(self) -> dict[str, str]:
+        return {
             k: v
             for k, v in _without_proxies(dict(os.environ)).items()
             if k not in _AGENT_VARS and not k.startswith(_AGENT_PREFIXES)
         }
+
+    def _agent_env(self, node: NodeHandle, binary: str) -> dict[str, str]:
+        assert self._record is not None and self.members_path is not None
+        env = self._base_env()
         env.update(
             NODE_ID=node.id,
             LISTEN_HOST="::" if self.mode == "netns" else "127.0.0.1",
@@ -497,16 +504,49 @@ class LocalMesh:
         env.update(self.options.agent_env)
         return env
 
-    def _launch(self, node_id: str, binary: str | None = None) -> None:
-        node = self._nodes[node_id]
-        if binary is not None:
-            self._envs[node_id] = self._agent_env(node, binary)
-        argv = list(self._argv)
+    @staticmethod
+    def _death_signal_prefix() -> list[str]:
         setpriv = shutil.which("setpriv")
         if setpriv and threading.current_thread() is threading.main_thread():
             # The agents die with their owner even when it is SIGKILLed (the kernel signals them). Only from the
             # main thread: the death signal follows the *thread* that forked.
-            argv = [setpriv, "--pdeathsig", "TERM", *argv]
+            return [setpriv, "--pdeathsig", "TERM"]
+        return []
+
+    def _start_zygote(self) -> None:
+        """Agents are forked from one process that imported them once (agent.localmesh.zygote): the import was
+        half or more of the CPU an agent's start costs. If it cannot start, agents start as processes of their
+        own."""
+        assert self._record is not None
+        env = self._base_env()
+        env[procs.MARKER_ENV] = procs.marker(self._record.id, "zygote")
+        env.update({k: v for k, v in self.options.agent_env.items() if not k.startswith(_AGENT_PREFIXES)})
+        try:
+            self._zygote = Zygote(env, str(self.mesh_dir / "zygote.log"), self._death_signal_prefix()).start()
+        except (ZygoteError, OSError) as exc:
+            log.warning("local mesh: agents start as processes of their own (%s)", exc)
+            self._zygote = None
+
+    def _launch(self, node_id: str, binary: str | None = None) -> None:
+        node = self._nodes[node_id]
+        if binary is not None:
+            self._envs[node_id] = self._agent_env(node, binary)
+        zygote = self._zygote
+        if zygote is not None and zygote.alive:
+            with open(node.log_path, "ab") as out:
+                out.write(
+                    f"--- x0 local-mesh: forking x0-agent serve from zygote pid {zygote.pid}"
+                    f"{' into ' + node.netns if node.netns else ''} at {time.strftime('%H:%M:%S')}\n".encode()
+                )
+            self._started_at[node_id] = time.time()
+            try:
+                self._procs[node_id] = zygote.spawn(
+                    node_id, env=self._envs[node_id], cwd=str(node.dir), log=str(node.log_path), netns=node.netns
+                )
+                return
+            except ZygoteError as exc:
+                log.warning("local mesh: %s; starting %s as a process of its own", exc, node_id)
+        argv = [*self._death_signal_prefix(), *self._argv]
         if node.netns:
             argv = netns.exec_argv(node.netns, argv)
         with open(node.log_path, "ab") as out:
@@ -582,6 +622,8 @@ class LocalMesh:
                 for p in live:
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         p.wait(max(0.0, deadline - time.monotonic()))
+                if self._zygote is not None:
+                    self._zygote.close()
             finally:
                 try:
                     if self._record is not None:

@@ -1,0 +1,83 @@
+"""Agents forked from the zygote: each one inside its own node's namespace with its own environment, restarted
+by the zygote after a node loss, and started as processes of their own once the zygote is gone."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from agent.localmesh import LocalMesh, MeshOptions
+from agent.localmesh.procs import alive
+from tests.localmesh.support import http_client, leftovers, wait_until
+
+pytestmark = [pytest.mark.yggdrasil, pytest.mark.slow]
+
+
+def _ppid(pid: int) -> int:
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    return int(raw[raw.rindex(")") + 2 :].split()[1])
+
+
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def _healthy(mesh: LocalMesh, node_id: str) -> dict[str, object]:
+    with http_client() as client:
+        resp = client.get(f"{mesh.node(node_id).agent_url}/health")
+    assert resp.status_code == 200, resp.text
+    body: dict[str, object] = resp.json()
+    return body
+
+
+def test_forked_agents_run_in_their_own_namespace_and_come_back_after_a_node_loss(
+    require_root: None, require_yggdrasil: str, tmp_path: Path
+) -> None:
+    with LocalMesh(MeshOptions(nodes=2, mode="netns", run_dir=tmp_path)) as mesh:
+        zygotes = set()
+        for node in mesh.nodes:
+            pid = mesh.agent_pid(node.id)
+            assert pid is not None
+            zygote = _ppid(pid)
+            assert "agent.localmesh.zygote" in _cmdline(zygote)
+            zygotes.add(zygote)
+            assert node.netns is not None
+            assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(f"/run/netns/{node.netns}").st_ino
+            assert _healthy(mesh, node.id)["node_id"] == node.id  # its own NODE_ID, not the zygote's environment
+            # The daemon it supervises is its child, in the same namespace.
+            daemon = mesh.daemon_pid(node.id)
+            assert daemon is not None and _ppid(daemon) == pid
+            assert os.stat(f"/proc/{daemon}/ns/net").st_ino == os.stat(f"/proc/{pid}/ns/net").st_ino
+            assert "forking x0-agent serve from zygote" in node.log_path.read_text()
+        assert len(zygotes) == 1
+
+        old = mesh.agent_pid("node-b")
+        mesh.stop_node("node-b")
+        assert not mesh.is_running("node-b")
+        mesh.start_node("node-b")
+        new = mesh.agent_pid("node-b")
+        assert new is not None and new != old and _ppid(new) in zygotes
+        _healthy(mesh, "node-b")
+    assert leftovers(mesh.id, mesh.mesh_dir) == []
+
+
+def test_without_the_zygote_agents_start_as_processes_of_their_own(require_yggdrasil: str, tmp_path: Path) -> None:
+    with LocalMesh(MeshOptions(nodes=2, mode="loopback", run_dir=tmp_path)) as mesh:
+        first = mesh.agent_pid("node-a")
+        assert first is not None
+        zygote = _ppid(first)
+        os.kill(zygote, signal.SIGKILL)
+        # Its children get SIGTERM from the kernel and stop as asked; the mesh sees them gone.
+        wait_until("agents gone with their zygote", lambda: not any(map(mesh.is_running, mesh.node_ids)), 15.0)
+        assert not alive(first)
+        for node_id in mesh.node_ids:  # /health wants the planned peer up: both, then wait
+            mesh.start_node(node_id, wait=False)
+        mesh.wait_healthy()
+        for node in mesh.nodes:
+            pid = mesh.agent_pid(node.id)
+            assert pid is not None and _ppid(pid) == os.getpid()
+            assert "x0 local-mesh: starting" in node.log_path.read_text().rsplit("---", 1)[1]
+    assert leftovers(mesh.id, mesh.mesh_dir) == []
