@@ -317,8 +317,17 @@ class AgentState:
 
     # --- health checks --------------------------------------------------------------------------------------
 
-    def _yggdrasil_check(self) -> HealthCheck:
+    def daemon_problem(self) -> str:
+        """Why the daemon does not count as answering (see yggdrasil_ok): the latest call's error, or how long it
+        has been silent. Not the error of a call that failed before a later one succeeded: that one is history."""
         age = self.snapshot_age_s()
+        if not self.last_ok and self.last_error is not None:
+            return f"{type(self.last_error).__name__}: {self.last_error}"
+        if age is not None:
+            return f"no answer from {self.settings.yggdrasil_admin} for {age:.1f} s (daemon hung?)"
+        return f"no snapshot yet from {self.settings.yggdrasil_admin}"
+
+    def _yggdrasil_check(self) -> HealthCheck:
         if self.yggdrasil_ok():
             assert self.snapshot is not None
             return HealthCheck(
@@ -326,13 +335,7 @@ class AgentState:
                 ok=True,
                 detail=f"{self.snapshot.api_version} daemon answering at {self.settings.yggdrasil_admin}",
             )
-        parts: list[str] = []
-        if not self.last_ok and self.last_error is not None:
-            parts.append(f"{type(self.last_error).__name__}: {self.last_error}")
-        elif age is not None:
-            parts.append(f"no answer from {self.settings.yggdrasil_admin} for {age:.1f} s (daemon hung?)")
-        else:
-            parts.append(f"no snapshot yet from {self.settings.yggdrasil_admin}")
+        parts = [self.daemon_problem()]
         if self.supervisor is not None:
             parts.append(self.supervisor.describe())
         return HealthCheck(name="yggdrasil", ok=False, detail="; ".join(parts))

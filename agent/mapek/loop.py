@@ -309,11 +309,7 @@ class MapekLoop:
         agent = self._agent
         assert agent is not None
         ok = agent.yggdrasil_ok()
-        error = None
-        if not ok:
-            error = f"{type(agent.last_error).__name__}: {agent.last_error}" if agent.last_error else None
-            error = error or "the daemon's admin socket has not answered recently"
-        return DaemonRead(snapshot=agent.snapshot, ok=ok, error=error)
+        return DaemonRead(snapshot=agent.snapshot, ok=ok, error=None if ok else agent.daemon_problem())
 
     async def _refresh_membership(self) -> None:
         """Members, addresses and the watched set of the membership layer, when what they depend on changed."""
