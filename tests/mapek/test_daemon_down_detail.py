@@ -40,6 +40,7 @@ def test_a_hung_daemon_is_reported_as_hung_not_with_an_old_error(require_yggdras
             daemon = subprocess.Popen(
                 [require_yggdrasil, "-useconffile", str(config)], stdout=log, stderr=subprocess.STDOUT
             )
+
         def answering() -> bool:
             checks = client.get(f"{agent.url}/health").json()["checks"]
             return any(c["name"] == "yggdrasil" and c["ok"] for c in checks)
