@@ -68,6 +68,7 @@ def _child(request: dict[str, Any], parent: int, keep_out: list[int]) -> None:
     try:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the zygote ignores it; an agent does not
         for fd in keep_out:  # 0 and 1 (our pipes to the mesh) are replaced below
             with contextlib.suppress(OSError):
                 os.close(fd)
