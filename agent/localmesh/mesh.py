@@ -535,8 +535,8 @@ class LocalMesh:
         if zygote is not None and zygote.alive:
             with open(node.log_path, "ab") as out:
                 out.write(
-                    f"--- x0 local-mesh: forking x0-agent serve from zygote pid {zygote.pid}"
-                    f"{' into ' + node.netns if node.netns else ''} at {time.strftime('%H:%M:%S')}\n".encode()
+                    f"--- x0 local-mesh: starting x0-agent serve, forked from zygote pid {zygote.pid}"
+                    f"{' into ' + node.netns if node.netns else ''}, at {time.strftime('%H:%M:%S')}\n".encode()
                 )
             self._started_at[node_id] = time.time()
             try:
