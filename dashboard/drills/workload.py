@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 import httpx
 import msgspec
 
+from agent.consensus.schemas import OUTCOME_HEADER
+
 WORKLOAD_PAUSE_S = 0.05
 REQUEST_TIMEOUT_S = 3.0  # above the agents' 2 s write timeout: a 503 is an answer, a timeout is not
 
@@ -42,6 +44,7 @@ class Op(msgspec.Struct, kw_only=True, frozen=True):
     ok: bool  # write acknowledged (200) / read answered (200 or 404)
     status: int | None = None  # HTTP status, None for a transport failure
     error: str = ""
+    outcome: str = ""  # a refused write's X-X0-Outcome: "not-applied" (never applies), "unknown" (may apply)
 
 
 class LeaderSeen(msgspec.Struct, kw_only=True, frozen=True):
@@ -58,6 +61,9 @@ class Verdict(msgspec.Struct, kw_only=True, frozen=True):
     writes_failed: int
     reads_ok: int
     reads_failed: int
+    # Reads of a value whose write was not acknowledged and may still apply (answered `unknown`, or no answer):
+    # linearizable (that write may take effect any time after it began), reported because it surprises.
+    late_writes: list[str] = msgspec.field(default_factory=list)
 
     def summary(self) -> str:
         verdict = "CONSISTENT" if self.consistent else "INCONSISTENT"
@@ -69,6 +75,8 @@ class Verdict(msgspec.Struct, kw_only=True, frozen=True):
             parts.append(f"acknowledged writes missing at the end: {', '.join(self.lost_writes[:5])}")
         if self.stale_reads:
             parts.append(f"stale reads: {'; '.join(self.stale_reads[:5])}")
+        if self.late_writes:
+            parts.append(f"writes not acknowledged that applied later: {'; '.join(self.late_writes[:5])}")
         return "; ".join(parts)
 
 
@@ -108,13 +116,22 @@ def unavailability(ops: Sequence[Op], fault_at: float) -> tuple[float | None, fl
 
 
 def verdict(ops: Sequence[Op], final: dict[str, int | None]) -> Verdict:
-    """`final`: key -> value of a linearizable read of each key after the drill (None: absent)."""
+    """`final`: key -> value of a linearizable read of each key after the drill (None: absent).
+
+    A write answered `not-applied` must never show; one that got no acknowledgement otherwise (`unknown`, a
+    timeout) may take effect at any later time, even after later writes were acknowledged: reading its value then
+    is linearizable (listed in `late_writes`), reading any other older value is stale."""
     writes = [o for o in ops if o.kind == "write"]
     reads = [o for o in ops if o.kind == "read"]
-    attempted: dict[str, set[int]] = {}
+    attempted: dict[str, set[int]] = {}  # values that may be in the store: acknowledged or maybe applied
+    pending: dict[str, dict[int, Op]] = {}  # value -> the write not acknowledged that may still apply
     for w in writes:
-        if w.value is not None:
-            attempted.setdefault(w.key, set()).add(w.value)
+        refused = w.outcome == "not-applied" or (w.status is not None and w.status < 500)  # 4xx never apply
+        if w.value is None or (not w.ok and refused):
+            continue
+        attempted.setdefault(w.key, set()).add(w.value)
+        if not w.ok:
+            pending.setdefault(w.key, {})[w.value] = w
     lost: list[str] = []
     last_acked: dict[str, int] = {}
     for w in writes:
@@ -127,6 +144,7 @@ def verdict(ops: Sequence[Op], final: dict[str, int | None]) -> Verdict:
         if got is None or got < value or got not in attempted.get(key, set()):
             lost.append(f"{key}={value} (final {got})")
     stale: list[str] = []
+    late: list[str] = []
     acked_by_key: dict[str, list[Op]] = {}
     for w in writes:
         if w.ok and w.value is not None:
@@ -138,7 +156,16 @@ def verdict(ops: Sequence[Op], final: dict[str, int | None]) -> Verdict:
         if not before:
             continue
         newest = max(before)
-        if r.value is None or r.value < newest:
+        if r.value is None or r.value >= newest:
+            continue
+        maybe = pending.get(r.key, {}).get(r.value)
+        if maybe is not None and maybe.start < r.end:
+            answer = f"answered {maybe.status} {maybe.outcome or 'unknown'}" if maybe.status else "no answer"
+            late.append(
+                f"{r.observer} read {r.key}={r.value} at +{r.start:.2f} after {newest} was acknowledged; "
+                f"that write began at +{maybe.start:.2f}, {answer}"
+            )
+        else:
             stale.append(f"{r.observer} read {r.key}={r.value} at +{r.start:.2f}, after {newest} was acknowledged")
     return Verdict(
         consistent=not lost and not stale,
@@ -148,6 +175,7 @@ def verdict(ops: Sequence[Op], final: dict[str, int | None]) -> Verdict:
         writes_failed=sum(1 for w in writes if not w.ok),
         reads_ok=sum(1 for r in reads if r.ok),
         reads_failed=sum(1 for r in reads if not r.ok),
+        late_writes=late,
     )
 
 
@@ -242,7 +270,7 @@ class Workload:
             n += 1
             start = self.clock()
             status: int | None = None
-            error = ""
+            error = outcome = ""
             try:
                 r = await self._client.put(
                     f"{self.urls[observer]}/kv/{key}", content=str(n).encode(), headers=self._headers()
@@ -250,11 +278,12 @@ class Workload:
                 status = r.status_code
                 if status != 200:
                     error = r.text[:200]
+                    outcome = r.headers.get(OUTCOME_HEADER, "")
             except httpx.HTTPError as exc:
                 error = type(exc).__name__
             self.ops.append(
                 Op(kind="write", observer=observer, key=key, value=n, start=start, end=self.clock(),
-                   ok=status == 200, status=status, error=error)
+                   ok=status == 200, status=status, error=error, outcome=outcome)
             )  # fmt: skip
             await asyncio.sleep(WORKLOAD_PAUSE_S)
 

@@ -47,6 +47,48 @@ def test_a_read_older_than_a_write_acknowledged_before_it_began_is_stale() -> No
     assert verdict([w("k", 1, 0, 1), w("k", 2, 1, 3), r("k", 1, 2, 4)], {"k": 2}).consistent
 
 
+def refused(key: str, value: int, start: float, end: float, outcome: str) -> Op:
+    return Op(
+        kind="write",
+        observer="a",
+        key=key,
+        value=value,
+        start=start,
+        end=end,
+        ok=False,
+        status=503,
+        outcome=outcome,
+    )
+
+
+def test_a_write_answered_unknown_may_apply_after_later_writes() -> None:
+    """A 20-node blackhole drill called this INCONSISTENT: four readers read 3 after 13 and 14 were acknowledged.
+    Write 3 had been answered 503 `unknown` (forwarded to the blackholed leader, it reached the Raft log late):
+    linearizable, since it may take effect any time after it began; reported, not failed."""
+    ops = [
+        w("k", 1, 0, 1),
+        w("k", 2, 1, 2),
+        refused("k", 3, 2, 4, "unknown"),
+        *[w("k", n, n + 1, n + 1.5) for n in range(4, 14)],
+        r("k", 3, 16, 16.5),
+        w("k", 14, 17, 18),
+    ]
+    v = verdict(ops, {"k": 14})
+    assert v.consistent and v.stale_reads == [], v.summary()
+    assert len(v.late_writes) == 1 and "read k=3 at +16.00 after 13 was acknowledged" in v.late_writes[0]
+    assert "answered 503 unknown" in v.late_writes[0] and "applied later" in v.summary()
+    # A write that got no answer at all (timeout) may apply later too.
+    timed_out = Op(kind="write", observer="a", key="k", value=3, start=2, end=5, ok=False, error="ReadTimeout")
+    assert verdict([*ops[:2], timed_out, *ops[3:]], {"k": 14}).consistent
+
+
+def test_a_write_answered_not_applied_must_never_show() -> None:
+    ops = [w("k", 1, 0, 1), refused("k", 2, 1, 2, "not-applied"), w("k", 3, 2, 3), r("k", 2, 4, 5)]
+    v = verdict(ops, {"k": 3})
+    assert not v.consistent and v.late_writes == [] and "read k=2" in v.stale_reads[0]
+    assert not verdict(ops[:2], {"k": 2}).consistent  # nor be the final value
+
+
 def test_unavailability_window_and_new_leader_times() -> None:
     ops = [w("k", 1, 0, 0.1), w("k", 2, 0.9, 1.05), w("k", 3, 1.1, 3.0, ok=False), w("k", 4, 3.1, 3.2)]
     assert unavailability(ops, fault_at=1.0) == (1.05, 3.2)
