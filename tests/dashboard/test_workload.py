@@ -10,10 +10,9 @@ from dashboard.models import MeshView, NodeView
 from dashboard.widgets.node_table import raft_cell
 
 
-def w(key: str, value: int, start: float, end: float, ok: bool = True) -> Op:
-    return Op(
-        kind="write", observer="a", key=key, value=value, start=start, end=end, ok=ok, status=200 if ok else 503
-    )
+def w(key: str, value: int, start: float, end: float, ok: bool = True, outcome: str = "") -> Op:
+    return Op(kind="write", observer="a", key=key, value=value, start=start, end=end, ok=ok,
+              status=200 if ok else 503, outcome=outcome)  # fmt: skip
 
 
 def r(key: str, value: int | None, start: float, end: float) -> Op:
@@ -47,20 +46,6 @@ def test_a_read_older_than_a_write_acknowledged_before_it_began_is_stale() -> No
     assert verdict([w("k", 1, 0, 1), w("k", 2, 1, 3), r("k", 1, 2, 4)], {"k": 2}).consistent
 
 
-def refused(key: str, value: int, start: float, end: float, outcome: str) -> Op:
-    return Op(
-        kind="write",
-        observer="a",
-        key=key,
-        value=value,
-        start=start,
-        end=end,
-        ok=False,
-        status=503,
-        outcome=outcome,
-    )
-
-
 def test_a_write_answered_unknown_may_apply_after_later_writes() -> None:
     """A 20-node blackhole drill called this INCONSISTENT: four readers read 3 after 13 and 14 were acknowledged.
     Write 3 had been answered 503 `unknown` (forwarded to the blackholed leader, it reached the Raft log late):
@@ -68,7 +53,7 @@ def test_a_write_answered_unknown_may_apply_after_later_writes() -> None:
     ops = [
         w("k", 1, 0, 1),
         w("k", 2, 1, 2),
-        refused("k", 3, 2, 4, "unknown"),
+        w("k", 3, 2, 4, ok=False, outcome="unknown"),
         *[w("k", n, n + 1, n + 1.5) for n in range(4, 14)],
         r("k", 3, 16, 16.5),
         w("k", 14, 17, 18),
@@ -83,7 +68,7 @@ def test_a_write_answered_unknown_may_apply_after_later_writes() -> None:
 
 
 def test_a_write_answered_not_applied_must_never_show() -> None:
-    ops = [w("k", 1, 0, 1), refused("k", 2, 1, 2, "not-applied"), w("k", 3, 2, 3), r("k", 2, 4, 5)]
+    ops = [w("k", 1, 0, 1), w("k", 2, 1, 2, ok=False, outcome="not-applied"), w("k", 3, 2, 3), r("k", 2, 4, 5)]
     v = verdict(ops, {"k": 3})
     assert not v.consistent and v.late_writes == [] and "read k=2" in v.stale_reads[0]
     assert not verdict(ops[:2], {"k": 2}).consistent  # nor be the final value
