@@ -31,6 +31,8 @@ import time
 import traceback
 from typing import Any
 
+from agent.localmesh import procs
+
 CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
 NETNS_DIR = "/run/netns"
@@ -202,7 +204,7 @@ class ForkedAgent:
     def poll(self) -> int | None:
         if self.returncode is None:
             code = self._zygote.exit_code(self.pid)
-            if code is None and not self._zygote.alive and not _alive(self.pid):
+            if code is None and not self._zygote.alive and not procs.alive(self.pid):
                 code = -signal.SIGTERM  # the zygote died first and took its children with it (PR_SET_PDEATHSIG)
             self.returncode = code
         return self.returncode
@@ -214,12 +216,6 @@ class ForkedAgent:
                 raise subprocess.TimeoutExpired(f"agent pid {self.pid}", timeout or 0.0)
             self._zygote.wait_exit(0.05)
         return code
-
-
-def _alive(pid: int) -> bool:
-    from agent.localmesh.procs import alive
-
-    return alive(pid)
 
 
 class Zygote:
@@ -262,7 +258,12 @@ class Zygote:
                 self._cond.wait(max(0.0, deadline - time.monotonic()))
             if self._ready:
                 return self
+            exited = self._eof
         self.close()
+        if exited and self._proc is not None:
+            raise ZygoteError(
+                f"the agent zygote exited before it was ready (code {self._proc.returncode}): {self._tail()}"
+            )
         raise ZygoteError(f"the agent zygote did not start within {timeout:g} s: {self._tail()}")
 
     def _tail(self) -> str:

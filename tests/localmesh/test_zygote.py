@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.localmesh import LocalMesh, MeshOptions
+from agent.localmesh import LocalMesh, LocalMeshError, MeshOptions
 from agent.localmesh.procs import alive
+from agent.localmesh.zygote import Zygote, ZygoteError
 from tests.localmesh.support import http_client, leftovers, wait_until
 
 pytestmark = [pytest.mark.yggdrasil, pytest.mark.slow]
@@ -82,3 +83,26 @@ def test_without_the_zygote_agents_start_as_processes_of_their_own(require_yggdr
             last_start = node.log_path.read_text().rsplit("---", 1)[1]
             assert "x0 local-mesh: starting" in last_start and "forked from zygote" not in last_start
     assert leftovers(mesh.id, mesh.mesh_dir) == []
+
+
+def test_a_forked_agent_that_fails_at_start_fails_the_start_with_its_exit_code(
+    require_yggdrasil: str, tmp_path: Path
+) -> None:
+    mesh = LocalMesh(
+        MeshOptions(nodes=1, mode="loopback", run_dir=tmp_path, agent_env={"X0_MONITOR_INTERVAL": "often"})
+    )
+    with pytest.raises(LocalMeshError, match=r"(?s)node-a: agent exited with code 2 .*X0_MONITOR_INTERVAL"):
+        mesh.start()
+    assert "forked from zygote" in mesh.node("node-a").log_path.read_text()
+    assert leftovers(mesh.id, mesh.mesh_dir) == []
+
+
+def test_a_zygote_that_cannot_import_the_agent_says_why(tmp_path: Path) -> None:
+    broken = tmp_path / "shadow" / "agent"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('this agent package is broken on purpose')\n")
+    # PYTHONSAFEPATH: `python -m` would otherwise put the working directory (this checkout) first.
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(broken.parent)}
+    env["PYTHONSAFEPATH"] = "1"
+    with pytest.raises(ZygoteError, match=r"exited before it was ready \(code 1\): .*broken on purpose"):
+        Zygote(env, str(tmp_path / "zygote.log")).start(timeout=30)
