@@ -80,6 +80,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     raft_secret: str | None = None
     raft_replace_after: float = 60.0
     raft_write_timeout: float = 2.0
+    # How far apart members' clocks may be: the slack on a write's X-X0-Deadline (contracts §7).
+    raft_clock_skew: float = 1.0
     # auto: a member's raft_address, else its overlay address, else its agent URL's host (contracts §7);
     # overlay: always its overlay address, learned from the member's agent when the members file has none (Nomad).
     raft_transport: RaftTransport = "auto"
@@ -171,6 +173,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raft_secret=get("X0_RAFT_SECRET"),
             raft_replace_after=_float(get("X0_RAFT_REPLACE_AFTER"), "X0_RAFT_REPLACE_AFTER", 60.0, 1.0, 86400.0),
             raft_write_timeout=_float(get("X0_RAFT_WRITE_TIMEOUT"), "X0_RAFT_WRITE_TIMEOUT", 2.0, 0.1, 60.0),
+            raft_clock_skew=_float(get("X0_RAFT_CLOCK_SKEW"), "X0_RAFT_CLOCK_SKEW", 1.0, 0.0, 60.0),
             raft_transport=_raft_transport(get("X0_RAFT_TRANSPORT")),
         )
 

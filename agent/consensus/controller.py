@@ -7,6 +7,7 @@ The service is injected as the `consensus` dependency by `agent.consensus.servic
 from __future__ import annotations
 
 import base64
+import math
 import re
 import time
 from typing import TYPE_CHECKING, Annotated, Any
@@ -27,6 +28,7 @@ from agent.auth import require_token
 from agent.consensus import lease as leases
 from agent.consensus.engine import RaftUnavailable
 from agent.consensus.schemas import (
+    DEADLINE_HEADER,
     OUTCOME_HEADER,
     REQUEST_ID_HEADER,
     REQUEST_ID_RE,
@@ -155,9 +157,53 @@ RequestId = Annotated[
     ),
 ]
 
+Deadline = Annotated[
+    str | None,
+    HeaderParameter(
+        name=DEADLINE_HEADER,
+        description=(
+            "when you stop waiting for this write (Unix time, seconds, e.g. 1796468669.87): a node it reaches "
+            "later than this plus X0_RAFT_CLOCK_SKEW (default 1 s) refuses it (503, X-X0-Outcome: not-applied), "
+            "and no voter hands it to Raft after then, so a request held up in the network cannot apply long "
+            "after you gave up on it. Client agents send it with every write they forward."
+        ),
+    ),
+]
+
+
+def check_deadline(consensus: ConsensusService, raw: str | None, timer: _Timer) -> float | None:
+    """The writer's deadline plus the clock slack (Unix time): the write must reach Raft by then."""
+    if raw is None:
+        return None
+    try:
+        deadline = float(raw)
+    except ValueError:
+        deadline = math.nan
+    if not math.isfinite(deadline):
+        timer.done("invalid")
+        raise ClientException(
+            detail=f"invalid {DEADLINE_HEADER}: a Unix time in seconds, e.g. 1796468669.87 (got {raw[:40]!r})"
+        )
+    skew = consensus.settings.raft_clock_skew
+    late = time.time() - deadline
+    if late > skew:
+        timer.done("unavailable")
+        raise ServiceUnavailableException(
+            detail=(
+                f"the write reached {consensus.node_id} {late:.2f} s after its writer's deadline "
+                f"({DEADLINE_HEADER}; clocks may differ by X0_RAFT_CLOCK_SKEW={skew:g} s); not applied"
+            ),
+            headers={OUTCOME_HEADER: "not-applied"},
+        )
+    return deadline + skew
+
 
 async def _relay(
-    consensus: ConsensusService, request: Request[Any, Any, Any], timer: _Timer, request_id: str | None = None
+    consensus: ConsensusService,
+    request: Request[Any, Any, Any],
+    timer: _Timer,
+    request_id: str | None = None,
+    not_after: float | None = None,
 ) -> Response[bytes]:
     """A client forwards the request to a voter and hands back its answer."""
     if request.headers.get(FORWARDED):
@@ -171,6 +217,8 @@ async def _relay(
             params=dict(request.query_params),
             content=body,
             request_id=request_id,
+            # The voter allows the clock slack again: hand it the writer's own deadline.
+            writer_deadline=None if not_after is None else not_after - consensus.settings.raft_clock_skew,
         )
     except RaftUnavailable as exc:
         timer.done("unavailable")
@@ -301,6 +349,7 @@ class KvController(Controller):
         consensus: NamedDependency[ConsensusService],
         cas: Cas = None,
         request_id: RequestId = None,
+        deadline: Deadline = None,
     ) -> KvWrite | Response[bytes]:
         timer = _Timer(consensus, "put" if cas is None else "cas")
         try:
@@ -313,13 +362,14 @@ class KvController(Controller):
         if len(value) > MAX_VALUE_BYTES:
             timer.done("invalid")
             raise TooLarge(detail=f"value is {len(value)} bytes: the limit is {MAX_VALUE_BYTES} bytes (64 KiB)")
+        not_after = check_deadline(consensus, deadline, timer)
         _check_served(consensus, timer)
         if consensus.is_client():
-            return await _relay(consensus, request, timer, request_id)
+            return await _relay(consensus, request, timer, request_id, not_after)
         from agent.consensus.service import KvConflict, KvFull
 
         try:
-            modify, index = await consensus.put(key, value, cas, request_id)
+            modify, index = await consensus.put(key, value, cas, request_id, not_after)
         except KvConflict as exc:
             timer.done("conflict")
             raise Conflict(detail=str(exc)) from None
@@ -351,6 +401,7 @@ class KvController(Controller):
         consensus: NamedDependency[ConsensusService],
         cas: Cas = None,
         request_id: RequestId = None,
+        deadline: Deadline = None,
     ) -> KvDelete | Response[bytes]:
         timer = _Timer(consensus, "delete")
         try:
@@ -359,13 +410,14 @@ class KvController(Controller):
         except ClientException:
             timer.done("invalid")
             raise
+        not_after = check_deadline(consensus, deadline, timer)
         _check_served(consensus, timer)
         if consensus.is_client():
-            return await _relay(consensus, request, timer, request_id)
+            return await _relay(consensus, request, timer, request_id, not_after)
         from agent.consensus.service import KvConflict
 
         try:
-            deleted, index = await consensus.delete(key, cas, request_id)
+            deleted, index = await consensus.delete(key, cas, request_id, not_after)
         except KvConflict as exc:
             timer.done("conflict")
             raise Conflict(detail=str(exc)) from None

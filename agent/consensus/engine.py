@@ -353,11 +353,13 @@ class RaftEngine:
                 raise RaftUnavailable(reason, outcome_unknown=in_flight)
             await asyncio.sleep(pause)
 
-    async def _batched(self, op: tuple[Any, ...]) -> Any:
-        """Queue one op for the next log entry; wait for its own result (or RaftUnavailable)."""
+    async def _batched(self, op: tuple[Any, ...], not_after: float | None = None) -> Any:
+        """Queue one op for the next log entry; wait for its own result (or RaftUnavailable). `not_after` (loop
+        time) is the writer's own deadline when it is earlier than ours: the op is not handed to Raft later."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        self._pending.append((op, fut, loop.time() + self.write_timeout))
+        deadline = loop.time() + self.write_timeout
+        self._pending.append((op, fut, deadline if not_after is None else min(deadline, not_after)))
         if self._draining is None or self._draining.done():
             self._draining = loop.create_task(self._drain(), name="x0-raft-batch")
         try:
@@ -375,6 +377,20 @@ class RaftEngine:
         unknown (it had reached a log), and then once (request ids)."""
         loop = asyncio.get_running_loop()
         while self._pending:
+            # A request whose deadline passed while it waited for the entry in flight is refused on its own: in
+            # a batch it would fail the others at once, with budget left.
+            now = loop.time()
+            for _, fut, deadline in self._pending:
+                if deadline <= now and not fut.done():
+                    fut.set_exception(
+                        RaftUnavailable(
+                            f"its deadline passed before it reached Raft ({self.why_unavailable()})",
+                            outcome_unknown=False,
+                        )
+                    )
+            self._pending = [p for p in self._pending if p[2] > now]
+            if not self._pending:
+                break
             n, size = 0, 0
             while n < len(self._pending) and n < MAX_BATCH and (n == 0 or size < MAX_BATCH_BYTES):
                 size += sum(len(x) for x in self._pending[n][0] if isinstance(x, bytes))
@@ -396,11 +412,13 @@ class RaftEngine:
                 if not fut.done():
                     fut.set_result(result)
 
-    async def put(self, key: str, value: bytes, cas: int | None, rid: str) -> Result:
-        return await self._batched(("put", key, value, cas, rid))  # type: ignore[no-any-return]
+    async def put(
+        self, key: str, value: bytes, cas: int | None, rid: str, not_after: float | None = None
+    ) -> Result:
+        return await self._batched(("put", key, value, cas, rid), not_after)  # type: ignore[no-any-return]
 
-    async def delete(self, key: str, cas: int | None, rid: str) -> Result:
-        return await self._batched(("delete", key, cas, rid))  # type: ignore[no-any-return]
+    async def delete(self, key: str, cas: int | None, rid: str, not_after: float | None = None) -> Result:
+        return await self._batched(("delete", key, cas, rid), not_after)  # type: ignore[no-any-return]
 
     async def append_trim(
         self, prefix: str, key: str, value: bytes, keep: int, rid: str, create_only: bool = False

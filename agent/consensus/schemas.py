@@ -16,6 +16,10 @@ REQUEST_ID_RE = r"^[A-Za-z0-9_.:-]{1,64}$"
 # On a 503 to a write: `not-applied` (refused before reaching a Raft log, or overwritten there: it never applies)
 # or `unknown` (it reached a log and the answer was lost: it may still apply; read the key back before retrying).
 OUTCOME_HEADER = "X-X0-Outcome"
+# On a PUT or DELETE: when its writer stops waiting (Unix time, seconds). A node that gets the write later than
+# this plus X0_RAFT_CLOCK_SKEW refuses it (503 `not-applied`) and no voter hands it to Raft after then: a request
+# held up in the network (a blackholed link retransmitting) cannot apply long after its writer was told 503.
+DEADLINE_HEADER = "X-X0-Deadline"
 
 
 class ClusterMember(msgspec.Struct, kw_only=True):

@@ -42,7 +42,14 @@ import msgspec
 from agent.auth import ALLOW_CLEAR_ENV, may_send_token
 from agent.consensus import voters as vt
 from agent.consensus.engine import RaftEngine, RaftStatus, RaftUnavailable
-from agent.consensus.schemas import OUTCOME_HEADER, REQUEST_ID_HEADER, Cluster, ClusterMember, Role
+from agent.consensus.schemas import (
+    DEADLINE_HEADER,
+    OUTCOME_HEADER,
+    REQUEST_ID_HEADER,
+    Cluster,
+    ClusterMember,
+    Role,
+)
 from agent.consensus.store import Entry
 from agent.members import Member, Members
 from agent.settings import Settings
@@ -102,6 +109,13 @@ class KvValue:
     index: int
     stale: bool
     lag: int | None
+
+
+def _loop_time(unix: float | None) -> float | None:
+    """A Unix time on the running loop's clock, which the engine's deadlines use."""
+    if unix is None:
+        return None
+    return asyncio.get_running_loop().time() + (unix - time.time())
 
 
 def address_is_local(host: str) -> bool:
@@ -750,13 +764,16 @@ class ConsensusService:
         params: dict[str, str] | None = None,
         content: bytes | None = None,
         request_id: str | None = None,
+        writer_deadline: float | None = None,
     ) -> httpx.Response:
         """Send a /kv request to a voter (leader first); the first answer that is not a connection failure or a
         503 wins, within the write timeout. Raises RaftUnavailable when none answers.
 
         A write carries one request id to every voter it tries, so trying the next voter after a timeout cannot
         apply it twice; and once an attempt may have reached a voter, failing in the end says the outcome is
-        unknown, whatever the last voter answered."""
+        unknown, whatever the last voter answered. It also carries the time we stop waiting (the writer's own
+        `writer_deadline`, Unix time, when earlier): a voter it reaches later refuses it, so an attempt we gave
+        up on cannot apply long after our 503."""
         if self._http is None:
             raise RaftUnavailable(self.detail)
         headers = {"X-X0-Forwarded": self.node_id}
@@ -765,6 +782,8 @@ class ConsensusService:
             headers[REQUEST_ID_HEADER] = request_id or uuid.uuid4().hex
             if self.settings.api_token:  # reads need no token: it travels only with writes
                 headers["Authorization"] = f"Bearer {self.settings.api_token}"
+            ours = time.time() + self.settings.raft_write_timeout
+            headers[DEADLINE_HEADER] = f"{min(ours, writer_deadline or ours):.3f}"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.raft_write_timeout
         last = self._bind_refused or "no voter known"
@@ -875,19 +894,28 @@ class ConsensusService:
         return engine.state.list(prefix, limit)
 
     async def put(
-        self, key: str, value: bytes, cas: int | None = None, request_id: str | None = None
+        self,
+        key: str,
+        value: bytes,
+        cas: int | None = None,
+        request_id: str | None = None,
+        not_after: float | None = None,
     ) -> tuple[int, int]:
+        """`not_after` (Unix time): the writer's deadline plus the clock slack; not handed to Raft later."""
         engine = self._require_engine()
-        status, a, index = await engine.put(key, value, cas, request_id or uuid.uuid4().hex)
+        rid = request_id or uuid.uuid4().hex
+        status, a, index = await engine.put(key, value, cas, rid, _loop_time(not_after))
         if status == "conflict":
             raise KvConflict(key, cas if cas is not None else -1, a)
         if status == "full":
             raise KvFull(f"the store holds {a} bytes: this write would exceed its 64 MiB limit")
         return a, index
 
-    async def delete(self, key: str, cas: int | None = None, request_id: str | None = None) -> tuple[bool, int]:
+    async def delete(
+        self, key: str, cas: int | None = None, request_id: str | None = None, not_after: float | None = None
+    ) -> tuple[bool, int]:
         engine = self._require_engine()
-        status, a, index = await engine.delete(key, cas, request_id or uuid.uuid4().hex)
+        status, a, index = await engine.delete(key, cas, request_id or uuid.uuid4().hex, _loop_time(not_after))
         if status == "conflict":
             raise KvConflict(key, cas if cas is not None else -1, a)
         return bool(a), index

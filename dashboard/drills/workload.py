@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import httpx
 import msgspec
 
-from agent.consensus.schemas import OUTCOME_HEADER
+from agent.consensus.schemas import DEADLINE_HEADER, OUTCOME_HEADER
 
 WORKLOAD_PAUSE_S = 0.05
 REQUEST_TIMEOUT_S = 3.0  # above the agents' 2 s write timeout: a 503 is an answer, a timeout is not
@@ -272,8 +272,10 @@ class Workload:
             status: int | None = None
             error = outcome = ""
             try:
+                # The deadline: a write we gave up on must not apply later, after the history below ends.
+                deadline = {DEADLINE_HEADER: f"{time.time() + REQUEST_TIMEOUT_S:.3f}"}
                 r = await self._client.put(
-                    f"{self.urls[observer]}/kv/{key}", content=str(n).encode(), headers=self._headers()
+                    f"{self.urls[observer]}/kv/{key}", content=str(n).encode(), headers=self._headers() | deadline
                 )
                 status = r.status_code
                 if status != 200:

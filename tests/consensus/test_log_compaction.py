@@ -5,23 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from pathlib import Path
 
 import pytest
 
 from agent.consensus.engine import COMPACT_AFTER_BYTES, IDLE_COMPACT_AFTER_S, IDLE_COMPACT_MIN_BYTES, RaftEngine
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+from agent.localmesh.mesh import free_ports
+from tests.consensus.engines import elect, start_engines
 
 
 def log_len(engine: RaftEngine) -> int:
@@ -39,27 +30,6 @@ def resident_kib(path: Path) -> int:
         elif inside and line.startswith("Rss:"):
             total += int(head[1])
     return total
-
-
-async def start_engines(addrs: list[str], data: Path) -> list[RaftEngine]:
-    """One engine per address, each with its journal under `data` (kept across calls: a restart)."""
-    engines = [
-        RaftEngine(a, addrs, secret="compaction-test", data_dir=data / f"n{i}", write_timeout=5.0)
-        for i, a in enumerate(addrs)
-    ]
-    for e in engines:
-        await e.start()
-    return engines
-
-
-async def elect(engines: list[RaftEngine]) -> RaftEngine:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        leader = next((e for e in engines if e.status.role == "leader"), None)
-        if leader is not None:
-            return leader
-        await asyncio.sleep(0.1)
-    raise AssertionError("no leader within 20 s")
 
 
 async def converge(engines: list[RaftEngine], size: int) -> list[int]:

@@ -151,6 +151,7 @@ def test_bad_keys_sizes_and_tokens_are_refused_and_change_nothing(run: Run) -> N
     url = run.mesh.node("node-b").agent_url
     h = auth(run.mesh)
     before = replica(run.http, run.mesh, "node-a", "t/")
+    late = {"X-X0-Deadline": f"{time.time() - 1.5:.3f}"}
     cases = [
         (run.http.put(f"{url}/kv/bad key", content=b"x", headers=h), 400, "invalid key"),
         (run.http.put(f"{url}/kv/{'k' * 513}", content=b"x", headers=h), 400, "512"),
@@ -161,11 +162,23 @@ def test_bad_keys_sizes_and_tokens_are_refused_and_change_nothing(run: Run) -> N
         (run.http.put(f"{url}/kv/x", content=b"x", headers=h, params={"cas": "abc"}), 400, "cas"),
         (run.http.get(f"{url}/kv/never-written"), 404, "never-written"),
         (run.http.get(f"{url}/kv", params={"limit": "0"}), 400, "limit"),
+        # A write that arrives after its writer's deadline (plus the 1 s clock slack), or with a deadline that
+        # is not a time.
+        (run.http.put(f"{url}/kv/t/late", content=b"x", headers=h | late), 503, "after its writer's deadline"),
+        (run.http.delete(f"{url}/kv/t/00001", headers=h | late), 503, "after its writer's deadline"),
+        (run.http.put(f"{url}/kv/t/late", content=b"x", headers=h | {"X-X0-Deadline": "soon"}), 400, "Deadline"),
+        (run.http.put(f"{url}/kv/t/late", content=b"x", headers=h | {"X-X0-Deadline": "nan"}), 400, "Deadline"),
     ]
     for r, status, words in cases:
         assert r.status_code == status, (r.request.method, r.request.url, r.status_code, r.text)
         assert words in r.json()["detail"], r.text
+        if status == 503:
+            assert r.headers.get("x-x0-outcome") == "not-applied", r.headers
     assert replica(run.http, run.mesh, "node-a", "t/") == before
+    # A deadline still ahead is no obstacle.
+    soon = {"X-X0-Deadline": f"{time.time() + 3:.3f}"}
+    assert run.http.put(f"{url}/kv/t/in-time", content=b"x", headers=h | soon).status_code == 200
+    run.acked["t/in-time"] = b"x"
     # The limit itself is allowed.
     assert run.write("node-c", key="t/exactly-64k").status_code == 200
     r = put(run.http, run.mesh, "node-a", "t/exactly-64k", b"y" * 64 * 1024)
