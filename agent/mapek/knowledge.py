@@ -165,6 +165,11 @@ class PlannedAction(msgspec.Struct, frozen=True, kw_only=True):
 # second, and a link quiet for 3 s is dropped), so a live link never receives nothing for this long. One that does
 # is stuck: after a blackhole its TCP connection sits in retransmission backoff, and a 0.4 daemon drops it at 6 s.
 STUCK_QUIET_S = 4.5
+# With our own probes failing too (`peer_silent` open), a shorter silence is evidence enough: the watched links
+# carry SWIM pings and acks every probe interval (0.4 s), and after 2 s of loss a TCP connection's retransmission
+# timer is already past a second. A 5 s blackhole quietened a link for 4-5 s as the snapshots saw it: on the wrong
+# side of 4.5 s, its dialer left it to the daemons: repaired 2.23 s after the fault (scale_bench.py short case).
+SILENT_STUCK_S = 2.0
 
 
 @dataclass
@@ -195,16 +200,16 @@ class MemberState:
     def quarantined(self, now: float) -> bool:
         return self.quarantine_until is not None and now < self.quarantine_until
 
-    def link_stuck(self, now: float) -> bool:
-        """The link is up and has received nothing for STUCK_QUIET_S (and has been up that long). See
+    def link_stuck(self, now: float, quiet_s: float = STUCK_QUIET_S) -> bool:
+        """The link is up and has received nothing for `quiet_s` (and has been up that long). See
         `stuck_since`: a link stuck once stays suspect after bytes pass again, because one end may receive (the
         other's retransmission got through) while the other still receives nothing and drops it."""
         return (
             self.link_up
             and self.traffic_at is not None
-            and now - self.traffic_at >= STUCK_QUIET_S
+            and now - self.traffic_at >= quiet_s
             and self.link_up_since is not None
-            and now - self.link_up_since >= STUCK_QUIET_S
+            and now - self.link_up_since >= quiet_s
         )
 
     def new_flaps(self) -> int:
@@ -411,7 +416,10 @@ class Knowledge:
                     received = sample.bytes_recvd is not None and (last is None or sample.received_since(last))
                     if received:
                         st.traffic_at = now
-                    elif st.stuck_since is None and st.link_stuck(now):
+                    elif st.stuck_since is None and (
+                        st.link_stuck(now)
+                        or (self.has_active("peer_silent", m) and st.link_stuck(now, SILENT_STUCK_S))
+                    ):
                         st.stuck_since = now
                     st.sample = sample
                 else:

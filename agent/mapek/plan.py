@@ -24,7 +24,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 import msgspec
 
 from agent import topology
-from agent.mapek.knowledge import STUCK_QUIET_S, Finding, Knowledge, PlannedAction
+from agent.mapek.knowledge import SILENT_STUCK_S, STUCK_QUIET_S, Finding, Knowledge, PlannedAction
 from agent.members import peer_uri
 
 # A redial waits for a fresh "port answers" probe: older than this it says nothing about now.
@@ -197,8 +197,9 @@ def plan(findings: Sequence[Finding], kn: Knowledge, now: float) -> Plan:
             continue
         if stuck and not silent:
             why = (
-                f"{m} answers on its peering port but our link to it received nothing for {STUCK_QUIET_S:g} s or "
-                "more (stuck in TCP retransmission backoff): redial now instead of waiting for a daemon to drop it"
+                f"{m} answers on its peering port but our link to it received nothing for {STUCK_QUIET_S:g} s (or "
+                f"{SILENT_STUCK_S:g} s while our probes of it failed too): stuck in TCP retransmission backoff: "
+                "redial now instead of waiting for a daemon to drop it"
             )
         elif silent and st.link_up:
             why = (

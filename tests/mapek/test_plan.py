@@ -235,6 +235,30 @@ def test_a_link_that_received_nothing_while_its_peer_answers_around_it_is_redial
     assert "received nothing for 4.5 s" in redials[0][1].reason
 
 
+def test_a_link_silent_for_our_probes_too_is_stuck_after_2s_of_nothing() -> None:
+    """bench/scale_bench.py short case, a 5 s blackhole of node-c: the link from node-b received nothing for 4-5 s
+    as the 1 s snapshots saw it, so the 4.5 s rule never fired before the far end's retransmissions got through;
+    node-b's probes then reached node-c around the link, and the daemons dropped and redialled it themselves:
+    repaired 2.23 s after the fault (SLO 2 s). With `peer_silent` open, 2 s of nothing marks the link stuck."""
+    mesh = members(IDS3)  # full mesh: a dials b and c
+    a = SimNode("node-a", mesh)
+    for _ in range(6):
+        a.tick(up={"node-b", "node-c"})
+    redials = []
+    for k in range(1, 7):  # 1-4: blackholed, nothing received; 5-6: over, bytes again, node-b answers around it
+        over = k > 4
+        r = a.tick(
+            up={"node-b", "node-c"},
+            quiet=() if over else {"node-b"},
+            overlay={} if over else {"node-b": False},
+            dial={"node-b": over},
+        )
+        redials += [(k, act) for act in r.actions("redial", executed=True)]
+        if k == 5:
+            assert a.kn.state("node-b").traffic_at == a.now  # bytes again: the 4.5 s rule can no longer fire
+    assert [k for k, _ in redials] == [5], redials
+
+
 def test_a_quiet_link_that_receives_again_in_time_is_not_redialled() -> None:
     mesh = members(IDS3)
     a = SimNode("node-a", mesh)
