@@ -165,10 +165,11 @@ class PlannedAction(msgspec.Struct, frozen=True, kw_only=True):
 # second, and a link quiet for 3 s is dropped), so a live link never receives nothing for this long. One that does
 # is stuck: after a blackhole its TCP connection sits in retransmission backoff, and a 0.4 daemon drops it at 6 s.
 STUCK_QUIET_S = 4.5
-# With our own probes failing too (`peer_silent` open), a shorter silence is evidence enough: the watched links
-# carry SWIM pings and acks every probe interval (0.4 s), and after 2 s of loss a TCP connection's retransmission
-# timer is already past a second. A 5 s blackhole quietened a link for 4-5 s as the snapshots saw it: on the wrong
-# side of 4.5 s, its dialer left it to the daemons: repaired 2.23 s after the fault (scale_bench.py short case).
+# With our own probes failing too (`peer_silent` open) and the peering port not answering, a shorter silence is
+# evidence enough: the watched links carry SWIM pings and acks every probe interval (0.4 s), and after 2 s of loss
+# a TCP connection's retransmission timer is already past a second. A 5 s blackhole quietened a link for 4-5 s as
+# the snapshots saw it: on the wrong side of 4.5 s, its dialer left it to the daemons: repaired 2.23 s after the
+# fault (scale_bench.py short case).
 SILENT_STUCK_S = 2.0
 
 
@@ -210,6 +211,16 @@ class MemberState:
             and now - self.traffic_at >= quiet_s
             and self.link_up_since is not None
             and now - self.link_up_since >= quiet_s
+        )
+
+    def cut_while_silent(self, now: float, kn: Knowledge, member: str) -> bool:
+        """Quiet for SILENT_STUCK_S with `peer_silent` open while the member's peering port does not answer
+        either: the path is cut (a blackhole), not the far agent slow or still starting, whose port the kernel
+        answers. Quiet and silent alone (a 20-node start, its agents busy) redialled 10 links in one formation."""
+        return (
+            self.dial_fail_since is not None
+            and kn.has_active("peer_silent", member)
+            and self.link_stuck(now, SILENT_STUCK_S)
         )
 
     def new_flaps(self) -> int:
@@ -416,10 +427,7 @@ class Knowledge:
                     received = sample.bytes_recvd is not None and (last is None or sample.received_since(last))
                     if received:
                         st.traffic_at = now
-                    elif st.stuck_since is None and (
-                        st.link_stuck(now)
-                        or (self.has_active("peer_silent", m) and st.link_stuck(now, SILENT_STUCK_S))
-                    ):
+                    elif st.stuck_since is None and (st.link_stuck(now) or st.cut_while_silent(now, self, m)):
                         st.stuck_since = now
                     st.sample = sample
                 else:
@@ -570,6 +578,15 @@ class Knowledge:
 
     def actions_since(self, since: float) -> list[Action]:
         return [a for a in self.actions if a.at >= since]
+
+    def redialled(self, member: str, since: float) -> bool:
+        """Whether a redial of `member` succeeded at or after `since` (the newest actions are scanned first)."""
+        for a in reversed(self.actions):
+            if a.at < since:
+                return False
+            if a.target == member and a.action == "redial" and a.outcome == "ok":
+                return True
+        return False
 
     def executed_since(self, since: float) -> list[Action]:
         """Actions that touched the daemon (not skipped, not bookkeeping) since `since`."""

@@ -259,6 +259,49 @@ def test_a_link_silent_for_our_probes_too_is_stuck_after_2s_of_nothing() -> None
     assert [k for k, _ in redials] == [5], redials
 
 
+def test_the_gap_of_our_own_redial_is_not_a_lost_peer_unless_the_link_stays_down() -> None:
+    """scale_bench short case: node-b redialled node-c 0.14 s after a 5 s blackhole ended, a snapshot in the
+    redial's gap opened `peer_lost`, and it resolved a tick later: repaired 2.33 s after the fault."""
+    mesh = members(IDS3)  # full mesh: a dials b and c
+    a = SimNode("node-a", mesh)
+    for _ in range(6):
+        a.tick(up={"node-b", "node-c"})
+    for _ in range(4):  # blackholed
+        a.tick(up={"node-b", "node-c"}, quiet={"node-b"}, overlay={"node-b": False}, dial={"node-b": False})
+    (redial,) = a.tick(up={"node-b", "node-c"}, dial={"node-b": True}).actions("redial", executed=True)
+    assert redial.target == "node-b"
+    a.tick(up={"node-c"}, dial={"node-b": True}, dt=0.3)  # the redial's gap
+    assert not a.kn.has_active("peer_lost", "node-b")
+    a.tick(up={"node-b", "node-c"}, dt=0.7)
+    assert not [i for i in a.kn.incidents if i.subject == "node-b" and i.resolved_at is None]
+    # A redial whose link does not come back: lost once the settle time is over.
+    redialled_at = None
+    for _ in range(7):  # quiet 4.5 s while node-b answers around the link: stuck, redialled
+        r = a.tick(up={"node-b", "node-c"}, quiet={"node-b"}, dial={"node-b": True})
+        if r.actions("redial", executed=True):
+            redialled_at = a.now
+    assert redialled_at == a.now, "the stuck link was redialled at the last tick"
+    for _ in range(3):
+        r = a.tick(up={"node-c"}, dial={"node-b": False}, dt=0.5)
+        assert "peer_lost" not in [f.kind for f in r.findings], (a.now - redialled_at, r.findings)
+    r = a.tick(up={"node-c"}, dial={"node-b": False}, dt=0.6)
+    assert "peer_lost" in [f.kind for f in r.findings if f.subject == "node-b"], r.findings
+
+
+def test_a_quiet_silent_link_whose_port_answers_is_not_stuck_after_2s() -> None:
+    """A far agent that is slow or still starting: the link is quiet and `peer_silent` opens, but the kernel
+    answers the peering port. Marking it stuck at 2 s redialled 10 links in one 20-node start; only the 4.5 s
+    rule applies to it."""
+    mesh = members(IDS3)
+    a = SimNode("node-a", mesh)
+    for _ in range(6):
+        a.tick(up={"node-b", "node-c"})
+    for _ in range(4):
+        a.tick(up={"node-b", "node-c"}, quiet={"node-b"}, overlay={"node-b": False}, dial={"node-b": True})
+    assert a.kn.has_active("peer_silent", "node-b")
+    assert a.kn.state("node-b").stuck_since is None
+
+
 def test_a_quiet_link_that_receives_again_in_time_is_not_redialled() -> None:
     mesh = members(IDS3)
     a = SimNode("node-a", mesh)
