@@ -375,3 +375,41 @@ def test_the_end_that_lets_the_other_lead_still_measures_its_own_round_trip() ->
         entry = nodes[me].members[other]
         assert entry.srtt_s is not None and entry.srtt_at is not None
         assert until - entry.srtt_at <= OWN_RTT_EVERY_S + CFG.probe_interval_s * 2, (me, entry.srtt_at)
+
+
+def _kinds(sends: list[Send]) -> list[tuple[str, str]]:
+    return [(type(s.message).__name__, s.to) for s in sends]
+
+
+def test_the_quiet_end_asks_helpers_at_once_when_the_leading_ends_ping_is_overdue() -> None:
+    """3-node short blackholes: the quiet end of a link to the blackholed leader found out 0.44-0.48 s after its
+    last ping, plus the 0.3 s direct timeout, plus 0.4 s of indirect probes: first detection 1.05-1.14 s in 5 of
+    12 runs (target 1 s). Its ping being overdue is already a missed round, so the helpers are asked with it."""
+    a = swim("a", ["a", "b", "c"])
+    a.set_watched(["b"], 0.0)
+    for t, src in ((0.05, "b"), (0.05, "c")):
+        a.receive(t, src, "mesh", Ping(1, src, 0))  # both alive
+    now, last_ping = 0.05, 0.05
+    sent: list[tuple[float, list[tuple[str, str]]]] = []
+    while now < 3.0:
+        now = a.next_due()
+        if now < 1.0:  # b leads: a ping of its arrives before each of our ticks, and defers our probe
+            last_ping = now - 0.01
+            a.receive(last_ping, "b", "mesh", Ping(2, "b", 0))
+        sends = a.tick(now)
+        out = _kinds(sends)
+        if now < 1.0:  # b answers while it is there (a's own round trips, every OWN_RTT_EVERY_S)
+            for snd in sends:
+                if isinstance(snd.message, Ping) and snd.to == "b":
+                    a.receive(now + 0.005, "b", "mesh", Ack(snd.message.seq, "b", 0))
+        elif any(k == "Ping" and to == "b" for k, to in out):
+            sent.append((now, out))
+    first_at, first = sent[0]
+    assert last_ping < 1.0 < first_at <= last_ping + CFG.probe_interval_s * (1 + 2 * PASSIVE_MARGIN) + 1e-6
+    assert ("PingReq", "c") in first, first  # asked beside the ping, not after the direct timeout
+    # The probe fails at the indirect stage's own timeout, from the ping on.
+    failed = [r for r in a.take_results() if r.member == "b" and not r.ok]
+    assert failed and failed[0].at == first_at
+    # A probe on our own schedule (not overdue) still waits for the direct timeout before asking anyone.
+    later = [out for at, out in sent[1:]]
+    assert later and all(("PingReq", "c") not in out for out in later), later
