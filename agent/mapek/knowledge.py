@@ -216,7 +216,8 @@ class MemberState:
     def cut_while_silent(self, now: float, kn: Knowledge, member: str) -> bool:
         """Quiet for SILENT_STUCK_S with `peer_silent` open while the member's peering port does not answer
         either: the path is cut (a blackhole), not the far agent slow or still starting, whose port the kernel
-        answers. Quiet and silent alone (a 20-node start, its agents busy) redialled 10 links in one formation."""
+        answers: quiet and silent alone is also how a link looks while its far agent is busy (a 20-node start on
+        2 cores), and redialling healthy links there would only add drops."""
         return (
             self.dial_fail_since is not None
             and kn.has_active("peer_silent", member)

@@ -290,8 +290,7 @@ def test_the_gap_of_our_own_redial_is_not_a_lost_peer_unless_the_link_stays_down
 
 def test_a_quiet_silent_link_whose_port_answers_is_not_stuck_after_2s() -> None:
     """A far agent that is slow or still starting: the link is quiet and `peer_silent` opens, but the kernel
-    answers the peering port. Marking it stuck at 2 s redialled 10 links in one 20-node start; only the 4.5 s
-    rule applies to it."""
+    answers the peering port. Only the 4.5 s rule applies to it: the path is not cut."""
     mesh = members(IDS3)
     a = SimNode("node-a", mesh)
     for _ in range(6):

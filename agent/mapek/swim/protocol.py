@@ -26,7 +26,8 @@ What differs from memberlist, on purpose:
   (SWIM's time-bounded completeness). Both are O(1) per node; watching the neighbours bounds first detection by
   one interval plus the timeouts instead of SWIM's expected e/(e-1) intervals. A link's two ends watch each
   other, so a ping received from a watched member counts as our probe of it (an ok result, no round trip) and
-  defers ours: each link is probed once per interval, by whichever end leads.
+  defers ours: each link is probed once per interval, by whichever end leads. When the leader's ping is overdue,
+  the other end's probe asks the k helpers at once, beside its own ping: that lateness is already a missed round.
 - Two paths: `mesh` (the Yggdrasil overlay, or the only path in a loopback mesh) carries all of the protocol;
   `underlay` pings, sent beside the indirect probes when the mesh path fails, only say whether the member's
   agent (and, from its ack, its daemon) is alive. They never carry membership updates: a blackholed member must
