@@ -218,8 +218,13 @@ class MemberState:
         either: the path is cut (a blackhole), not the far agent slow or still starting, whose port the kernel
         answers: quiet and silent alone is also how a link looks while its far agent is busy (a 20-node start on
         2 cores), and redialling healthy links there would only add drops."""
+        # The latest port check, made while this link was up: one from before it formed (the far daemon not
+        # started yet) says nothing about it, and kept 20-node starts redialling fresh links.
         return (
-            self.dial_fail_since is not None
+            self.dial is not None
+            and not self.dial.ok
+            and self.link_up_since is not None
+            and self.dial.at >= self.link_up_since
             and kn.has_active("peer_silent", member)
             and self.link_stuck(now, SILENT_STUCK_S)
         )

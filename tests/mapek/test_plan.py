@@ -301,6 +301,19 @@ def test_a_quiet_silent_link_whose_port_answers_is_not_stuck_after_2s() -> None:
     assert a.kn.state("node-b").stuck_since is None
 
 
+def test_a_port_check_from_before_the_link_formed_does_not_make_it_stuck() -> None:
+    """A 20-node start: node-b's port refused while its daemon was starting, then the link came up quiet and
+    silent (its agent busy) and was marked stuck on that stale refusal, and redialled once the port answered."""
+    mesh = members(IDS3)
+    a = SimNode("node-a", mesh)
+    a.tick(up={"node-c"}, dial={"node-b": False})
+    a.tick(up={"node-c"}, dial={"node-b": False})
+    for _ in range(4):
+        a.tick(up={"node-b", "node-c"}, quiet={"node-b"}, overlay={"node-b": False})
+    assert a.kn.state("node-b").dial_fail_since is not None  # no check since: the refusal is still on record
+    assert a.kn.state("node-b").stuck_since is None
+
+
 def test_a_quiet_link_that_receives_again_in_time_is_not_redialled() -> None:
     mesh = members(IDS3)
     a = SimNode("node-a", mesh)
