@@ -121,12 +121,22 @@ def wait_converged(c: httpx.Client, mesh: LocalMesh, voters: Iterable[str], pref
 
 def gauge(c: httpx.Client, mesh: LocalMesh, node_id: str, name: str) -> float:
     """An unlabelled gauge from the agent's /metrics."""
+    return metric(c, mesh, node_id, name)
+
+
+def metric(c: httpx.Client, mesh: LocalMesh, node_id: str, sample: str, **labels: str) -> float:
+    """The sum of the agent's /metrics samples named `sample` (x0_kv_requests_total, ...) with these labels."""
     r = c.get(f"{mesh.node(node_id).agent_url}/metrics", timeout=2.0)
     r.raise_for_status()
-    for family in text_string_to_metric_families(r.text):
-        if family.name == name:
-            return float(family.samples[0].value)
-    raise AssertionError(f"{node_id}: no {name} in /metrics")
+    found = [
+        s.value
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+        if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items())
+    ]
+    if not found:
+        raise AssertionError(f"{node_id}: no {sample} {labels or ''} in /metrics")
+    return float(sum(found))
 
 
 def voters_of(c: httpx.Client, mesh: LocalMesh, node_id: str) -> list[str]:

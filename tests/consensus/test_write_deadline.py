@@ -18,7 +18,7 @@ from agent.consensus.engine import RaftUnavailable
 from agent.localmesh import LocalMesh, MeshOptions
 from agent.localmesh.mesh import free_ports
 from tests.consensus.engines import elect, start_engines
-from tests.consensus.support import auth, client, cluster, get, put, wait_leader
+from tests.consensus.support import auth, client, cluster, get, metric, put, wait_leader
 from tests.localmesh.support import wait_until
 
 NODES = ["node-a", "node-b", "node-c"]
@@ -60,12 +60,10 @@ def one_voter_mesh(
 
 
 def refused_puts(http: httpx.Client, mesh: LocalMesh, node_id: str) -> float:
-    text = http.get(f"{mesh.node(node_id).metrics_url}", timeout=2.0).text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("x0_kv_requests_total{") and 'op="put"' in line and 'outcome="unavailable"' in line
-    )
+    try:
+        return metric(http, mesh, node_id, "x0_kv_requests_total", op="put", outcome="unavailable")
+    except AssertionError:
+        return 0.0  # none refused yet: the labelled series does not exist
 
 
 def test_a_forwarded_write_held_up_by_a_blackhole_is_refused_when_it_arrives(
