@@ -16,11 +16,17 @@ Settings that matter (contracts §7, docs in consensus.md):
   `/cluster` stops claiming it leads and its writes report "no quorum";
 - `dynamicMembershipChange=True` (one change at a time, done by the service's leader loop);
 - `useFork=False`: no fork() of a multi-threaded asyncio process to write snapshots.
+
+The SyncObj is `SafeSyncObj` (pysyncobj's log-matching bugs fixed there). A replica it flags as diverged (an
+entry it applied contradicts the leader's log) is rebuilt: the engine stops it, deletes its journal and snapshot
+but keeps the term and vote (Raft's promise not to vote twice in a term survives), and starts it empty, so the
+leader sends it the whole state again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import mmap
@@ -32,7 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf
+from pysyncobj.journal import MetaStorer
 
+from agent.consensus.safe_syncobj import SafeSyncObj
 from agent.consensus.store import KvState, Result
 from agent.memory import release_memory
 
@@ -121,6 +129,7 @@ class RaftStatus:
     last_contact_mono: float | None = None  # monotonic time the leader was last seen connected (now if leader)
     leader_changes: int = 0
     ready: bool = False  # transport bound
+    rebuilds: int = 0  # times this replica was rebuilt from the leader after diverging
 
 
 class RaftEngine:
@@ -142,7 +151,11 @@ class RaftEngine:
         self.status = RaftStatus(voters=(self_address, *self.initial_others))
         self._on_status = on_status
         self._secret = secret
-        self._obj: SyncObj | None = None
+        self._obj: SafeSyncObj | None = None
+        self._rebuilding = False
+        self._rebuild_task: asyncio.Task[None] | None = None
+        self._stopped = False
+        self.rebuilds = 0
         self._last_status = 0.0
         self._last_leader: str | None = None
         self._changes = 0
@@ -187,12 +200,21 @@ class RaftEngine:
         conf = self._conf()
         # The constructor opens the journal and starts the tick thread; keep that off the event loop.
         self._obj = await asyncio.to_thread(
-            SyncObj, self.address, self.initial_others, conf, consumers=[self.state]
+            SafeSyncObj, self.address, self.initial_others, conf, consumers=[self.state]
         )
         self._obj.addOnTickCallback(self._on_tick)
         log.info("raft engine on %s (voters: %s)", self.address, ", ".join([self.address, *self.initial_others]))
 
     async def stop(self) -> None:
+        """Final. A rebuild under way ends first: cancelled, it could leave a SyncObj made in a thread running."""
+        self._stopped = True
+        task = self._rebuild_task
+        if task is not None and not task.done():
+            with contextlib.suppress(Exception):
+                await task
+        await self._stop_obj()
+
+    async def _stop_obj(self) -> None:
         obj, self._obj = self._obj, None
         if obj is None:
             return
@@ -202,6 +224,37 @@ class RaftEngine:
     @property
     def running(self) -> bool:
         return self._obj is not None
+
+    def _start_rebuild(self) -> None:
+        if not self._stopped:
+            self._rebuild_task = asyncio.get_running_loop().create_task(self._rebuild(), name="x0-raft-rebuild")
+
+    async def _rebuild(self) -> None:
+        """Restart a diverged replica empty (see the module doc); its voters are the configuration it had."""
+        others = [v for v in self.status.voters if v != self.address] or self.initial_others
+        try:
+            await self._stop_obj()
+            self._clear_replica()
+            self.state = KvState()
+            self.initial_others = others
+            self.rebuilds += 1
+            if self._stopped:
+                return
+            await self.start()
+            log.warning("raft replica rebuilt (%d so far): it takes the leader's state again", self.rebuilds)
+        finally:
+            self._rebuilding = False
+
+    def _clear_replica(self) -> None:
+        if self.data_dir is None:
+            log.warning("raft replica rebuilt without a data dir: its term and vote are forgotten")
+            return
+        journal = self.data_dir / "journal.bin"
+        meta = MetaStorer(str(journal) + ".meta")
+        kept = {k: v for k, v in meta.getMeta().items() if k in ("currentTerm", "votedForNodeId")}
+        for name in ("journal.bin", "snapshot.bin", "snapshot.bin.tmp"):
+            (self.data_dir / name).unlink(missing_ok=True)
+        meta.storeMeta(kept)  # the commit index of the log it no longer has goes; the term and vote stay
 
     # --- status (pysyncobj's thread) ------------------------------------------------------------------------
 
@@ -235,6 +288,12 @@ class RaftEngine:
         now = time.monotonic()
         if self._obj is not None:
             self._compact(self._obj, now)
+            if self._obj.diverged is not None and not self._rebuilding and self._loop is not None:
+                self._rebuilding = True
+                try:
+                    self._loop.call_soon_threadsafe(self._start_rebuild)
+                except RuntimeError:  # loop closed while stopping
+                    pass
         if now - self._last_status < STATUS_EVERY:
             return
         self._last_status = now
@@ -278,6 +337,7 @@ class RaftEngine:
             last_contact_mono=self._contact,
             leader_changes=self._changes,
             ready=True,
+            rebuilds=self.rebuilds,
         )
         self.status = status
         if self._on_status is not None and self._loop is not None:

@@ -24,6 +24,11 @@ class ConsensusMetrics:
             "Times this node saw the leader change (to another node or to none)",
             registry=r,
         )
+        self.rebuilds = Counter(
+            "x0_raft_replica_rebuilds",
+            "Times this voter's replica contradicted the leader's log and was rebuilt from it (should stay 0)",
+            registry=r,
+        )
         self.members = Gauge(
             "x0_raft_members",
             "Voters in the configuration, voters this node is connected to (itself included), known clients",

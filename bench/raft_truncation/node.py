@@ -11,6 +11,8 @@ import pysyncobj.journal as jr
 import pysyncobj.syncobj as so
 from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, replicated
 
+from agent.consensus.safe_syncobj import SafeSyncObj
+
 logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
 
 
@@ -70,7 +72,7 @@ conf = SyncObjConf(
     bindRetryTime=0.5,
 )
 st = Store()
-o = (__import__("safe_syncobj").SafeSyncObj if os.environ.get("SAFE") else SyncObj)(
+o = (SafeSyncObj if os.environ.get("SAFE") else SyncObj)(
     f"127.0.0.1:{me}", [f"127.0.0.1:{p}" for p in ports if p != me], conf, consumers=[st]
 )
 OBJ[0] = o
@@ -107,8 +109,10 @@ print(
     me,
     STATS,
     SHR,
-    getattr(o, "_x0_dups", None),
-    getattr(o, "_x0_diverged", None),
+    "duplicates",
+    getattr(o, "duplicates", None),
+    "diverged",
+    getattr(o, "diverged", None),
     "pending_removed",
     len(CheckJournal.removed),
     "term",
