@@ -171,6 +171,8 @@ class ConsensusService:
         self._http: httpx.AsyncClient | None = None
         self._metrics_role: str | None = None
         self._last_changes = 0  # engine leader changes already counted in x0_raft_leader_changes_total
+        self._last_rebuilds = 0  # engine rebuilds already counted in x0_raft_replica_rebuilds_total
+        self._saved_config: tuple[str, ...] = ()  # the voters voters.json holds
         # The drills' side of the mesh-wide lease (agent.consensus.drill_lease), set by the extension.
         self.drill_coordinator: DrillCoordinator | None = None
 
@@ -542,8 +544,10 @@ class ConsensusService:
             log.error("%s", reason)
         return reason
 
-    async def _find_group(self) -> list[str] | None:
-        """Raft addresses of the voters of a group that has a leader now, as another member reports them."""
+    async def _find_group(self, voters_only: bool = False) -> list[str] | None:
+        """Raft addresses of the voters of a group that has a leader now, as another member reports them;
+        `voters_only`: as a voter reports them (a client's view is a copy it fetched earlier, maybe from before
+        this node became a voter)."""
         found: list[str] | None = None
 
         async def ask(node_id: str) -> Cluster | None:
@@ -563,6 +567,8 @@ class ConsensusService:
         for c in answers:
             if c is None or c.leader_id is None or c.term == 0:
                 continue
+            if voters_only and c.role not in ("leader", "follower"):
+                continue
             voters = [m.raft_address for m in c.members if m.voter and m.raft_address]
             if voters:
                 found = voters
@@ -581,7 +587,8 @@ class ConsensusService:
             return
         self._removed_checked = now
         me = self._self_address()
-        group = await self._find_group()
+        # Only a voter's word: stopping wipes this node's log and vote, which a voter still in the group needs.
+        group = await self._find_group(voters_only=True)
         if group is None or me in group:
             return
         log.warning("this node is no longer a Raft voter (group: %s): stopping its engine", ", ".join(group))
@@ -1038,6 +1045,17 @@ class ConsensusService:
         if st.leader_changes > self._last_changes:
             m.leader_changes.inc(st.leader_changes - self._last_changes)
             self._last_changes = st.leader_changes
+        if st.rebuilds > self._last_rebuilds:
+            m.rebuilds.inc(st.rebuilds - self._last_rebuilds)
+            self._last_rebuilds = st.rebuilds
+        if st.ready and not self.joining and st.voters != self._saved_config:
+            # A restart starts from the configuration it last had, not the one it first had: after a 3 -> 5
+            # resize the restarted voter counts five (pysyncobj replays its log too, but only once running).
+            self._saved_config = st.voters
+            try:
+                self._save_voters(st.voters)
+            except OSError as exc:
+                log.warning("cannot save the Raft voters to %s: %s", self._raft_dir(), exc)
         m.members.labels(state="voter").set(len(st.voters))
         m.members.labels(state="reachable").set(len(st.connected))
         m.members.labels(state="client").set(max(0, len(self.members.members) - len(st.voters)))
