@@ -518,6 +518,7 @@ class ConsensusService:
         await engine.start()
         self.engine = engine
         self.joining = joining
+        self._saved_config = ()  # this engine's configuration goes to voters.json once it runs
         self._set_role(
             "joining" if joining else "follower",
             "joining: waiting for the leader to add this node" if joining else f"voter; Raft on {me}",
