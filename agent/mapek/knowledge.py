@@ -213,11 +213,11 @@ class MemberState:
             and now - self.link_up_since >= quiet_s
         )
 
-    def cut_while_silent(self, now: float, kn: Knowledge, member: str) -> bool:
-        """Quiet for SILENT_STUCK_S with `peer_silent` open while the member's peering port does not answer
-        either: the path is cut (a blackhole), not the far agent slow or still starting, whose port the kernel
-        answers: quiet and silent alone is also how a link looks while its far agent is busy (a 20-node start on
-        2 cores), and redialling healthy links there would only add drops."""
+    def cut_while_silent(self, now: float, silent: bool) -> bool:
+        """Quiet for SILENT_STUCK_S with `peer_silent` open (`silent`) while the member's peering port does not
+        answer either: the path is cut (a blackhole), not the far agent slow or still starting, whose port the
+        kernel answers: quiet and silent alone is also how a link looks while its far agent is busy (a 20-node
+        start on 2 cores), and redialling healthy links there would only add drops."""
         # The latest port check, made while this link was up: one from before it formed (the far daemon not
         # started yet) says nothing about it, and kept 20-node starts redialling fresh links.
         return (
@@ -225,7 +225,7 @@ class MemberState:
             and not self.dial.ok
             and self.link_up_since is not None
             and self.dial.at >= self.link_up_since
-            and kn.has_active("peer_silent", member)
+            and silent
             and self.link_stuck(now, SILENT_STUCK_S)
         )
 
@@ -433,7 +433,9 @@ class Knowledge:
                     received = sample.bytes_recvd is not None and (last is None or sample.received_since(last))
                     if received:
                         st.traffic_at = now
-                    elif st.stuck_since is None and (st.link_stuck(now) or st.cut_while_silent(now, self, m)):
+                    elif st.stuck_since is None and (
+                        st.link_stuck(now) or st.cut_while_silent(now, self.has_active("peer_silent", m))
+                    ):
                         st.stuck_since = now
                     st.sample = sample
                 else:
