@@ -130,6 +130,11 @@ class Peering:
         state = self.state
         if not state.last_ok or state.snapshot is None:
             return  # nothing to talk to; the next epoch re-adds everything
+        if state.snapshot_epoch != state.daemon_epoch:
+            # A daemon restarted behind our back (a sidecar's script) is noted before the monitor's next pass: the
+            # snapshot in hand is the old daemon's, whose links made every target look up, and nothing was
+            # re-added (a Nomad sidecar test had no link for 30 s). Wait for the new daemon's own snapshot.
+            return
         ctx = state.context()
         key = (state.daemon_epoch, state.members.generation)
         targets = {t.uri: t for t in dial_targets(ctx)}

@@ -72,6 +72,7 @@ class AgentState:
 
         self.snapshot: DaemonSnapshot | None = None
         self.snapshot_mono: float | None = None  # when `snapshot` was stored (monotonic)
+        self.snapshot_epoch = 0  # the daemon_epoch `snapshot` was taken in
         self.last_ok: bool = False  # did the latest monitor attempt succeed
         self.last_error: AdminError | None = None
         self.last_error_at: float | None = None  # wall clock
@@ -130,6 +131,7 @@ class AgentState:
         if new_daemon:
             self.daemon_epoch += 1
         self.snapshot = snapshot
+        self.snapshot_epoch = self.daemon_epoch
         self.snapshot_mono = time.monotonic()
         self.last_attempt_mono = self.snapshot_mono
         self.last_ok = True

@@ -92,9 +92,10 @@ def _free_port() -> int:
 
 @pytest.mark.yggdrasil
 @pytest.mark.slow
-async def test_link_comes_up_when_the_peer_starts_late(require_yggdrasil: str, tmp_path: Path) -> None:
-    """node-b's daemon starts 4.5 s after node-a dialled it: past 0.4.7's three 1 s redials, after which the
-    daemon alone would wait for its 60 s retry loop. Peering keeps redialling until the link has been up once."""
+def two_daemons(
+    tmp_path: Path, binary: str
+) -> tuple[dict[str, tuple[str, str, str]], AgentState, dict[str, DaemonProcess]]:
+    """node-a's agent state (it dials node-b) and both daemons, not started: listen URI, admin, key per node."""
     nodes = {}
     for node_id in ("node-a", "node-b"):
         listen = f"tls://127.0.0.1:{_free_port()}"
@@ -114,10 +115,15 @@ async def test_link_comes_up_when_the_peer_starts_late(require_yggdrasil: str, t
         }
     )
     daemons = {
-        n: DaemonProcess(tmp_path / f"{n}.conf", log_path=tmp_path / f"{n}.log", binary=require_yggdrasil)
-        for n in nodes
+        n: DaemonProcess(tmp_path / f"{n}.conf", log_path=tmp_path / f"{n}.log", binary=binary) for n in nodes
     }
-    agent = AgentState(settings)
+    return nodes, AgentState(settings), daemons
+
+
+async def test_link_comes_up_when_the_peer_starts_late(require_yggdrasil: str, tmp_path: Path) -> None:
+    """node-b's daemon starts 4.5 s after node-a dialled it: past 0.4.7's three 1 s redials, after which the
+    daemon alone would wait for its 60 s retry loop. Peering keeps redialling until the link has been up once."""
+    nodes, agent, daemons = two_daemons(tmp_path, require_yggdrasil)
     monitor, peering = Monitor(agent), Peering(agent)
     agent.peering = peering
     tasks = []
@@ -154,6 +160,56 @@ async def test_link_comes_up_when_the_peer_starts_late(require_yggdrasil: str, t
 
 
 @pytest.mark.yggdrasil
+async def test_a_daemon_restarted_behind_the_agents_back_gets_its_links_again(
+    require_yggdrasil: str, tmp_path: Path
+) -> None:
+    """A Nomad sidecar's script restarts the daemon at admission's request; the agent notes it before the monitor's
+    next pass. Peering took the old daemon's snapshot for the new one's: every target looked up, nothing was
+    re-added, and the new daemon had no link (30 s in a sidecar test, for ever with MAPE-K off)."""
+    nodes, agent, daemons = two_daemons(tmp_path, require_yggdrasil)
+    monitor, peering = Monitor(agent), Peering(agent)
+    agent.peering = peering
+
+    async def linked(within: float) -> bool:
+        """The daemon's own word (the agent's snapshot is what is being tested)."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            links = await AdminClient(nodes["node-a"][1], timeout=2.0).get_peers()
+            if any(link.up and link.key == nodes["node-b"][2] for link in links):
+                return True
+            await asyncio.sleep(0.2)
+        return False
+
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        for d in daemons.values():
+            d.start()
+            await d.wait_ready_async(10)
+        tasks = [asyncio.create_task(monitor.run()), asyncio.create_task(peering.run())]
+        assert await linked(10), "no link before the restart"
+        gen = agent.generation
+        deadline = time.monotonic() + 10
+        while (peering.pending or not all(p.up for p in agent.planned_status())) and time.monotonic() < deadline:
+            gen = await agent.wait_changed(gen, within=0.5)
+        assert peering.pending == [], "the agent never saw the link up"  # its snapshot holds the link now
+        for t in tasks:  # the restart falls between two monitor passes
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.to_thread(daemons["node-a"].stop)
+        daemons["node-a"].start()
+        await daemons["node-a"].wait_ready_async(10)
+        agent.note_daemon_restarted()
+        await peering.reconcile()  # with the old daemon's snapshot in hand
+        tasks = [asyncio.create_task(monitor.run()), asyncio.create_task(peering.run())]
+        assert await linked(5), f"no link after the restart: {agent.planned_status()}"
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for d in daemons.values():
+            await asyncio.to_thread(d.stop)
+
+
 async def test_many_unreachable_targets_share_one_connection_per_round_and_a_flat_redial_rate(
     require_yggdrasil: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
