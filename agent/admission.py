@@ -5,8 +5,10 @@
   start, so a daemon never runs open while keys are known. The daemon reads it only at start (no admin call sets
   it, and SIGHUP kills 0.4.7): the file follows every change of the members' keys, but the daemon is restarted
   (its links drop for about a second, then peering re-adds them) only when a planned neighbour's key is not
-  admitted by the running daemon (`restart_needed`), so a joining node restarts its few neighbours' daemons, not
-  the mesh's; a key that left is dropped at the daemon's next start.
+  admitted by the running daemon, or the daemon runs open while keys are known (`restart_needed`), so a joining
+  node restarts its few neighbours' daemons, not the mesh's; a key that left is dropped at the daemon's next start.
+  Restarts take turns (`restart_time`: 2 s slots on the wall clock, no two planned neighbours in one): a Nomad mesh
+  learns every key at once, and its daemons all closing together dropped every link and Raft's leader.
 - Enforcing for a daemon another process starts (`X0_ADMISSION_FILE`, Nomad's yggdrasil task): the same list in
   that file, merged by the task's start script at every daemon start; the restart is asked of the script through
   `<file>.restart`, and `<file>.running` says what the running daemon admits. A Nomad members file has no keys:
@@ -102,12 +104,26 @@ class PeerAdmission:
         self.follower = LogFollower(log_path) if log_path is not None else None
         self.refusals = pure.RefusalLog()
         self.admitted: tuple[str, ...] | None = None  # what the daemon's config admits; None: everyone
-        self.detail = "not started"
+        self._detail = "not started"
         self._keys_gen: tuple[int, int] = (-1, -1)
         self._warned: dict[str, float] = {}
         self._running: tuple[str, ...] = ()  # what the running daemon admits (read from its config at its start)
         self._epoch: object = 0
         self._restart_asked: object = None  # the daemon start a restart was asked of (sidecar)
+        self._restart_due: float | None = None  # Unix time of this node's turn to restart (pure.restart_time)
+        self._colours: tuple[object, dict[str, int]] = (None, {})  # per members file
+
+    @property
+    def detail(self) -> str:
+        """What the daemon admits, for /mesh/peers: the config's list, and the running daemon's while it waits
+        for its turn to restart."""
+        if self._restart_due is None:
+            return self._detail
+        at = time.strftime("%H:%M:%S", time.localtime(self._restart_due))
+        return (
+            f"{self._detail}; the running daemon does not admit them yet: it restarts at {at} "
+            "(restarts take turns so that no two neighbours restart together)"
+        )
 
     # --- enforcing ---------------------------------------------------------------------------------------------
 
@@ -131,7 +147,7 @@ class PeerAdmission:
         if self.keys_file is not None:
             return self._sync_keys_file()
         if self.config_path is None:
-            self.detail = (
+            self._detail = (
                 "not enforced here: the daemon's config is not the agent's (set YGGDRASIL_CONFIG, or "
                 "X0_ADMISSION_FILE for a daemon whose start script merges it)"
             )
@@ -140,12 +156,12 @@ class PeerAdmission:
         try:
             config = json.loads(self.config_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            self.detail = f"cannot read {self.config_path}: {exc}"
+            self._detail = f"cannot read {self.config_path}: {exc}"
             return False
         if not isinstance(config, dict):
-            self.detail = f"{self.config_path} is not a JSON object"
+            self._detail = f"{self.config_path} is not a JSON object"
             return False
-        self.detail = detail
+        self._detail = detail
         if pure.configured_keys(config) == (want or ()):
             self._set_admitted(want)
             return False
@@ -153,7 +169,7 @@ class PeerAdmission:
         try:
             write_config(config, self.config_path)
         except OSError as exc:
-            self.detail = f"cannot write {self.config_path}: {exc}"
+            self._detail = f"cannot write {self.config_path}: {exc}"
             return False
         self._set_admitted(want)
         log.info("daemon config %s: %s", self.config_path, self.detail)
@@ -162,7 +178,7 @@ class PeerAdmission:
     def _sync_keys_file(self) -> bool:
         assert self.keys_file is not None
         want, detail = self._want()
-        self.detail = detail + f" (through {self.keys_file})"
+        self._detail = detail + f" (through {self.keys_file})"
         try:
             have = pure.configured_keys({pure.CONFIG_KEY: json.loads(self.keys_file.read_text(encoding="utf-8"))})
         except (OSError, ValueError):
@@ -173,7 +189,7 @@ class PeerAdmission:
         try:
             write_json_file(list(want or ()), self.keys_file)
         except OSError as exc:
-            self.detail = f"cannot write {self.keys_file}: {exc}"
+            self._detail = f"cannot write {self.keys_file}: {exc}"
             return False
         self._set_admitted(want)
         log.info("admission keys file %s: %s", self.keys_file, self.detail)
@@ -220,7 +236,7 @@ class PeerAdmission:
         try:
             request.write_text(why + "\n", encoding="utf-8")
         except OSError as exc:
-            self.detail += f"; cannot ask for a daemon restart ({request}: {exc})"
+            self._detail += f"; cannot ask for a daemon restart ({request}: {exc})"
             return
         self._restart_asked = self._epoch
         log.warning("asked the daemon's start script for a restart (%s): %s", request, why)
@@ -230,14 +246,31 @@ class PeerAdmission:
         if await asyncio.to_thread(self._note_daemon_start):
             self.agent.note_daemon_restarted()  # on the event loop: it wakes the agent's waiters
         keys_changed = (self.agent.members.generation, self.agent.published_keys_gen) != self._keys_gen
-        if not keys_changed and self._epoch == epoch:
+        if not keys_changed and self._epoch == epoch and self._restart_due is None:
             return
         if keys_changed:
             await asyncio.to_thread(self.sync_config)
         members, me = self.agent.members.members, self.agent.settings.node_id
         if not pure.restart_needed(members, me, self._running, self.agent.published_keys):
+            self._restart_due = None
             return
-        why = "a planned neighbour's public key is not admitted yet (AllowedPublicKeys)"
+        now = time.time()
+        if self._restart_due is None:
+            if self._colours[0] is not members:
+                self._colours = (members, pure.restart_colours(members))
+            self._restart_due = pure.restart_time(self._colours[1], me, now)
+            if self._restart_due > now:
+                log.info(
+                    "daemon restart for admission in %.1f s: its turn (no two neighbours restart together)",
+                    self._restart_due - now,
+                )
+        if now < self._restart_due:
+            return
+        self._restart_due = None
+        if self._running:
+            why = "a planned neighbour's public key is not admitted yet (AllowedPublicKeys)"
+        else:
+            why = "the daemon admits every key and the members' keys are now known (AllowedPublicKeys)"
         if self.keys_file is not None:
             await asyncio.to_thread(self._ask_sidecar_restart, why)
             return
@@ -281,4 +314,7 @@ class PeerAdmission:
                 self._report(refusals)
             except Exception:  # one bad poll must not end admission reporting for the agent's lifetime
                 log.exception("peer admission poll failed")
-            await asyncio.sleep(POLL_S)
+            wait = POLL_S
+            if self._restart_due is not None:  # wake on the turn itself, not up to a poll into it
+                wait = min(wait, max(0.01, self._restart_due - time.time()))
+            await asyncio.sleep(wait)

@@ -10,6 +10,7 @@ Outbound links need no rule: the agent dials only members. An empty list admits 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -25,6 +26,10 @@ _REFUSED = re.compile(
 )
 # Distinct refused keys remembered (a scan with fresh keys must not grow the agent's memory).
 MAX_REFUSED_KEYS = 64
+# A daemon restarted for admission drops its links for about a second (then peering re-adds them): restarts take
+# turns on a wall-clock grid of slots this long (see `restart_time`), each at the start of its slot.
+RESTART_SLOT_S = 2.0
+RESTART_LATE_S = 0.2
 
 
 class Refusal(msgspec.Struct, frozen=True):
@@ -85,6 +90,32 @@ def restart_needed(
     known = member_keys(members, published)
     keys = {known[n] for n in members.neighbours(node_id) if n in known}
     return not keys <= set(running)
+
+
+def restart_colours(members: Members) -> dict[str, int]:
+    """A colour per member such that no two planned neighbours share one: greedy, in sorted node-id order, so every
+    node computes the same colouring from the same members file (at most the topology's degree + 1 colours)."""
+    colours: dict[str, int] = {}
+    for node_id in sorted(members.ids):
+        taken = {colours[n] for n in members.neighbours(node_id) if n in colours}
+        colours[node_id] = next(c for c in range(len(taken) + 1) if c not in taken)
+    return colours
+
+
+def restart_time(colours: Mapping[str, int], node_id: str, now: float) -> float:
+    """When (Unix time) this node's daemon may restart for admission: the start of its colour's next
+    `RESTART_SLOT_S` slot (or of the current one, if that began at most `RESTART_LATE_S` ago), slots counted
+    from the epoch and coloured in turn.
+
+    Every node of a Nomad mesh learns every key from the store within a refresh of the others, and a daemon that
+    runs open must restart to close: all at once, every link of the mesh would drop together (and Raft, which
+    rides those links, would lose its leader). On a shared grid a restart never meets a neighbour's, whatever
+    moment each node learned the keys; a node waits at most one round of colours."""
+    rounds = max(colours.values(), default=0) + 1
+    colour = colours.get(node_id, 0)
+    # A slot already under way is taken only at its very start: a restart late in it would meet the next colour's.
+    slot = math.ceil((now - RESTART_LATE_S) / RESTART_SLOT_S)
+    return (slot + (colour - slot) % rounds) * RESTART_SLOT_S
 
 
 def configured_keys(config: Mapping[str, Any]) -> tuple[str, ...]:

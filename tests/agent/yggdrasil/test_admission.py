@@ -9,13 +9,17 @@ from pathlib import Path
 from agent.admission import LogFollower
 from agent.members import parse_members
 from agent.yggdrasil.admission import (
+    RESTART_LATE_S,
+    RESTART_SLOT_S,
     Refusal,
     RefusalLog,
     admitted_keys,
     configured_keys,
     keyless,
     parse_refusal,
+    restart_colours,
     restart_needed,
+    restart_time,
 )
 
 KEY = "a14a5fe9f87ba3480a83e6529ea7d26fcb86a6aea59deb97712c68d6a491d576"
@@ -82,6 +86,31 @@ def test_only_a_missing_neighbour_key_restarts_the_daemon() -> None:
     insider = next(iter(neighbours))
     running = tuple(sorted(big.by_id[n].public_key for n in ids[1:] if n != insider))  # type: ignore[misc]
     assert restart_needed(big, "node-00", running)
+
+
+def test_admission_restarts_take_turns_so_no_two_neighbours_restart_together() -> None:
+    # A Nomad mesh learns every key at once and every open daemon must restart: measured on a 3-node mesh, all
+    # three restarting within 0.1 s dropped every link and Raft's leader with them (the overlay test's 503).
+    for n in (3, 12, 200):
+        ids = [f"node-{i:03d}" for i in range(n)]
+        big = members(*[(m, f"{i:064x}") for i, m in enumerate(ids)])
+        colours = restart_colours(big)
+        assert set(colours) == set(ids)
+        assert all(colours[a] != colours[b] for a in ids for b in big.neighbours(a)), n
+        rounds = max(colours.values()) + 1
+        assert rounds <= max(len(big.neighbours(m)) for m in ids) + 1
+        # Whenever each node learns the keys, its restart falls in a slot of its own colour within one round, and
+        # two neighbours' restarts never share a slot.
+        for m, learned in zip(ids, (1_000_000.0 + 0.37 * i for i in range(n)), strict=True):
+            at = restart_time(colours, m, learned)
+            assert learned - RESTART_LATE_S <= at <= learned + rounds * RESTART_SLOT_S, (m, learned, at)
+            assert at % RESTART_SLOT_S == 0 and int(at / RESTART_SLOT_S) % rounds == colours[m]
+    # Full 3-node plan: three colours, three different slots.
+    full3 = members(("node-a", "a" * 64), ("node-b", "b" * 64), ("node-c", "c" * 64))
+    slots = {restart_time(restart_colours(full3), m, 3000.5) for m in full3.ids}
+    assert len(slots) == 3
+    assert restart_time({}, "node-x", 3000.1) == 3000.0  # not a member: any slot, the current one if just begun
+    assert restart_time({}, "node-x", 3000.5) == 3002.0  # but not late in it
 
 
 def test_the_refusal_log_counts_per_key_and_stays_bounded() -> None:
