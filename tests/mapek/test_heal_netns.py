@@ -270,9 +270,10 @@ def test_agent_killed_mid_drill_restarted_removes_the_rules(full: LocalMesh, cli
 def test_flapping_link_rate_limited_quarantined_incidents_merged(
     require_nft: str, require_yggdrasil: str, tmp_path: Path, client: httpx.Client
 ) -> None:
-    # The issue asks for 60 s of flapping; 21 s with a 3 s period drops the link 7 times, which crosses the same
-    # thresholds (3 drops -> quarantine, 6 actions / 10 s rate limit, 60 s merge window) as 60 s at a slower
-    # period would, in the test-time budget (36 s cost the suite 15 s for 5 more drops past those thresholds).
+    # The issue asks for 60 s of flapping; up to 21 s with a 3 s period drops the link up to 7 times, which crosses
+    # the same thresholds (3 drops -> quarantine, 6 actions / 10 s rate limit, 60 s merge window) as 60 s at a
+    # slower period would, in the test-time budget. It stops two drops after the quarantine: the drops after it
+    # show it holding (no action while quarantined); more of them cost the suite time and showed nothing new.
     with _mesh(tmp_path, "full") as mesh:
         a, c = mesh.node("node-a"), mesh.node("node-c")
         wait_until("full mesh up", lambda: all_pairs_up(client, mesh) and settled(client, mesh), 15)
@@ -285,13 +286,16 @@ def test_flapping_link_rate_limited_quarantined_incidents_merged(
             f"  tcp flags & rst == rst accept\n  ip saddr {c_ip} tcp sport 12345 reject with tcp reset\n }}\n}}\n"
         )
         t0 = time.time()
+        after_quarantine = 0
         try:
-            while time.time() - t0 < 21:
+            while time.time() - t0 < 21 and after_quarantine < 2:
                 mesh.run_in_node("node-a", ["nft", "-f", "-"], input=cut, check=True)
                 mesh.run_in_node("node-a", ["ss", "-K", "-t", "dst", c_ip, "dport", "=", ":12345"])
                 time.sleep(1.5)
                 mesh.run_in_node("node-a", ["nft", "delete", "table", "inet", table], check=True)
                 time.sleep(1.5)
+                if after_quarantine or any(x["action"] == "quarantine" for x in actions(client, a, t0)):
+                    after_quarantine += 1
         finally:
             mesh.run_in_node("node-a", ["nft", "delete", "table", "inet", table])
         done = actions(client, a, t0)
@@ -299,7 +303,10 @@ def test_flapping_link_rate_limited_quarantined_incidents_merged(
         for t in executed:
             window = [u for u in executed if t <= u < t + 10]
             assert len(window) <= 6, f"{len(window)} actions within 10 s: {done}"
-        assert any(x["action"] == "quarantine" and x["target"] == "node-c" for x in done), done
+        quarantined = [x["at"] for x in done if x["action"] == "quarantine" and x["target"] == "node-c"]
+        assert quarantined, done
+        redials = [x for x in done if x["action"] in ("redial", "add_peer") and x["target"] == "node-c"]
+        assert not [x for x in redials if x["at"] > quarantined[0] and x["outcome"] != "skipped"], done
         assert all(x["reason"] for x in done)
         about_c = [i for i in incidents(client, a, t0) if i["subject"] == "node-c"]
         kinds = [i["kind"] for i in about_c]
