@@ -5,8 +5,8 @@ partitioned Raft member, as in the local meshes.
 
 A members file without keys makes every daemon start open and restart once to close when the keys published
 in the store arrive. All three restarted within 0.1 s of each other, dropping every overlay link and Raft's leader
-with them: a write or read right then got a 503 after 2 s (once in 30 suite passes). The restarts now take turns (2 s
-slots, no two neighbours together): the test checks they did, and that each daemon closed.
+with them: a write or read right then got a 503 after 2 s (once in 30 suite passes). The restarts now take turns
+(2 s slots, no two neighbours together): the test checks they did, and that each daemon closed.
 
 It also reproduces two defects of such a mesh (with either transport), fixed in agent/state.py and
 agent/mapek/loop.py: the node that dials nobody could not tell which member each inbound link came from, and its
