@@ -120,6 +120,14 @@ def two_daemons(
     return nodes, AgentState(settings), daemons
 
 
+async def stop_all(tasks: list[asyncio.Task[None]], daemons: dict[str, DaemonProcess] | None = None) -> None:
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for d in (daemons or {}).values():
+        await asyncio.to_thread(d.stop)
+
+
 async def test_link_comes_up_when_the_peer_starts_late(require_yggdrasil: str, tmp_path: Path) -> None:
     """node-b's daemon starts 4.5 s after node-a dialled it: past 0.4.7's three 1 s redials, after which the
     daemon alone would wait for its 60 s retry loop. Peering keeps redialling until the link has been up once."""
@@ -152,11 +160,7 @@ async def test_link_comes_up_when_the_peer_starts_late(require_yggdrasil: str, t
             gen = await agent.wait_changed(gen, within=0.5)
         assert peering.pending == []
     finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for d in daemons.values():
-            await asyncio.to_thread(d.stop)
+        await stop_all(tasks, daemons)
 
 
 @pytest.mark.yggdrasil
@@ -192,9 +196,7 @@ async def test_a_daemon_restarted_behind_the_agents_back_gets_its_links_again(
         while (peering.pending or not all(p.up for p in agent.planned_status())) and time.monotonic() < deadline:
             gen = await agent.wait_changed(gen, within=0.5)
         assert peering.pending == [], "the agent never saw the link up"  # its snapshot holds the link now
-        for t in tasks:  # the restart falls between two monitor passes
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await stop_all(tasks)  # the restart falls between two monitor passes
         await asyncio.to_thread(daemons["node-a"].stop)
         daemons["node-a"].start()
         await daemons["node-a"].wait_ready_async(10)
@@ -203,11 +205,7 @@ async def test_a_daemon_restarted_behind_the_agents_back_gets_its_links_again(
         tasks = [asyncio.create_task(monitor.run()), asyncio.create_task(peering.run())]
         assert await linked(5), f"no link after the restart: {agent.planned_status()}"
     finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for d in daemons.values():
-            await asyncio.to_thread(d.stop)
+        await stop_all(tasks, daemons)
 
 
 async def test_many_unreachable_targets_share_one_connection_per_round_and_a_flat_redial_rate(
