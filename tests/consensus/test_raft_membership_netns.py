@@ -179,6 +179,10 @@ def _connections_to_agents(mesh: LocalMesh, node_id: str, port: int) -> set[str]
     return found
 
 
+# Two /cluster asks (every 5 s) and a key-directory read (every 10 s) per client fall in any window this long.
+WINDOW_S = 10.5
+
+
 def test_an_idle_client_asks_its_voter_over_one_kept_connection(mesh7: LocalMesh) -> None:
     # A client asks a voter's /cluster every 5 s and lists the node keys every 10 s. With a 5 s keep-alive each
     # ask opened a new TCP connection over the overlay: 48-56 of the 20-node mesh's ~430 overlay packets a
@@ -201,19 +205,21 @@ def test_an_idle_client_asks_its_voter_over_one_kept_connection(mesh7: LocalMesh
         wait_until("every agent sees every member, no incident", aware, 40)
         before = _asked(c, mesh)
         seen: dict[str, list[set[str]]] = {n: [] for n in clients}
-        end = time.monotonic() + 12.0
+        end = time.monotonic() + WINDOW_S
         while time.monotonic() < end:
             for n in clients:
                 seen[n].append(_connections_to_agents(mesh, n, port))
             time.sleep(0.25)
         after = _asked(c, mesh)
-    assert after - before >= 2 * len(clients), f"the voters answered {after - before:g} asks in 12 s"
+    assert after - before >= 2 * len(clients), f"the voters answered {after - before:g} asks in {WINDOW_S:g} s"
     for n in clients:
         # Connections opened while the mesh formed may linger for their keep-alive. One new connection is allowed:
         # the key directory's read and the /cluster ask may overlap, and the pool then opens a second one. Each
         # ask opened its own before (3 in 12 s in the run that failed).
         opened = set().union(*seen[n]) - seen[n][0]
-        assert len(opened) <= 1, f"{n} opened {len(opened)} connections to voters in 12 s: {sorted(opened)}"
+        assert len(opened) <= 1, (
+            f"{n} opened {len(opened)} connections to voters in {WINDOW_S:g} s: {sorted(opened)}"
+        )
         assert all(seen[n]), f"{n} kept no connection to a voter: {seen[n]}"
 
 

@@ -1,6 +1,7 @@
 """Issue 12 item 1: closing the terminal (SIGHUP: tmux kill-session, an SSH drop), SIGTERM and SIGINT end a real
 `x0dash --local 3` the way `q` does: no namespace, veth, bridge, daemon or agent of its mesh is left, and its logs
-stay. x0dash runs in a real terminal (tmux) as an operator would start it."""
+stay. x0dash runs in a real terminal (tmux) as an operator would start it. SIGINT is not run here: the app handles
+it exactly as SIGTERM (`_on_exit_signal`), and each run costs the suite 4-6 s."""
 
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ def tmux() -> str:
     return "tmux"
 
 
-@pytest.mark.parametrize("sig", ["SIGHUP", "SIGTERM", "SIGINT"])
+# SIGINT and SIGTERM take the same path in the app (EXIT_SIGNALS); SIGHUP has its own (is the terminal gone?).
+@pytest.mark.parametrize("sig", ["SIGHUP", "SIGTERM"])
 def test_signal_tears_down_the_local_mesh(
     sig: str, tmux: str, require_root: None, require_yggdrasil: str, tmp_path: Path
 ) -> None:

@@ -25,8 +25,8 @@ pytestmark = [pytest.mark.yggdrasil, pytest.mark.slow]
 ST = Path(sys.executable).with_name("st")
 REPO = Path(__file__).resolve().parents[2]
 # One worker makes ~80-100 cases a second here: 12 + 18 s made 2,580 cases (50 s made 4,794). 8 + 14 s: the suite
-# took 735 s on a slower machine (2026-12-04), and 719 s in CI on 2026-12-05, at its 12-minute budget; 6 + 10 s.
-SECONDS = {"without token": 6, "with token": 10}
+# took 735 s on a slower machine (2026-12-04), and 719 s in CI on 2026-12-05, at its 12-minute budget; 5 + 8 s.
+SECONDS = {"without token": 5, "with token": 8}
 
 
 @pytest.fixture(scope="module")
