@@ -171,7 +171,7 @@ def serve() -> int:
     # series; nothing here reads them. Process-wide, which is fine in the agent's own process.
     disable_created_metrics()
 
-    from agent.api.server import ServerLimits, fd_budget, protocol_class
+    from agent.api.server import QuietServer, ServerLimits, fd_budget, protocol_class
     from agent.memory import map_large_blocks_apart, prepare_gc_for_serving
 
     map_large_blocks_apart()
@@ -196,7 +196,7 @@ def serve() -> int:
         print(f"x0-agent: invalid configuration: X0_TLS_CERT/X0_TLS_KEY: {exc}", file=sys.stderr)
         sock.close()
         return EXIT_CONFIG
-    server = uvicorn.Server(config)
+    server = QuietServer(config)
     frozen = prepare_gc_for_serving()
     logging.getLogger("x0.agent").info(
         "x0-agent %s node %s listening on %s %s (at most %d connections of %d descriptors; admin %s%s)",
