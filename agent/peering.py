@@ -39,6 +39,10 @@ DIAL_BATCH = 64
 # flat redial rate. At 1,000 unreachable targets the backoff alone made 66-500 remove+add pairs a second, a third
 # of the agent's event loop.
 DIALS_PER_S = 20.0
+# A dial is judged by a snapshot taken at least this long after it: a TLS link takes a few hundred ms to come
+# up, and on 0.4 a redial is removePeer + addPeer, which dropped the link the first dial had just made (seen after
+# every daemon start: each peer's first link replaced by a second one about a second later, delaying repair).
+DIAL_SETTLE_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +104,7 @@ class _Pending:
     attempts: int = 0
     next_try: float = 0.0
     last_error: str | None = None
+    dialled_at: float | None = None  # monotonic, our latest addPeer of it
 
 
 @dataclass
@@ -163,7 +168,10 @@ class Peering:
                 log.info("link to %s is up", pending.target.node_id or uri)
                 del self._pending[uri]
                 continue
-            if now >= pending.next_try:
+            settled = pending.dialled_at is None or (
+                state.snapshot_mono is not None and state.snapshot_mono - pending.dialled_at >= DIAL_SETTLE_S
+            )
+            if now >= pending.next_try and settled:
                 due.append(pending)
         if due:
             await self._dial_round(due[:DIAL_BATCH])
@@ -197,6 +205,7 @@ class Peering:
             if not is_already_configured(exc):
                 raise
         self.added[target.uri] = target.node_id
+        pending.dialled_at = time.monotonic()
         pending.last_error = None
         if first:
             log.info("addPeer %s (%s)", target.uri, target.node_id or "YGGDRASIL_PEERS")

@@ -90,8 +90,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.yggdrasil
-@pytest.mark.slow
 def two_daemons(
     tmp_path: Path, binary: str
 ) -> tuple[dict[str, tuple[str, str, str]], AgentState, dict[str, DaemonProcess]]:
@@ -128,6 +126,8 @@ async def stop_all(tasks: list[asyncio.Task[None]], daemons: dict[str, DaemonPro
         await asyncio.to_thread(d.stop)
 
 
+@pytest.mark.yggdrasil
+@pytest.mark.slow
 async def test_link_comes_up_when_the_peer_starts_late(require_yggdrasil: str, tmp_path: Path) -> None:
     """node-b's daemon starts 4.5 s after node-a dialled it: past 0.4.7's three 1 s redials, after which the
     daemon alone would wait for its 60 s retry loop. Peering keeps redialling until the link has been up once."""
@@ -208,6 +208,31 @@ async def test_a_daemon_restarted_behind_the_agents_back_gets_its_links_again(
         await stop_all(tasks, daemons)
 
 
+@pytest.mark.yggdrasil
+async def test_a_fresh_daemon_keeps_the_first_link_peering_made(require_yggdrasil: str, tmp_path: Path) -> None:
+    """After every daemon start, peering redialled before a snapshot could show the link its first dial made: on
+    0.4 a redial is removePeer + addPeer, so each peer's first link was dropped and made again a second later."""
+    _, agent, daemons = two_daemons(tmp_path, require_yggdrasil)
+    monitor, peering = Monitor(agent), Peering(agent)
+    agent.peering = peering
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        daemons["node-b"].start()
+        await daemons["node-b"].wait_ready_async(10)
+        daemons["node-a"].start()
+        await daemons["node-a"].wait_ready_async(10)
+        tasks = [asyncio.create_task(monitor.run()), asyncio.create_task(peering.run())]
+        await asyncio.sleep(4)
+        log = (tmp_path / "node-a.log").read_text()
+        connected = [line for line in log.splitlines() if "Connected outbound" in line]
+        dropped = [line for line in log.splitlines() if "Disconnected outbound" in line]
+        assert len(connected) == 1 and dropped == [], log
+        assert all(p.up for p in agent.planned_status()), agent.planned_status()
+    finally:
+        await stop_all(tasks, daemons)
+
+
+@pytest.mark.yggdrasil
 async def test_many_unreachable_targets_share_one_connection_per_round_and_a_flat_redial_rate(
     require_yggdrasil: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
