@@ -118,6 +118,16 @@ def loopback_ports(nodes: int, base_port: int | None) -> tuple[list[int], list[i
     return ports[:nodes], ports[nodes:]
 
 
+def daemon_gomaxprocs(nodes: int, cpus: int | None) -> int:
+    """Go threads for each daemon of an N-node mesh on one host: the host's cores shared out, at least one.
+
+    Go's scheduler runs a daemon on every core by default, and each overlay packet then wakes a second thread to hand
+    it on: 20 daemons at rest on 2 cores spent most of their CPU in futex wake-ups and task switches (perf). With
+    one thread each, the same mesh at rest took 15.7-21.4 % of a core for all daemons instead of 22.0-29.8 %
+    (bench/results/idle-gomaxprocs-2026-12-05.txt)."""
+    return max(1, (cpus or 1) // max(1, nodes))
+
+
 def _loopback_raft_ports(nodes: int, base_port: int | None, taken: Sequence[int]) -> list[int]:
     """Raft ports of a loopback mesh: after the agents' and daemons' ports with --base-port, else free ports."""
     if base_port is None:
@@ -501,6 +511,8 @@ class LocalMesh:
             X0_RAFT_DIR=str(node.dir / "raft"),
         )
         env[procs.MARKER_ENV] = procs.marker(self._record.id, node.id)
+        # The agent's daemon inherits it. One set by the operator is kept.
+        env.setdefault("GOMAXPROCS", str(daemon_gomaxprocs(len(self._nodes), os.cpu_count())))
         env.update(self.options.agent_env)
         return env
 

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from agent.localmesh import netns
+from agent.localmesh.mesh import daemon_gomaxprocs
 from tests.localmesh.support import (
     MeshRun,
     check_one_link_per_planned_pair,
@@ -97,6 +98,17 @@ def test_inventory_members_and_targets(run: MeshRun) -> None:
     ]
     for node in mesh.nodes:  # what the targets promise answers
         assert run.client.get(node.metrics_url).text.startswith("# HELP")
+
+
+def test_each_daemon_runs_on_its_share_of_the_cores(run: MeshRun) -> None:
+    want = str(daemon_gomaxprocs(len(run.mesh.node_ids), os.cpu_count()))
+    for node_id in run.mesh.node_ids:
+        pid = run.mesh.daemon_pid(node_id)
+        assert pid is not None, node_id
+        env = dict(
+            item.split(b"=", 1) for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in item
+        )
+        assert env.get(b"GOMAXPROCS") == want.encode(), (node_id, env.get(b"GOMAXPROCS"))
 
 
 def test_stop_node_and_start_node(run: MeshRun) -> None:

@@ -14,7 +14,7 @@ import msgspec
 import pytest
 
 from agent.localmesh import files, naming, registry
-from agent.localmesh.mesh import loopback_ports
+from agent.localmesh.mesh import daemon_gomaxprocs, loopback_ports
 from agent.localmesh.model import LocalMeshError, NodeHandle
 from agent.members import parse_members
 
@@ -165,3 +165,11 @@ def test_owner_liveness_detects_exit_and_pid_reuse() -> None:
         proc.wait()
     assert not registry.owner_alive(rec)
     assert registry.process_start_time(os.getpid()) is not None
+
+
+def test_daemons_share_the_hosts_cores() -> None:
+    assert daemon_gomaxprocs(20, 2) == 1
+    assert daemon_gomaxprocs(3, 2) == 1
+    assert daemon_gomaxprocs(3, 16) == 5
+    assert daemon_gomaxprocs(2, 4) == 2
+    assert daemon_gomaxprocs(1, None) == 1  # os.cpu_count() may not know
