@@ -121,9 +121,9 @@ def loopback_ports(nodes: int, base_port: int | None) -> tuple[list[int], list[i
 def daemon_gomaxprocs(nodes: int, cpus: int | None) -> int:
     """Go threads for each daemon of an N-node mesh on one host: the host's cores shared out, at least one.
 
-    Go's scheduler runs a daemon on every core by default, and each overlay packet then wakes a second thread to hand
-    it on: 20 daemons at rest on 2 cores spent most of their CPU in futex wake-ups and task switches (perf). With
-    one thread each, the same mesh at rest took 15.7-21.4 % of a core for all daemons instead of 22.0-29.8 %
+    Go's scheduler runs a daemon on every core by default, and each overlay packet then wakes another thread to
+    hand it on: 20 daemons at rest on 2 cores spent most of their CPU in futex wake-ups and task switches (perf).
+    With one thread each, the same mesh at rest took 15.7-23.1 % of a core for all daemons instead of 22.0-29.8 %
     (bench/results/idle-gomaxprocs-2026-12-05.txt)."""
     return max(1, (cpus or 1) // max(1, nodes))
 

@@ -97,12 +97,38 @@ def test_no_ack_then_indirect_nack_makes_a_suspect_then_dead() -> None:
     nack = b.tick(t + 0.8 * CFG.indirect_timeout_s)
     assert only(nack, Ack)[0].message.nack
     a.receive(t + 0.33, "b", "mesh", only(nack, Ack)[0].message)
+    # Every helper nacked: nothing left to wait for, suspect now rather than at the indirect timeout.
+    assert a.state("c") == "suspect"
     a.tick(t + CFG.indirect_timeout_s)
     assert a.state("c") == "suspect"
     low, _ = a.suspicion_bounds()
     a.tick(t + CFG.indirect_timeout_s + low + 0.01)
     assert a.state("c") == "dead"
     assert [ch.new for ch in a.take_changes() if ch.member == "c"] == ["alive", "suspect", "dead"]
+
+
+def test_the_probe_waits_for_every_helper_and_the_underlay_before_failing_early() -> None:
+    ids = ["a", "b", "c", "d"]
+    a = swim("a", ids)
+    a.started = -100.0
+    for m in ids[1:]:
+        a._apply(Update(m, ALIVE, 0), 0.0)
+    a.underlay = {"d"}
+    a.set_watched(["d"], 0.0)
+    t, _ = until_ping(a, "d")
+    t += CFG.probe_timeout_s
+    out = a.tick(t)
+    reqs = only(out, PingReq)
+    assert {r.to for r in reqs} == {"b", "c"}
+    (diag,) = [x for x in only(out, Ping) if x.path == "underlay"]
+    for i, r in enumerate(reqs):
+        a.receive(t + 0.3, r.to, "mesh", Ack(r.message.seq, r.to, 0, nack=True))
+        assert a.state("d") == "alive", f"suspected after {i + 1} of 2 nacks"
+    assert a.state("d") == "alive"  # both nacked, but the underlay ping has not answered yet
+    a.receive(t + 0.31, "d", "underlay", Ack(diag.message.seq, "d", 0, [], daemon_up=True, api="0.4"))
+    assert a.state("d") == "suspect"  # before the indirect timeout (t + 0.4)
+    mesh_fail = [r for r in a.take_results() if r.member == "d" and r.path == "mesh"]
+    assert mesh_fail and not mesh_fail[0].ok
 
 
 def test_a_prober_that_hears_nothing_from_its_helpers_suspects_nobody() -> None:
@@ -189,7 +215,7 @@ def test_the_underlay_round_trip_counts_from_the_underlay_ping() -> None:
     a.tick(t + CFG.indirect_timeout_s)
     (res,) = [r for r in a.take_results() if r.path == "underlay"]
     assert res.ok and res.rtt_s == pytest.approx(0.002)
-    assert res.at == t - CFG.probe_timeout_s  # still dated by the probe it belongs to
+    assert res.at == pytest.approx(t - CFG.probe_timeout_s)  # still dated by the probe it belongs to
 
 
 def test_packets_naming_someone_else_are_dropped() -> None:
