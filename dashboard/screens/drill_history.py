@@ -16,7 +16,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Markdown, Static
+from textual.widgets import DataTable, Markdown, Static
 from textual_plotext import PlotextPlot
 
 from dashboard.agent_client import AgentError
@@ -25,6 +25,7 @@ from dashboard.drills.filing import holder
 from dashboard.drills.history import DrillRow, load_reports, merge, time_ticks, trend_series
 from dashboard.drills.report import to_markdown
 from dashboard.screens.base import MeshScreen
+from dashboard.widgets.screen_footer import ScreenFooter
 
 RELOAD_EVERY_S = 5.0
 TREND_COLORS = ("cyan", "orange", "magenta", "green", "red", "blue", "yellow")
@@ -84,7 +85,7 @@ class DrillHistoryScreen(MeshScreen):
             with VerticalScroll(id="history-report-box"):
                 yield Markdown("", id="history-report")
         yield PlotextPlot(id="trends")
-        yield Footer()
+        yield ScreenFooter()
 
     def on_mount(self) -> None:
         table = self.query_one("#history", DataTable)
@@ -235,7 +236,7 @@ class DrillReportScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="drill-report-box"):
             yield Markdown(report_markdown(self.row), id="drill-report")
-        yield Footer()
+        yield ScreenFooter()
 
     def on_mount(self) -> None:
         box = self.query_one("#drill-report-box")

@@ -17,7 +17,6 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widget import Widget
 from textual.widgets import (
     Button,
-    Footer,
     Input,
     Label,
     Markdown,
@@ -42,6 +41,7 @@ from dashboard.screens.base import MeshScreen
 from dashboard.screens.confirm import ConfirmDrillScreen
 from dashboard.session import MeshUpdate
 from dashboard.widgets.fields import NumberField
+from dashboard.widgets.screen_footer import ScreenFooter
 from dashboard.widgets.timeline import DrillTimeline, rows_from_events, rows_from_report, rows_from_steps
 
 KIND_LABELS = {
@@ -120,7 +120,7 @@ class DrillScreen(MeshScreen):
                 yield DrillTimeline(id="timeline")
                 with VerticalScroll(id="report-box"):
                     yield Markdown("", id="report")
-        yield Footer()
+        yield ScreenFooter()
 
     def on_mount(self) -> None:
         self.query_one("#timeline").border_title = "timeline"

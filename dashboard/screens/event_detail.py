@@ -10,9 +10,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from dashboard.events import Event, stamp
+from dashboard.widgets.screen_footer import ScreenFooter
 from dashboard.widgets.styles import LEVEL_STYLE
 
 
@@ -59,7 +60,7 @@ class EventDetailScreen(Screen[None]):
             yield Static(head, id="event-head")
             yield Static(Text(e.text, LEVEL_STYLE.get(e.level, "")), id="event-text")
             yield Static(table, id="event-fields")
-        yield Footer()
+        yield ScreenFooter()
 
     def on_mount(self) -> None:
         self.query_one("#event-box").border_title = "event"

@@ -10,11 +10,12 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import Footer, Input, Log, Static
+from textual.widgets import Input, Log, Static
 
 from dashboard.logs import LogSource
 from dashboard.providers.base import ProviderError
 from dashboard.screens.base import MeshScreen
+from dashboard.widgets.screen_footer import ScreenFooter
 
 
 class NeedleHighlighter(Highlighter):
@@ -57,7 +58,7 @@ class LogScreen(MeshScreen):
         yield Static("", id="log-title")
         yield Input(placeholder="search this log; enter finds, n the next match, esc closes", id="log-search")
         yield Log(id="log", highlight=False, auto_scroll=False)
-        yield Footer()
+        yield ScreenFooter()
 
     def on_mount(self) -> None:
         self.query_one("#log-search", Input).display = False

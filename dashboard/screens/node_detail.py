@@ -10,7 +10,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import DataTable, Footer, Label, Sparkline, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Label, Sparkline, Static, TabbedContent, TabPane
 
 from dashboard import wire
 from dashboard.events import action_event, incident_event
@@ -18,6 +18,7 @@ from dashboard.models import AgentData, MeshView, NodeView
 from dashboard.screens.base import MeshScreen
 from dashboard.session import MeshUpdate
 from dashboard.widgets.key_table import Cell, Column, KeyTable
+from dashboard.widgets.screen_footer import ScreenFooter
 from dashboard.widgets.styles import LINK_STYLE, NODE_STYLE, NODE_SYMBOL, fmt_age, fmt_ms
 
 
@@ -173,7 +174,7 @@ class NodeDetailScreen(MeshScreen):
                 yield KeyTable(INCIDENT_COLUMNS, INCIDENT_DROP, id="incidents")
             with TabPane("Heal actions", id="tab-actions"):
                 yield KeyTable(ACTION_COLUMNS, ACTION_DROP, id="actions")
-        yield Footer()
+        yield ScreenFooter()
 
     def on_mount(self) -> None:
         self.dash.watch_routes(self.node_id, True)

@@ -7,12 +7,13 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.widgets import DataTable, Footer, Input
+from textual.widgets import DataTable, Input
 
 from dashboard.screens.base import MeshScreen
 from dashboard.session import MeshUpdate
 from dashboard.widgets.event_log import EventLog
 from dashboard.widgets.node_table import NodeTable
+from dashboard.widgets.screen_footer import ScreenFooter
 from dashboard.widgets.topology import TopologyView
 
 
@@ -31,7 +32,7 @@ class OverviewScreen(MeshScreen):
             yield TopologyView(id="topology")
             yield EventLog(id="events")
         yield NodeTable(id="nodes")
-        yield Footer()
+        yield ScreenFooter()
 
     def on_mount(self) -> None:
         self.query_one("#filter", Input).display = False

@@ -7,7 +7,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, Label, Static
+from textual.widgets import Label, Static
+
+from dashboard.widgets.screen_footer import ScreenFooter
 
 
 class SourceErrorScreen(Screen[None]):
@@ -25,7 +27,7 @@ class SourceErrorScreen(Screen[None]):
             yield Label("x0dash could not start its source", id="source-error-title")
             yield Static(self.error, id="source-error")
             yield Static("r: try again   q: quit", id="source-error-keys")
-        yield Footer()
+        yield ScreenFooter()
 
     def action_quit_now(self) -> None:
         # Nothing started, nothing to stop: the provider's stop() already ran after the failed start.

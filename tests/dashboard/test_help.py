@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 from rich.markdown import Markdown
 
@@ -37,3 +38,36 @@ async def test_help_opens_again_and_closes_with_each_key_it_names(tmp_path: Path
             assert "close help" in drawn and "command palette" in drawn
             await pilot.press(key)
             assert not isinstance(app.screen, HelpScreen), f"{key} did not close help"
+
+
+async def test_the_covered_screens_key_bar_is_rebuilt_when_it_shows_again_not_under_help(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Textual's Footer rebuilt the overview's keys as `?` covered it, inside the time help takes to come up.
+    from dashboard.widgets.screen_footer import ScreenFooter
+
+    from .test_snapshots import feed, recorded_app
+
+    rebuilt: list[str] = []
+    recompose = ScreenFooter.recompose
+
+    async def counted(self: ScreenFooter) -> None:
+        rebuilt.append(type(self.app.screen).__name__)
+        await recompose(self)
+
+    monkeypatch.setattr(ScreenFooter, "recompose", counted)
+    app, update = recorded_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await feed(app, update)(pilot)
+        await pilot.pause()
+        rebuilt.clear()
+        await pilot.press("question_mark")
+        await pilot.pause()
+        assert isinstance(app.screen, HelpScreen)
+        assert rebuilt == []
+        await pilot.press("escape")
+        await pilot.pause()
+        await pilot.pause()
+        assert rebuilt and set(rebuilt) == {"OverviewScreen"}, rebuilt
+        keys = "\n".join(s.text for s in app.screen._compositor.render_strips()).splitlines()[-1]
+        assert "Help" in keys and "Drills" in keys, keys
