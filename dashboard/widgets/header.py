@@ -34,7 +34,9 @@ class MeshHeader(Static):
         self._redraw()
 
     def _redraw(self) -> None:
-        self.update(self.render_header())
+        # Its size is fixed (height 2, full width): the default update() also lays out the whole screen again,
+        # 36 ms at 160x50 with 20 nodes, three times a second (this timer, each poll), and keys waited behind it.
+        self.update(self.render_header(), layout=False)
 
     def render_header(self) -> Text:
         v = self.view
