@@ -204,6 +204,40 @@ async def test_events_and_health_are_never_cut(size: tuple[int, int]) -> None:
             assert "Yggdrasil address" not in shown  # dropped first, not cut
 
 
+async def test_a_column_widens_for_a_longer_cell_and_keeps_its_width_when_it_shrinks() -> None:
+    # A cell that shrinks does not make DataTable measure its whole column again (65 ms a poll at 20 nodes, keys
+    # waiting behind it): the column keeps its width and the shorter text is drawn whole.
+    from dashboard.messages import MeshUpdated
+    from dashboard.widgets.node_table import NodeTable
+
+    app, update = recorded_app()
+    async with app.run_test(size=(160, 40)) as pilot:
+        await feed(app, update)(pilot)
+        view = update.view
+        table = app.screen.query_one(NodeTable)
+
+        def health_width() -> int:
+            return table.columns["health"].content_width  # type: ignore[index]
+
+        def show(state: str, detail: str) -> None:
+            node = msgspec.structs.replace(view.nodes[1], state=state, detail=detail)
+            later = msgspec.structs.replace(view, nodes=(view.nodes[0], node, view.nodes[2]))
+            app.post_message(MeshUpdated(msgspec.structs.replace(update, view=later, events=[])))
+
+        before = health_width()
+        show("degraded", "yggdrasil: daemon not running")
+        await pilot.pause()
+        await pilot.pause()
+        wide = health_width()
+        assert wide > before and "◐ degraded" in region_text(app, table.content_region)
+        show(view.nodes[1].state, view.nodes[1].detail)
+        await pilot.pause()
+        await pilot.pause()
+        assert health_width() == wide
+        shown = region_text(app, table.content_region)
+        assert "◐ degraded" not in shown and shown.count("● up") == 3, shown
+
+
 @pytest.mark.parametrize("size", SIZES)
 async def test_the_full_text_of_any_event_opens(size: tuple[int, int]) -> None:
     # "The full text of any event": in an 80x24 log a long event spans more lines than the log shows; enter on it
