@@ -319,7 +319,8 @@ async def _dashboard(inventory: Path, cycles: int, presses: int, screenshot: Pat
     await session.close()
 
     async def keys(autopoll: bool) -> dict[str, list[float]]:
-        app = X0Dash(InventoryProvider(inventory), interval=1.0, autopoll=True)
+        # tune_gc as the x0dash command runs it (this child process is the dashboard's alone).
+        app = X0Dash(InventoryProvider(inventory), interval=1.0, autopoll=True, tune_gc=True)
         lat: dict[str, list[float]] = {"help": [], "cursor": []}
         async with app.run_test(size=(160, 50)) as pilot:
             # As healthy as the session saw it, or 60 s: on a real mesh that saturates the machine, nodes come and

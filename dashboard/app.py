@@ -22,6 +22,7 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
+from agent.memory import prepare_gc_for_serving
 from dashboard.background import BackgroundLoop
 from dashboard.drills import lease
 from dashboard.drills.engine import DrillEngine, DrillPlan, DrillRefused, DrillStep
@@ -80,9 +81,12 @@ class X0Dash(App[int]):
         clock: Callable[[], float] = time.time,
         autopoll: bool = True,
         handle_signals: bool = False,
+        tune_gc: bool = False,
     ) -> None:
         super().__init__()
         self.handle_signals = handle_signals  # the real command only: tests run the app inside pytest's process
+        # The real command only too: freezing would keep every earlier test's app (cycles) alive for good.
+        self.tune_gc = tune_gc
         self.exit_signal: str | None = None
         self.clock = clock
         self.interval = interval
@@ -121,6 +125,12 @@ class X0Dash(App[int]):
             self._install_exit_signals()
         if self.autopoll:
             self.start_polling()
+        if self.tune_gc:
+            # Once the first frame is drawn: what exists then (modules, screens, widgets, styles) is frozen out of
+            # the collector's reach and the youngest generation is collected less often. Full collections walked
+            # all of it: 13 in ~15 s of '?' presses over a polling overview, up to 94 ms each, and they were the
+            # slowest presses (bench/dash_poll.py).
+            self.call_after_refresh(prepare_gc_for_serving)
 
     def start_polling(self) -> None:
         self.source_error = None

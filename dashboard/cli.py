@@ -542,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
             reports_dir=_reports_dir(args),
             slo=build_slo(args),
             handle_signals=True,
+            tune_gc=True,
         )
         code = app.run()
         kept = getattr(provider, "kept_run_dir", None)

@@ -71,3 +71,42 @@ async def test_the_covered_screens_key_bar_is_rebuilt_when_it_shows_again_not_un
         assert rebuilt and set(rebuilt) == {"OverviewScreen"}, rebuilt
         keys = "\n".join(s.text for s in app.screen._compositor.render_strips()).splitlines()[-1]
         assert "Help" in keys and "Drills" in keys, keys
+
+
+_GC_PROBE = """
+import asyncio, gc, sys
+from pathlib import Path
+from dashboard.app import X0Dash
+from dashboard.providers.inventory import InventoryProvider
+
+async def main() -> None:
+    app = X0Dash(InventoryProvider(Path(sys.argv[1])), autopoll=False, tune_gc=sys.argv[2] == "tune")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause(0.2)
+        print(gc.get_freeze_count(), *gc.get_threshold())
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("mode", ["tune", "default"])
+def test_the_command_freezes_what_its_first_frame_built_and_tests_do_not(mode: str, tmp_path: Path) -> None:
+    # The x0dash command (tune_gc) keeps full collections, up to 94 ms each, off key presses; an app built
+    # inside a test process must not freeze that process's garbage.
+    import subprocess
+    import sys
+
+    from agent.memory import GC_THRESHOLDS
+
+    out = subprocess.run(
+        [sys.executable, "-c", _GC_PROBE, str(tmp_path / "absent.json"), mode],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    frozen, *threshold = (int(x) for x in out.stdout.split())
+    if mode == "tune":
+        assert frozen > 10_000 and tuple(threshold) == GC_THRESHOLDS, out.stdout
+    else:
+        assert frozen == 0 and tuple(threshold) != GC_THRESHOLDS, out.stdout
