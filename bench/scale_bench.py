@@ -45,6 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from agent.localmesh import LocalMesh, MeshOptions  # noqa: E402
+from agent.localmesh.naming import MAX_NODES  # noqa: E402
 from agent.yggdrasil.client import AdminClient  # noqa: E402
 from agent.yggdrasil.errors import AdminError  # noqa: E402
 
@@ -534,8 +535,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown case(s) {', '.join(bad)}; choose from {', '.join(CASES)}")
     if bad := [k for k in args.kinds if k not in KINDS]:
         p.error(f"unknown drill kind(s) {', '.join(bad)}; choose from {', '.join(KINDS)}")
-    if any(not 1 <= n <= 26 for n in args.sizes) or args.runs < 1:
-        p.error("--sizes each 1..26 (node-a..node-z) and --runs >= 1")
+    if any(not 1 <= n <= MAX_NODES for n in args.sizes) or args.runs < 1:
+        p.error(f"--sizes each 1..{MAX_NODES} (node-a..node-z, node-aa, ...) and --runs >= 1")
     if os.geteuid() != 0:
         p.error("needs root: the meshes run in network namespaces and the drills use nftables")
     for tool in ("yggdrasil", "nft", "ip"):
