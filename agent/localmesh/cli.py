@@ -62,6 +62,7 @@ environment:
   X0_API_TOKEN   bearer token given to every agent and written to the inventory (default: a random one);
                  needed for drills (POST /drills)
   YGGDRASIL_BIN  daemon binary (default: yggdrasil on PATH, then /usr/sbin/yggdrasil)
+  GOMAXPROCS     threads per daemon (default: this host's cores / nodes, at least 1: the daemons share the host)
 
 cleanup:
   Stopping normally leaves nothing behind. After a crash (e.g. SIGKILL), `{PROG} --cleanup`
