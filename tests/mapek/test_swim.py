@@ -52,6 +52,19 @@ def until_ping(s: Swim, to: str) -> tuple[float, list[Send]]:
     raise AssertionError("no ping sent")
 
 
+def unanswered_probe(ids: list[str], target: str) -> tuple[Swim, float]:
+    """ids[0], past its start-up grace with every other member alive, has pinged `target` (reachable on the
+    underlay) and heard nothing over the mesh; (it, the moment its direct timeout expires)."""
+    a = swim(ids[0], ids)
+    a.started = -100.0
+    for m in ids[1:]:
+        a._apply(Update(m, ALIVE, 0), 0.0)
+    a.underlay = {target}
+    a.set_watched([target], 0.0)
+    t, _ = until_ping(a, target)
+    return a, t + CFG.probe_timeout_s
+
+
 def test_messages_round_trip_and_garbage_is_refused() -> None:
     msgs = [
         Ping(1, "a", 0, [Update("b", SUSPECT, 3, "a")]),
@@ -108,15 +121,7 @@ def test_no_ack_then_indirect_nack_makes_a_suspect_then_dead() -> None:
 
 
 def test_the_probe_waits_for_every_helper_and_the_underlay_before_failing_early() -> None:
-    ids = ["a", "b", "c", "d"]
-    a = swim("a", ids)
-    a.started = -100.0
-    for m in ids[1:]:
-        a._apply(Update(m, ALIVE, 0), 0.0)
-    a.underlay = {"d"}
-    a.set_watched(["d"], 0.0)
-    t, _ = until_ping(a, "d")
-    t += CFG.probe_timeout_s
+    a, t = unanswered_probe(["a", "b", "c", "d"], "d")
     out = a.tick(t)
     reqs = only(out, PingReq)
     assert {r.to for r in reqs} == {"b", "c"}
@@ -200,15 +205,7 @@ def test_underlay_pings_never_carry_membership() -> None:
 def test_the_underlay_round_trip_counts_from_the_underlay_ping() -> None:
     # It used to count from the direct ping, so it included the direct timeout: an agent that answered on the
     # underlay in 2 ms was reported "answers on the underlay in 302 ms" (incident details, x0_probe_rtt_seconds).
-    ids = ["a", "b", "c"]
-    a = swim("a", ids)
-    a.started = -100.0
-    for m in ids[1:]:
-        a._apply(Update(m, ALIVE, 0), 0.0)
-    a.underlay = {"c"}
-    a.set_watched(["c"], 0.0)
-    t, _ = until_ping(a, "c")  # lost over the mesh
-    t += CFG.probe_timeout_s
+    a, t = unanswered_probe(["a", "b", "c"], "c")
     (diag,) = [x for x in only(a.tick(t), Ping) if x.path == "underlay"]
     assert diag.to == "c"
     a.receive(t + 0.002, "c", "underlay", Ack(diag.message.seq, "c", 0, [], daemon_up=True, api="0.4"))
