@@ -9,8 +9,7 @@ from textual.widgets import Footer
 class ScreenFooter(Footer):
     """Textual's Footer without one rebuild. A screen publishes its bindings as it is covered (`?` over the
     overview), and the stock Footer then recomposed every key of a screen nobody sees, inside the time `?` takes to
-    draw help. Uncovering the screen publishes them again, so the keys are
-    rebuilt then, when they can be seen."""
+    draw help. Uncovering the screen publishes them again, so the keys are rebuilt then, when they can be seen."""
 
     def bindings_changed(self, screen: Screen) -> None:
         if self.is_attached and self.app.screen is not self.screen:

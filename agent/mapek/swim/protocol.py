@@ -71,8 +71,10 @@ class SwimConfig(msgspec.Struct, frozen=True, kw_only=True):
     (bench/scale_bench.py)."""
 
     probe_interval_s: float = 0.4  # each watched link is pinged once per interval (by one of its ends)
-    # Direct ack, before the helpers are asked: overlay round trips here are ~1-20 ms, loaded ~100 ms, and a late
-    # direct ack still counts until the indirect stage ends (so a slow member is not suspected any sooner).
+    # Direct ack, before the helpers are asked: overlay round trips here are ~1-20 ms, loaded ~100 ms. A late
+    # direct ack still counts until the indirect stage ends (every helper has nacked, ~0.47 s after the ping, else
+    # 0.55 s; with 0.3 s it was 0.7 s). Under load no member was suspected with either
+    # (bench/results/suspicions-under-load-2026-12-05.txt).
     probe_timeout_s: float = 0.15
     indirect_checks: int = 3  # k helpers asked to ping the target when the direct ping fails
     indirect_timeout_s: float = 0.4  # helpers answer a nack at 80 % of it
