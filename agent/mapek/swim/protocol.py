@@ -541,7 +541,7 @@ class Swim:
     def _settle_early(self, probe: _Probe, now: float) -> list[Send]:
         """Every helper has said it cannot reach the target (and the underlay ping, if one went, has answered):
         nothing is left to wait for, so the probe fails now instead of at the indirect timeout. A blackhole's
-        first detection was 0.78-1.18 s against its 1 s target (bench/results/scale-*.txt), 0.08 s of it spent
+        first detection was 0.65-1.28 s against its 1 s target (bench/results/scale-*.txt), 0.08 s of it spent
         waiting here after the last nack."""
         if (
             probe.stage != "indirect"
