@@ -42,7 +42,7 @@ async def test_all_agents_down(tmp_path: Path) -> None:
         await until(pilot, "first poll", lambda: app.view is not None)
         view = app.view
         assert [n.state for n in view.nodes] == ["down", "down", "down"]
-        assert all("cannot connect" in n.detail for n in view.nodes)
+        assert all("cannot connect" in n.detail for n in view.nodes), [n.detail for n in view.nodes]
         assert (view.nodes_healthy, view.links_up) == (0, 0)
         assert app.query_one(NodeTable).node_ids == ["node-a", "node-b", "node-c"]
         log = app.screen.query_one(EventLog)
