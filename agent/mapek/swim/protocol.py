@@ -548,7 +548,6 @@ class Swim:
             or not probe.helpers
             or probe.nacks < len(probe.helpers)
             or (probe.diag_seq is not None and probe.diag is None)
-            or self._probes.get(probe.seq) is not probe
         ):
             return []
         return self._probe_timeout(probe, now)
